@@ -1,0 +1,407 @@
+"""The daemon: keeps the kernel's NAT rules in step with etcd, and fails static.
+
+One thread follows etcd (`ClusterSource.stream`) and posts updates to an inbox. The main loop owns
+everything else: it applies updates to the cluster state, re-plans the services they touched,
+coalesces bursts (`min_sync_interval`), writes only the frontend chains that changed, checks the
+kernel paths to the leases (netcheck), repairs drift with a periodic full resync, and pings
+systemd's watchdog. Nothing here ever removes working rules because etcd is down, hung or sending
+garbage: the rules only change when a fresh, decoded state says so. SIGTERM leaves them in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from flannel_lb import config as config_mod
+from flannel_lb import wiring
+from flannel_lb.cluster import Change, ClusterState
+from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
+from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.rules import build_ruleset
+from flannel_lb.dataplane.writer import SyncResult, Writer
+from flannel_lb.desired import Plan
+from flannel_lb.metrics import HealthState, Metrics
+from flannel_lb.model import Lease, NetworkConfig
+from flannel_lb.planner import Planner
+from flannel_lb.sdnotify import Notifier
+from flannel_lb.source.records import Snapshot, Status, Update
+from flannel_lb.source.watcher import ClusterSource
+
+log = structlog.get_logger("flannel_lb.agent")
+
+NETCHECK_INTERVAL = 2.0  # seconds between kernel path checks (routes appearing later are picked up)
+SYNC_RETRY_MAX = 30.0
+
+
+class PathChecker(Protocol):
+    def check(
+        self,
+        leases: list[Lease],
+        network: NetworkConfig | None,
+        own_subnet: ipaddress.IPv4Network | None = None,
+    ) -> dict[ipaddress.IPv4Network, str]: ...
+
+
+@dataclass(slots=True)
+class _Reload:
+    """Posted by SIGHUP: re-read the config file."""
+
+
+@dataclass(slots=True)
+class _SourceDone:
+    error: BaseException | None
+
+
+def dataplane_options(cfg: config_mod.Config) -> Options:
+    d = cfg.dataplane
+    return Options(
+        prefix=d.chain_prefix,
+        masquerade=d.masquerade,
+        random_fully=d.random_fully,
+        snat_pool=d.snat_addresses,
+    )
+
+
+def make_writer(cfg: config_mod.Config, netns: str | None = None) -> Writer:
+    d = cfg.dataplane
+    if d.writer == "libiptc":
+        from flannel_lb.dataplane.libiptc import LibiptcWriter
+
+        return LibiptcWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
+    from flannel_lb.dataplane.restore import RestoreWriter
+
+    return RestoreWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
+
+
+def enable_ip_forward(path: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> bool:
+    """Turn on forwarding in this network namespace; True if it had to be changed."""
+    if path.read_text().strip() == "1":
+        return False
+    path.write_text("1\n")
+    return True
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: config_mod.Config,
+        *,
+        writer: Writer | None = None,
+        checker: PathChecker | None = None,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.state: ClusterState = wiring.new_state(cfg)
+        self.planner = Planner(self.state, wiring.plan_settings(cfg))
+        self.options = dataplane_options(cfg)
+        self.writer = writer or make_writer(cfg)
+        self.checker = checker
+        self.metrics = metrics or Metrics()
+        self.health = HealthState()
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.inbox: queue.Queue[Update | _Reload | _SourceDone] = queue.Queue()
+        self.plan: Plan | None = None  # what the kernel holds (the last plan applied)
+        self.have_snapshot = False
+        self._pending: Change | None = None  # changes not yet synced
+        self._pending_since = 0.0
+        self._last_sync = -1e9
+        self._next_full = clock() + cfg.dataplane.full_resync_interval
+        self._next_netcheck = 0.0
+        self._retry_at: float | None = None
+        self._retry_wait = 1.0
+        self._ready_sent = False
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set. The rules stay in the kernel afterwards."""
+        if self.cfg.dataplane.manage_ip_forward:
+            try:
+                if enable_ip_forward():
+                    log.info("ip_forward_enabled")
+            except OSError as e:
+                log.error(
+                    "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
+                )
+        source = wiring.source(self.cfg)
+        feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
+        feeder.start()
+        try:
+            while not stop.is_set():
+                self._step(stop)
+        finally:
+            stop.set()
+            self.notifier.stopping()
+            feeder.join(timeout=10)
+            self.writer.close()
+            log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
+
+    def request_reload(self) -> None:
+        self.inbox.put(_Reload())
+
+    def _feed(self, source: ClusterSource, stop: threading.Event) -> None:
+        try:
+            for update in source.stream(stop):
+                self.inbox.put(update)
+            self.inbox.put(_SourceDone(None))
+        except BaseException as e:  # the loop decides; a dead feeder must not go unnoticed
+            self.inbox.put(_SourceDone(e))
+
+    def _step(self, stop: threading.Event) -> None:
+        now = self.clock()
+        try:
+            item = self.inbox.get(timeout=max(0.0, min(self._deadline(now) - now, 1.0)))
+        except queue.Empty:
+            item = None
+        while item is not None:
+            self._handle(item)
+            try:
+                item = self.inbox.get_nowait()  # coalesce everything already waiting
+            except queue.Empty:
+                item = None
+        self.health.beat()
+        if self.notifier.watchdog_interval is not None:
+            self.notifier.watchdog()
+        if not self.have_snapshot:
+            return
+        now = self.clock()
+        if now >= self._next_netcheck:
+            self._netcheck()
+            self._next_netcheck = now + NETCHECK_INTERVAL
+        expiry = self.planner.next_expiry()
+        if expiry is not None and time.time() >= expiry:
+            self._mark(None)  # a v2 lease ran out: nothing in etcd says so until its TTL event
+        if now >= self._next_full:
+            self._sync(full=True)
+        elif self._pending is not None and self._due(now):
+            self._sync(full=False)
+
+    def _deadline(self, now: float) -> float:
+        times = [self._next_full, self._next_netcheck if self.have_snapshot else now + 1.0]
+        if self._pending is not None:
+            times.append(
+                self._retry_at if self._retry_at is not None else self._last_sync + self._min_interval()
+            )
+        return min(times)
+
+    def _min_interval(self) -> float:
+        return self.cfg.dataplane.min_sync_interval
+
+    def _due(self, now: float) -> bool:
+        if self._retry_at is not None:
+            return now >= self._retry_at
+        return now - self._last_sync >= self._min_interval()
+
+    # --- inputs -----------------------------------------------------------------------------------
+
+    def _handle(self, item: Update | _Reload | _SourceDone) -> None:
+        if isinstance(item, Status):
+            self.metrics.etcd_connected.set(1 if item.connected else 0)
+            if item.connected:
+                log.info("etcd_connected", endpoint=item.endpoint)
+                self.health.detail = f"etcd watch up ({item.endpoint})"
+            else:
+                self.metrics.etcd_disconnects.inc()
+                log.warning("etcd_unavailable", reason=item.reason, attempt=item.attempt, rules="kept")
+                self.health.detail = f"etcd unavailable, serving the last good rules: {item.reason}"
+            return
+        if isinstance(item, _Reload):
+            self._reload()
+            return
+        if isinstance(item, _SourceDone):
+            if item.error is not None:
+                log.error("etcd_source_died", error=repr(item.error))
+                raise item.error
+            return
+        change = wiring.apply_update(self.state, item)
+        if isinstance(item, Snapshot):
+            log.info("etcd_snapshot", revision=item.revision, keys=len(item.items))
+            if not self.have_snapshot:
+                self.have_snapshot = True
+                change = Change(set(), everything=True)
+        self.metrics.etcd_revision.set(self.state.revision)
+        self._mark(change)
+
+    def _mark(self, change: Change | None) -> None:
+        if change is not None and not change.services and not change.everything:
+            return
+        if self._pending is None:
+            self._pending = Change(set())
+            self._pending_since = self.clock()
+        self._pending.merge(change or Change(set(), everything=True))
+
+    def _netcheck(self) -> None:
+        if self.checker is None:
+            return
+        try:
+            own = wiring.own_subnet(self.cfg, self.state)
+            faults = self.checker.check(self.state.leases(), self.state.network_config, own)
+        except Exception as e:  # a broken netlink read must not stop serving
+            log.error("netcheck_failed", error=repr(e))
+            return
+        self.metrics.path_faults.set(len(faults))
+        if self.planner.set_path_faults(faults):
+            log.info("lease_paths_changed", faults={str(k): v for k, v in faults.items()})
+            self._mark(None)
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            cfg = config_mod.load(self.cfg.path)
+        except config_mod.ConfigError as e:
+            self.metrics.config_reloads.labels("error").inc()
+            log.error("config_reload_failed", error=str(e), kept="the running config")
+            self.notifier.ready("config reload failed; running config kept")
+            return
+        restart = (cfg.etcd, cfg.flannel, cfg.kubernetes) != (
+            self.cfg.etcd,
+            self.cfg.flannel,
+            self.cfg.kubernetes,
+        )
+        if restart or cfg.dataplane.chain_prefix != self.cfg.dataplane.chain_prefix:
+            self.metrics.config_reloads.labels("needs_restart").inc()
+            log.warning(
+                "config_reload_partial", detail="etcd, flannel, kubernetes and chain_prefix need a restart"
+            )
+        self.cfg = cfg
+        self.planner.settings = wiring.plan_settings(cfg)
+        self.options = dataplane_options(cfg)
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info("config_reloaded", path=cfg.path)
+        self._mark(None)
+        self.notifier.ready("config reloaded")
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def _sync(self, *, full: bool) -> SyncResult | None:
+        change, since = self._pending, self._pending_since
+        started = time.perf_counter()
+        plan = self.planner.plan(change if change is not None else Change(set()))
+        desired = build_ruleset(plan, self.options)
+        kind = "full" if full else "partial"
+        try:
+            # the periodic resync reads the kernel back and rewrites only what drifted
+            result = self.writer.sync(desired, verify=full)
+        except Exception as e:
+            self.metrics.syncs.labels(kind, "error").inc()
+            self._retry_at = self.clock() + self._retry_wait
+            log.error("sync_failed", error=str(e), retry_in=self._retry_wait, rules="unchanged")
+            self._retry_wait = min(self._retry_wait * 2, SYNC_RETRY_MAX)
+            self._next_full = max(self._next_full, self.clock())  # the retry is a full sync anyway
+            return None
+        now = self.clock()
+        self._retry_at, self._retry_wait = None, 1.0
+        self._pending = None
+        self._last_sync = now
+        if full:
+            self._next_full = now + self.cfg.dataplane.full_resync_interval
+        old, self.plan = self.plan, plan
+        cleared = None
+        if self.cfg.dataplane.conntrack_cleanup:
+            try:
+                cleared = clear_stale(stale_flows(old, plan), mark=self.options.mark)
+                self.metrics.conntrack_deleted.inc(cleared.deleted + cleared.unnatted)
+            except Exception as e:
+                log.warning("conntrack_cleanup_failed", error=repr(e))
+        self._record(plan, result, kind, time.perf_counter() - started, now - since if change else None)
+        log.info(
+            "sync",
+            mode=result.mode,
+            revision=plan.revision,
+            frontends=len(plan.frontends),
+            backends=sum(len(f.backends) for f in plan.frontends),
+            excluded=sum(len(f.excluded) for f in plan.frontends),
+            problems=len(plan.problems),
+            conflicts=len(plan.conflicts),
+            changed=result.changes.summary(),
+            conntrack_deleted=cleared.deleted if cleared else 0,
+            seconds=round(time.perf_counter() - started, 4),
+        )
+        self.health.synced = True
+        if not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.ready(f"serving {len(plan.frontends)} frontends")
+        return result
+
+    def _record(
+        self, plan: Plan, result: SyncResult, kind: str, seconds: float, latency: float | None
+    ) -> None:
+        m = self.metrics
+        m.syncs.labels(kind, "ok").inc()
+        m.sync_seconds.labels(kind).observe(seconds)
+        if latency is not None and result.applied:
+            m.programming_seconds.observe(latency)
+        m.last_sync.set(time.time())
+        m.frontends.set(len(plan.frontends))
+        m.backends.set(sum(len(f.backends) for f in plan.frontends))
+        m.conflicts.set(len(plan.conflicts))
+        reasons: dict[str, int] = {}
+        for f in plan.frontends:
+            for e in f.excluded:
+                label = _reason_label(e.reason)
+                reasons[label] = reasons.get(label, 0) + 1
+        m.excluded.clear()
+        for label, n in reasons.items():
+            m.excluded.labels(label).set(n)
+        kinds: dict[str, int] = {}
+        for p in plan.problems:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        m.problems.clear()
+        for label, n in kinds.items():
+            m.problems.labels(label).set(n)
+
+    def sync_once(self, retry_budget: float | None = None) -> SyncResult:
+        """`flannel-lb sync --once`: one snapshot, one netcheck, one sync."""
+        source = wiring.source(self.cfg)
+        snap = source.snapshot(retry_budget=retry_budget)
+        self._handle(snap)
+        self._netcheck()
+        result = self._sync(full=False)
+        if result is None:
+            raise RuntimeError("the sync failed; see the log for iptables' message")
+        return result
+
+
+_REASON_LABELS = (
+    ("not ready", "not_ready"),
+    ("terminating", "terminating"),
+    ("outside the flannel network", "outside_network"),
+    ("lease", "no_lease"),
+    ("no kernel path", "no_path"),
+    ("port", "port"),
+    ("IPv4", "address"),
+)
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded metric label for a free-text exclusion reason."""
+    for needle, label in _REASON_LABELS:
+        if needle in reason:
+            return label
+    return "other"
+
+
+def install_signal_handlers(agent: Agent, stop: threading.Event) -> None:
+    import signal
+
+    def on_stop(signum: int, _frame: object) -> None:
+        log.info("signal", signal=signal.Signals(signum).name, action="stop; rules stay in place")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    with contextlib.suppress(AttributeError):
+        signal.signal(signal.SIGHUP, lambda _s, _f: agent.request_reload())

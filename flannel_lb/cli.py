@@ -1,0 +1,337 @@
+"""`flannel-lb`: the command line. Each command is a thin shell over the library; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flannel_lb import config as config_mod
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran, and the answer is "no" (not found, check failed, nothing applied)
+EXIT_CONFIG = 2
+EXIT_ETCD = 3
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _config(args: argparse.Namespace) -> config_mod.Config:
+    try:
+        return config_mod.load(args.config or config_mod.default_path())
+    except config_mod.ConfigError as e:
+        raise CommandError(f"config error: {e}", EXIT_CONFIG) from None
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# --- decode -----------------------------------------------------------------------------------------
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from flannel_lb.decode.values import decode_any
+
+    raw = sys.stdin.buffer.read() if args.file in (None, "-") else open(args.file, "rb").read()  # noqa: SIM115
+    try:
+        _emit(decode_any(raw, key=args.key))
+    except ValueError as e:
+        raise CommandError(f"cannot decode: {e}") from None
+    return EXIT_OK
+
+
+# --- plan / explain --------------------------------------------------------------------------------
+
+
+def _live_planner(cfg: config_mod.Config, *, netcheck: bool = True) -> Any:
+    """A planner over one fresh etcd snapshot, with this host's kernel paths checked (as the agent does)."""
+    from flannel_lb import wiring
+    from flannel_lb.netcheck import NetChecker
+    from flannel_lb.planner import Planner
+    from flannel_lb.source.records import EtcdUnavailable
+
+    state = wiring.new_state(cfg)
+    try:
+        snap = wiring.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
+    except EtcdUnavailable as e:
+        raise CommandError(str(e), EXIT_ETCD) from None
+    wiring.apply_update(state, snap)
+    planner = Planner(state, wiring.plan_settings(cfg))
+    if netcheck:
+        checker = NetChecker()
+        try:
+            planner.set_path_faults(
+                checker.check(state.leases(), state.network_config, wiring.own_subnet(cfg, state))
+            )
+        finally:
+            checker.close()
+    return planner
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from flannel_lb import report
+
+    cfg = _config(args)
+    if not args.watch:
+        plan = _live_planner(cfg, netcheck=not args.no_netcheck).plan()
+        if args.json:
+            _emit(plan.to_json())
+        else:
+            print(report.plan_table(plan))
+        return EXIT_OK
+    return _watch_plans(
+        cfg,
+        not args.no_netcheck,
+        lambda plan: print(
+            json.dumps(plan.to_json()) if args.json else report.plan_table(plan) + "\n", flush=True
+        ),
+    )
+
+
+def _watch_plans(cfg: config_mod.Config, netcheck: bool, show: Callable[[Any], None]) -> int:
+    """Print the plan after the first snapshot and after every change, until interrupted."""
+    from flannel_lb import wiring
+    from flannel_lb.netcheck import NetChecker
+    from flannel_lb.planner import Planner
+    from flannel_lb.source.records import Status
+
+    state = wiring.new_state(cfg)
+    planner = Planner(state, wiring.plan_settings(cfg))
+    checker = NetChecker() if netcheck else None
+    src = wiring.source(cfg)
+    stop = threading.Event()
+    last: dict[str, Any] | None = None
+    try:
+        for update in src.stream(stop):
+            if isinstance(update, Status):
+                if not update.connected:
+                    print(f"etcd: {update.reason}", file=sys.stderr, flush=True)
+                continue
+            change: Any = wiring.apply_update(state, update)
+            if checker is not None:
+                own = wiring.own_subnet(cfg, state)
+                if planner.set_path_faults(checker.check(state.leases(), state.network_config, own)):
+                    change = None
+            plan = planner.plan(change)
+            body = plan.to_json()
+            body.pop("revision")
+            if body != last:
+                show(plan)
+                last = body
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        if checker is not None:
+            checker.close()
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from flannel_lb import report
+
+    ns, sep, name = args.service.partition("/")
+    if not sep or not ns or not name:
+        raise CommandError(f"expected NAMESPACE/NAME, got {args.service!r}", EXIT_CONFIG)
+    planner = _live_planner(_config(args), netcheck=not args.no_netcheck)
+    plan = planner.plan()
+    story = report.explain(planner.state, plan, (ns, name), planner.settings, planner.admission())
+    if story is None:
+        raise CommandError(f"no Service {ns}/{name} in etcd at revision {planner.state.revision}")
+    if args.json:
+        _emit(story)
+    else:
+        print(report.explain_text(story))
+    return EXIT_OK
+
+
+# --- data plane: render / diff / cleanup / sync / run ---------------------------------------------
+
+
+def _desired(cfg: config_mod.Config) -> Any:
+    """The rule set the next sync would write, from a fresh etcd snapshot and netcheck."""
+    from flannel_lb.agent import dataplane_options
+    from flannel_lb.dataplane.rules import build_ruleset
+
+    return build_ruleset(_live_planner(cfg).plan(), dataplane_options(cfg))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from flannel_lb.agent import make_writer
+    from flannel_lb.dataplane.render import render
+
+    cfg = _config(args)
+    desired = _desired(cfg)
+    if args.all:
+        sys.stdout.write(render(desired, None, full=True))
+        return EXIT_OK
+    writer = make_writer(cfg)
+    try:
+        text = writer.render(desired)
+    finally:
+        writer.close()
+    sys.stdout.write(
+        text or "# the kernel already holds exactly these rules: the next sync changes nothing\n"
+    )
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from flannel_lb.dataplane.restore import diff
+    from flannel_lb.dataplane.tools import make_tools
+
+    cfg = _config(args)
+    text = diff(_desired(cfg), make_tools(cfg.dataplane.iptables_backend))
+    sys.stdout.write(text)
+    return EXIT_FAILED if text.strip() else EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from flannel_lb.agent import make_writer
+
+    cfg = _config(args)
+    writer = make_writer(cfg)
+    try:
+        changes = writer.cleanup()
+    finally:
+        writer.close()
+    removed, jumps = len(changes.delete), len(changes.del_jumps)
+    print(f"removed {removed} chains and {jumps} jumps owned by flannel-lb ({cfg.dataplane.chain_prefix}*)")
+    return EXIT_OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from flannel_lb import logs
+    from flannel_lb.agent import Agent
+    from flannel_lb.netcheck import NetChecker
+    from flannel_lb.source.records import EtcdUnavailable
+
+    cfg = _config(args)
+    logs.setup(cfg.log.level, cfg.log.format)
+    agent = Agent(cfg, checker=NetChecker())
+    try:
+        result = agent.sync_once(retry_budget=cfg.etcd.retry_budget)
+    except EtcdUnavailable as e:
+        raise CommandError(str(e), EXIT_ETCD) from None
+    except RuntimeError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        agent.writer.close()
+    summary = ", ".join(f"{k} {v}" for k, v in result.changes.summary().items() if v) or "nothing to change"
+    print(f"{result.mode} sync: {summary} ({result.seconds * 1000:.1f} ms)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flannel_lb import logs
+    from flannel_lb.agent import Agent, install_signal_handlers
+    from flannel_lb.metrics import MetricsServer
+    from flannel_lb.netcheck import NetChecker
+
+    cfg = _config(args)
+    logs.setup(cfg.log.level, cfg.log.format, stream=sys.stdout)
+    agent = Agent(cfg, checker=NetChecker())
+    stop = threading.Event()
+    install_signal_handlers(agent, stop)
+    server = None
+    if cfg.metrics.listen:
+        server = MetricsServer(cfg.metrics.listen, agent.metrics, agent.health)
+        server.start()
+    try:
+        agent.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
+    return EXIT_OK
+
+
+# --- the parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flannel-lb",
+        description="External load balancer for flannel-backed Kubernetes clusters, driven from etcd.",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("decode", help="decode one raw etcd value (Kubernetes protobuf/JSON, flannel JSON)")
+    d.add_argument(
+        "file", nargs="?", metavar="FILE|-", help="the value, as `etcdctl get --print-value-only` prints it"
+    )
+    d.add_argument("--key", help="the etcd key it came from (gives a lease its subnet)")
+    d.set_defaults(func=cmd_decode)
+
+    pl = sub.add_parser("plan", help="what the load balancer should serve, read live from etcd")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument(
+        "--watch", action="store_true", help="keep watching etcd; print the plan whenever it changes"
+    )
+    pl.add_argument(
+        "--no-netcheck", action="store_true", help="skip checking this host's paths to the leases"
+    )
+    pl.set_defaults(func=cmd_plan)
+
+    ex = sub.add_parser("explain", help="why a Service is (not) exposed and why each endpoint is in or out")
+    ex.add_argument("service", metavar="NAMESPACE/NAME")
+    ex.add_argument("--json", action="store_true")
+    ex.add_argument(
+        "--no-netcheck", action="store_true", help="skip checking this host's paths to the leases"
+    )
+    ex.set_defaults(func=cmd_explain)
+
+    r = sub.add_parser("render", help="the exact iptables-restore text the next sync would apply")
+    r.add_argument("--all", action="store_true", help="every owned chain, whatever the kernel holds")
+    r.set_defaults(func=cmd_render)
+
+    df = sub.add_parser("diff", help="what the next sync would change in the kernel (exit 1 if anything)")
+    df.set_defaults(func=cmd_diff)
+
+    cl = sub.add_parser("cleanup", help="remove every chain and jump flannel-lb owns, nothing else")
+    cl.set_defaults(func=cmd_cleanup)
+
+    sy = sub.add_parser("sync", help="one snapshot and one sync, then exit")
+    sy.add_argument("--once", action="store_true", required=True, help="(required) sync once and exit")
+    sy.set_defaults(func=cmd_sync)
+
+    ru = sub.add_parser("run", help="the agent: watch etcd and keep the rules in step (systemd Type=notify)")
+    ru.set_defaults(func=cmd_run)
+
+    from flannel_lb.doctor import register_commands as register_doctor
+    from flannel_lb.lab.cli import register_lab_commands
+
+    register_doctor(sub)
+    register_lab_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from flannel_lb import logs
+
+    logs.setup(level="warning", fmt="console")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CommandError as e:
+        print(f"flannel-lb {args.command}: {e}", file=sys.stderr)
+        return e.code
+    except BrokenPipeError:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The agent's configuration file (TOML), validated on load.
+
+A broken config must stop the agent before it touches anything, with a message an operator can act on:
+every error names the file, the key and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+DEFAULT_PATH = "/etc/flannel-lb/flannel-lb.toml"
+ENV_VAR = "FLANNEL_LB_CONFIG"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 5.0  # seconds per request
+    retry_budget: float = 30.0  # one-shot commands give up after this long
+
+
+@dataclass(frozen=True, slots=True)
+class FlannelConfig:
+    prefix: str = "/coreos.com/network"
+    etcd_api: str = "v3"  # "v2" for flannel < 0.18, whose leases live in etcd's v2 keyspace
+    subnet_manager: str = "etcd"  # "kube": flanneld --kube-subnet-mgr, leases are Node annotations
+    network: ipaddress.IPv4Network | None = None  # required with subnet_manager = "kube" (net-conf.json)
+    annotation_prefix: str = "flannel.alpha.coreos.com"
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    prefix: str = "/registry"
+
+
+@dataclass(frozen=True, slots=True)
+class LBConfig:
+    addresses: tuple[str, ...] = ()
+    cluster_ips: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneConfig:
+    writer: str = "restore"  # or "libiptc" (legacy x_tables hosts only)
+    iptables_backend: str = "auto"  # "auto" | "nft" | "legacy"
+    chain_prefix: str = "FLB-"
+    masquerade: bool = True
+    random_fully: bool = True
+    snat_addresses: tuple[str, ...] = ()
+    min_sync_interval: float = 0.02  # seconds: coalesces bursts of etcd events into one sync
+    full_resync_interval: float = 60.0  # seconds: repairs drift (someone flushed an owned chain)
+    conntrack_cleanup: bool = True
+    manage_ip_forward: bool = True  # turn on net.ipv4.ip_forward at start (DNATed packets are forwarded)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9842"  # "" disables the HTTP endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"  # or "console"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str = "<defaults>"
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    flannel: FlannelConfig = field(default_factory=FlannelConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    lb: LBConfig = field(default_factory=LBConfig)
+    dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def default_path() -> str:
+    return os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise ConfigError naming the file, key and problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file (set --config or {ENV_VAR})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse(doc, str(p))
+
+
+def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
+    r = _Reader(path, doc)
+    etcd = r.section("etcd")
+    flannel = r.section("flannel")
+    kube = r.section("kubernetes")
+    lb = r.section("lb")
+    dp = r.section("dataplane")
+    metrics = r.section("metrics")
+    log = r.section("log")
+    r.no_other_sections()
+
+    cfg = Config(
+        path=path,
+        etcd=EtcdConfig(
+            endpoints=tuple(
+                etcd.get("endpoints", list, EtcdConfig().endpoints, _each(_etcd_url), nonempty=True)
+            ),
+            ca_file=etcd.get("ca_file", str, None, _readable_file),
+            cert_file=etcd.get("cert_file", str, None, _readable_file),
+            key_file=etcd.get("key_file", str, None, _readable_file),
+            username=etcd.get("username", str, None),
+            password=etcd.get("password", str, None),
+            timeout=etcd.get("timeout", float, EtcdConfig().timeout, _positive),
+            retry_budget=etcd.get("retry_budget", float, EtcdConfig().retry_budget, _positive),
+        ),
+        flannel=FlannelConfig(
+            prefix=flannel.get("prefix", str, FlannelConfig().prefix, _key_prefix),
+            etcd_api=flannel.get("etcd_api", str, FlannelConfig().etcd_api, _one_of("v3", "v2")),
+            subnet_manager=flannel.get(
+                "subnet_manager", str, FlannelConfig().subnet_manager, _one_of("etcd", "kube")
+            ),
+            network=flannel.get("network", str, None, _ipv4_network),
+            annotation_prefix=flannel.get("annotation_prefix", str, FlannelConfig().annotation_prefix),
+        ),
+        kubernetes=KubernetesConfig(prefix=kube.get("prefix", str, KubernetesConfig().prefix, _key_prefix)),
+        lb=LBConfig(
+            addresses=tuple(
+                lb.get("addresses", list, [], _each(_ipv4_address), nonempty=True, required=True)
+            ),
+            cluster_ips=lb.get("cluster_ips", bool, False),
+        ),
+        dataplane=DataplaneConfig(
+            writer=dp.get("writer", str, "restore", _one_of("restore", "libiptc")),
+            iptables_backend=dp.get("iptables_backend", str, "auto", _one_of("auto", "nft", "legacy")),
+            chain_prefix=dp.get("chain_prefix", str, "FLB-", _chain_prefix),
+            masquerade=dp.get("masquerade", bool, True),
+            random_fully=dp.get("random_fully", bool, True),
+            snat_addresses=tuple(dp.get("snat_addresses", list, [], _each(_ipv4_address))),
+            min_sync_interval=dp.get("min_sync_interval", float, 0.02, _non_negative),
+            full_resync_interval=dp.get("full_resync_interval", float, 60.0, _positive),
+            conntrack_cleanup=dp.get("conntrack_cleanup", bool, True),
+            manage_ip_forward=dp.get("manage_ip_forward", bool, True),
+        ),
+        metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
+        log=LogConfig(
+            level=log.get("level", str, "info", _one_of("debug", "info", "warning", "error")),
+            format=log.get("format", str, "json", _one_of("json", "console")),
+        ),
+    )
+    for section in (etcd, flannel, kube, lb, dp, metrics, log):
+        section.no_other_keys()
+    if bool(cfg.etcd.cert_file) != bool(cfg.etcd.key_file):
+        raise ConfigError(f"{path}: [etcd] cert_file and key_file: set both or neither")
+    if cfg.flannel.subnet_manager == "kube" and cfg.flannel.network is None:
+        raise ConfigError(
+            f'{path}: [flannel] network: required with subnet_manager = "kube" '
+            '(copy Network from flannel\'s net-conf.json, e.g. "10.244.0.0/16")'
+        )
+    if cfg.flannel.subnet_manager == "kube" and cfg.flannel.etcd_api == "v2":
+        raise ConfigError(f'{path}: [flannel] etcd_api: "v2" makes no sense with subnet_manager = "kube"')
+    return cfg
+
+
+# --- validators: each returns the cleaned value or raises ValueError with the reason --------------
+
+
+def _each(check: Callable[[Any], T]) -> Callable[[list[Any]], list[T]]:
+    def run(items: list[Any]) -> list[T]:
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(check(item))
+            except ValueError as e:
+                raise ValueError(f"item {i + 1} ({item!r}): {e}") from None
+        return out
+
+    return run
+
+
+def _etcd_url(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a URL string")
+    u = urlsplit(v)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError('expected a URL like "http://10.245.1.2:4379" or "https://etcd.example:2379"')
+    try:
+        u.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    return v
+
+
+def _ipv4_address(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected an IPv4 address string")
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except ValueError:
+        raise ValueError("not an IPv4 address") from None
+
+
+def _ipv4_network(v: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(v)
+    except ValueError as e:
+        raise ValueError(f"not an IPv4 network in CIDR form: {e}") from None
+
+
+def _key_prefix(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError('an etcd key prefix starts with "/"')
+    return v.rstrip("/") or "/"
+
+
+def _chain_prefix(v: str) -> str:
+    if not (1 <= len(v) <= 8) or not all(c.isalnum() or c in "-_" for c in v):
+        raise ValueError("1 to 8 letters, digits, '-' or '_' (chain names are limited to 28 characters)")
+    return v
+
+
+def _readable_file(v: str) -> str:
+    if not os.path.isfile(v):
+        raise ValueError("no such file")
+    if not os.access(v, os.R_OK):
+        raise ValueError("file is not readable")
+    return v
+
+
+def _listen_address(v: str) -> str:
+    if v == "":
+        return v
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('expected "host:port", e.g. "127.0.0.1:9842", or "" to disable')
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    return v
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError("must be greater than 0")
+    return v
+
+
+def _non_negative(v: float) -> float:
+    if v < 0:
+        raise ValueError("must not be negative")
+    return v
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def check(v: str) -> str:
+        if v not in choices:
+            raise ValueError("expected one of " + ", ".join(f'"{c}"' for c in choices))
+        return v
+
+    return check
+
+
+_TYPE_NAMES = {str: "a string", list: "a list", bool: "true or false", float: "a number", int: "an integer"}
+
+
+class _Section:
+    def __init__(self, path: str, name: str, table: Mapping[str, Any]) -> None:
+        self.path, self.name, self.table = path, name, table
+        self.seen: set[str] = set()
+
+    def get(
+        self,
+        key: str,
+        typ: type,
+        default: Any,
+        check: Callable[[Any], Any] | None = None,
+        *,
+        nonempty: bool = False,
+        required: bool = False,
+    ) -> Any:
+        self.seen.add(key)
+        where = f"{self.path}: [{self.name}] {key}"
+        if key not in self.table:
+            if required:
+                raise ConfigError(f"{where}: required, but missing")
+            return default
+        value = self.table[key]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {_TYPE_NAMES[typ]}, got {value!r}")
+        if nonempty and not value:
+            raise ConfigError(f"{where}: must not be empty")
+        if check is None:
+            return value
+        try:
+            return check(value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    def no_other_keys(self) -> None:
+        extra = sorted(set(self.table) - self.seen)
+        if extra:
+            raise ConfigError(
+                f"{self.path}: [{self.name}] {extra[0]}: unknown key (known: {', '.join(sorted(self.seen))})"
+            )
+
+
+class _Reader:
+    def __init__(self, path: str, doc: Mapping[str, Any]) -> None:
+        self.path, self.doc = path, doc
+        self.sections: list[str] = []
+
+    def section(self, name: str) -> _Section:
+        self.sections.append(name)
+        table = self.doc.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{self.path}: [{name}]: expected a table, got {table!r}")
+        return _Section(self.path, name, table)
+
+    def no_other_sections(self) -> None:
+        extra = sorted(set(self.doc) - set(self.sections))
+        if extra and not isinstance(self.doc[extra[0]], Mapping):
+            raise ConfigError(
+                f"{self.path}: {extra[0]}: unknown top-level key (settings belong in a section: "
+                f"{', '.join(f'[{s}]' for s in self.sections)})"
+            )
+        if extra:
+            raise ConfigError(
+                f"{self.path}: [{extra[0]}]: unknown section (known: {', '.join(self.sections)})"
+            )

@@ -1,0 +1,131 @@
+"""Programming a RuleSet with iptables-restore --noflush: one atomic transaction per sync.
+
+Also the kernel-facing helpers both writers use: reading the owned chains back (adoption at start-up),
+diffing them against a RuleSet, and removing everything flannel-lb owns.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from flannel_lb.dataplane.changes import Changes
+from flannel_lb.dataplane.render import render, render_changes
+from flannel_lb.dataplane.rules import TABLES, RuleSet
+from flannel_lb.dataplane.savefile import parse_save, quote
+from flannel_lb.dataplane.tools import Tools, make_tools, run
+from flannel_lb.dataplane.writer import SyncState
+
+_ERROR_LINE = re.compile(r"line:? (\d+)")
+_QUOTED_NAME = re.compile(r"['`]([^'`\s]+)'")
+
+__all__ = [
+    "RestoreError",
+    "RestoreWriter",
+    "apply",
+    "cleanup",
+    "diff",
+    "read_owned",
+    "render",
+    "render_changes",
+]
+
+
+class RestoreError(RuntimeError):
+    """iptables-restore rejected a transaction; nothing of it was applied."""
+
+    def __init__(self, message: str, *, stderr: str, line_no: int | None, line: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.line_no = line_no
+        self.line = line
+
+
+def apply(text: str, tools: Tools) -> None:
+    """Apply restore text atomically; on failure raise RestoreError naming the offending line."""
+    if not text:
+        return
+    proc = run(tools.restore_argv(), input=text)
+    if proc.returncode == 0:
+        return
+    stderr = proc.stderr.strip()
+    line_no = _offending_line(text, stderr)
+    line = text.splitlines()[line_no - 1] if line_no else ""
+    where = f" at line {line_no}: {line}" if line else ""
+    raise RestoreError(
+        f"{tools.binary('-restore')} failed (exit {proc.returncode}){where}: {stderr}",
+        stderr=stderr,
+        line_no=line_no,
+        line=line,
+    )
+
+
+def _offending_line(text: str, stderr: str) -> int | None:
+    """The 1-based line iptables blames. iptables-nft resolves jump targets at COMMIT and blames that
+    line (`Chain 'X' does not exist`): then the first line using the named chain is the culprit."""
+    lines = text.splitlines()
+    m = _ERROR_LINE.search(stderr)
+    line_no = int(m.group(1)) if m and 0 < int(m.group(1)) <= len(lines) else None
+    named = _QUOTED_NAME.search(stderr)
+    if named and (line_no is None or lines[line_no - 1] == "COMMIT"):
+        name = named.group(1)
+        for i, ln in enumerate(lines, 1):
+            if f"-j {name}" in ln or f"-g {name}" in ln:
+                return i
+    return line_no
+
+
+def read_owned(tools: Tools, prefix: str) -> RuleSet:
+    """The kernel's chains named `prefix*` (nat, filter) and the builtin-chain jumps to them."""
+    return parse_save("".join(tools.run(tools.save_argv(t)) for t in TABLES), prefix)
+
+
+def diff(desired: RuleSet, tools: Tools) -> str:
+    """A unified diff from the kernel's owned chains to `desired` ("" when they match)."""
+    current = read_owned(tools, desired.prefix)
+    lines = difflib.unified_diff(_listing(current), _listing(desired), "kernel", "desired", lineterm="", n=1)
+    return "\n".join(lines)
+
+
+def _listing(rs: RuleSet) -> list[str]:
+    """A canonical listing: tables, chains sorted by name, values as iptables-save prints them."""
+    out: list[str] = []
+    for table in TABLES:
+        out.append(f"*{table}")
+        for j in sorted(rs.jumps_in(table), key=lambda j: (j.chain, j.key())):
+            out.append(" ".join(["-A", j.chain, *map(quote, j.rule.key())]))
+        for c in sorted(rs.table(table), key=lambda c: c.name):
+            out.append(f":{c.name}")
+            out += [" ".join(["-A", c.name, *map(quote, r.key())]) for r in c.rules]
+    return out
+
+
+def cleanup(tools: Tools, prefix: str) -> Changes:
+    """Remove every `prefix*` chain in nat/filter and every builtin-chain jump to one; nothing else."""
+    current = read_owned(tools, prefix)
+    changes = Changes(delete=tuple((c.table, c.name) for c in current.chains), del_jumps=current.jumps)
+    apply(render_changes(changes), tools)
+    return changes
+
+
+class RestoreWriter(SyncState):
+    """The default writer: iptables-{nft,legacy}-restore -w --noflush, matching the host's backend."""
+
+    def __init__(self, *, prefix: str = "FLB-", backend: str = "auto", netns: str | None = None) -> None:
+        super().__init__(prefix)
+        self.tools = make_tools(backend, netns)
+
+    def read_owned(self) -> RuleSet:
+        return read_owned(self.tools, self._prefix)
+
+    def diff(self, desired: RuleSet) -> str:
+        return diff(desired, self.tools)
+
+    def _commit(self, changes: Changes, text: str) -> None:
+        apply(text, self.tools)
+
+    def cleanup(self) -> Changes:
+        try:
+            return cleanup(self.tools, self._prefix)
+        finally:
+            self.forget()

@@ -1,0 +1,114 @@
+"""The Writer protocol and the sync bookkeeping both writers share.
+
+A writer remembers what it last applied, so a sync only carries what changed. It trusts that memory
+only while it is earned: the first sync adopts what the kernel has (a restarted agent takes over
+without a flush: identical chains are left alone, stale ones replaced in the same transaction), after
+a failure the next sync is a full rewrite, and `verify=True` (periodically) compares with a fresh
+read-back of the kernel to repair drift without rewriting what is still right.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from flannel_lb.dataplane.changes import Changes, compute_changes
+from flannel_lb.dataplane.render import render_changes
+from flannel_lb.dataplane.rules import RuleSet
+
+Mode = Literal["adopt", "verify", "full", "partial"]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    mode: Mode
+    changes: Changes
+    text: str  # the iptables-restore text of the transaction ("" when nothing had to change)
+    seconds: float
+
+    @property
+    def applied(self) -> bool:
+        return not self.changes.empty
+
+
+class Writer(Protocol):
+    """Programs a RuleSet into the kernel: one atomic transaction per sync."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> SyncResult: ...
+
+    def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str: ...
+
+    def read_owned(self) -> RuleSet: ...
+
+    def cleanup(self) -> Changes: ...
+
+    def close(self) -> None: ...
+
+
+class SyncState(ABC):
+    """Chooses adopt/verify/full/partial, computes the changes, forgets its memory when a sync fails."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._current: RuleSet | None = None  # what the kernel holds, as far as this writer knows
+        self._need_full = False
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @abstractmethod
+    def read_owned(self) -> RuleSet: ...
+
+    @abstractmethod
+    def _commit(self, changes: Changes, text: str) -> None: ...
+
+    @abstractmethod
+    def cleanup(self) -> Changes:
+        """Remove every owned chain and jump (nothing else); the next sync starts from scratch."""
+
+    def close(self) -> None:
+        """Release what the writer holds (threads); the kernel state is left as it is."""
+        self._current = None
+
+    def plan(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> tuple[Mode, Changes]:
+        """What the next sync would do (reads the kernel when this writer's memory is not trusted).
+
+        full: rewrite every chain (after a failure: kube-proxy's rule). verify: compare with what the
+        kernel holds instead of with memory, and rewrite only what differs: repairs drift (someone
+        flushed or edited an owned chain) at the cost of one iptables-save, not of a full rewrite.
+        """
+        if desired.prefix != self._prefix:
+            raise ValueError(f"rule set prefix {desired.prefix!r} != writer prefix {self._prefix!r}")
+        if full or self._need_full:
+            return "full", compute_changes(desired, self.read_owned(), full=True)
+        if verify or self._current is None:
+            return ("verify" if verify else "adopt"), compute_changes(desired, self.read_owned())
+        return "partial", compute_changes(desired, self._current)
+
+    def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str:
+        """The exact restore text the next sync would apply ("" if nothing would change)."""
+        return render_changes(self.plan(desired, full=full, verify=verify)[1])
+
+    def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> SyncResult:
+        """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
+        start = time.perf_counter()
+        mode, changes = self.plan(desired, full=full, verify=verify)
+        text = render_changes(changes)
+        if not changes.empty:
+            try:
+                self._commit(changes, text)
+            except BaseException:
+                self._current, self._need_full = None, True
+                raise
+        self._current, self._need_full = desired, False
+        return SyncResult(mode, changes, text, time.perf_counter() - start)
+
+    def forget(self) -> None:
+        """Make the next sync a full one."""
+        self._current, self._need_full = None, True

@@ -1,0 +1,132 @@
+"""The desired state: what the load balancer should do, as plain data.
+
+A `Plan` is computed by pure functions (`flannel_lb.plan`) from the cluster records and read by
+everything that acts or reports: the data plane renders it into rules, the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Backend:
+    ip: str
+    port: int
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Excluded:
+    ip: str
+    reason: str
+    port: int | None = None
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    mode: str  # "ClientIP"
+    timeout: int  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """One exposed address:port/protocol and the pod endpoints it balances over."""
+
+    address: str
+    port: int
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    service: str  # "namespace/name"
+    port_name: str = ""
+    affinity: Affinity | None = None
+    backends: tuple[Backend, ...] = ()
+    excluded: tuple[Excluded, ...] = ()
+    kind: str = "external"  # "external" (an LB address) or "cluster-ip" (reachable from the LB itself)
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.address, self.port, self.protocol)
+
+    @property
+    def label(self) -> str:
+        return f"{self.address}:{self.port}/{self.protocol}"
+
+    def fingerprint(self) -> str:
+        """Stable identity of this frontend's rules: equal fingerprints mean identical chains."""
+        h = hashlib.sha256(
+            repr((self.key, self.service, self.port_name, self.affinity, self.backends, self.kind)).encode()
+        )
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    address: str
+    port: int
+    protocol: str
+    winner: str
+    loser: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A piece of input flannel-lb could not use, with where it came from and why."""
+
+    key: str
+    reason: str
+    kind: str = "decode"  # a short metric label: decode, encrypted, invalid, lease, config, ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceVerdict:
+    """Why a Service is, or is not, exposed on the LB (for `explain`)."""
+
+    service: str
+    exposed: bool
+    reason: str
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    revision: int
+    frontends: tuple[Frontend, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    verdicts: dict[str, ServiceVerdict] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "frontends": [frontend_json(f) for f in self.frontends],
+            "conflicts": [
+                {
+                    "address": c.address,
+                    "port": c.port,
+                    "protocol": c.protocol,
+                    "winner": c.winner,
+                    "loser": c.loser,
+                    "reason": c.reason,
+                }
+                for c in self.conflicts
+            ],
+            "problems": [{"key": p.key, "kind": p.kind, "reason": p.reason} for p in self.problems],
+        }
+
+
+def frontend_json(f: Frontend) -> dict[str, Any]:
+    return {
+        "address": f.address,
+        "port": f.port,
+        "protocol": f.protocol,
+        "service": f.service,
+        "port_name": f.port_name,
+        "kind": f.kind,
+        "affinity": None if f.affinity is None else {"mode": f.affinity.mode, "timeout": f.affinity.timeout},
+        "backends": [{"ip": b.ip, "port": b.port, "node": b.node} for b in f.backends],
+        "excluded": [{"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason} for e in f.excluded],
+    }

@@ -1,0 +1,575 @@
+"""`flannel-lb check`: an operator's doctor for the host the load balancer runs on.
+
+The agent's failure modes are mostly outside flannel-lb itself: etcd out of reach, flanneld not
+running or not finished programming the overlay, forwarding off, a strict rp_filter, rules in the
+other iptables backend, or another NAT rule grabbing the LB's addresses first. Each check names
+what it found and what to do about it, and none of them changes anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flannel_lb import config as config_mod
+from flannel_lb import wiring
+from flannel_lb.cluster import ClusterState
+from flannel_lb.config import Config
+from flannel_lb.model import Lease
+from flannel_lb.netcheck import KernelView, NetChecker, device_for
+
+Status = Literal["ok", "warn", "fail"]
+MAX_LISTED = 20  # longer lists are cut, with a count of the rest
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+class Skipped(Exception):
+    """A check cannot run because an earlier one failed; reported as a failure naming that one."""
+
+
+@dataclass
+class _Context:
+    """What the checks share: the config, one etcd snapshot and one kernel dump (each taken once)."""
+
+    cfg: Config
+    netns: str | None
+    state: ClusterState | None = None
+    etcd_error: str = ""
+    _view: KernelView | None = None
+    _view_error: Exception | None = None
+    _checker: NetChecker | None = field(default=None, repr=False)
+
+    @property
+    def checker(self) -> NetChecker:
+        if self._checker is None:
+            self._checker = NetChecker(self.netns)
+        return self._checker
+
+    @property
+    def view(self) -> KernelView:
+        if self._view_error is not None:
+            raise self._view_error
+        if self._view is None:
+            try:
+                self._view = self.checker.dump()
+            except Exception as e:
+                self._view_error = e
+                raise
+        return self._view
+
+    def cluster(self) -> ClusterState:
+        if self.state is None:
+            raise Skipped(f"needs etcd ({self.etcd_error})")
+        return self.state
+
+    def close(self) -> None:
+        if self._checker is not None:
+            self._checker.close()
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def run_checks(cfg: Config, netns: str | None = None) -> list[CheckResult]:
+    """Every check, in order; a check that raises becomes a `fail` carrying the exception's message."""
+    ctx = _Context(cfg, netns)
+    try:
+        return [_guarded(name, fn, ctx) for name, fn in CHECKS]
+    finally:
+        ctx.close()
+
+
+def _guarded(name: str, fn: Callable[[_Context], tuple[Status, str]], ctx: _Context) -> CheckResult:
+    try:
+        status, detail = fn(ctx)
+    except Skipped as e:
+        return CheckResult(name, "fail", f"not checked: {e}")
+    except Exception as e:
+        return CheckResult(name, "fail", f"check crashed: {type(e).__name__}: {e}")
+    return CheckResult(name, status, detail)
+
+
+# --- etcd and flannel's records -----------------------------------------------------------------------
+
+
+def check_etcd(ctx: _Context) -> tuple[Status, str]:
+    from flannel_lb.source.records import EtcdUnavailable
+
+    cfg = ctx.cfg
+    try:
+        snap = wiring.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
+    except EtcdUnavailable as e:
+        ctx.etcd_error = "etcd unreachable"
+        return "fail", str(e)
+    ctx.state = wiring.new_state(cfg)
+    wiring.apply_update(ctx.state, snap)
+    endpoints = [_probe_endpoint(cfg, url) for url in cfg.etcd.endpoints]
+    detail = f"revision {snap.revision} ({len(snap.items)} keys); " + "; ".join(text for _, text in endpoints)
+    return ("ok" if all(ok for ok, _ in endpoints) else "warn"), detail
+
+
+def _probe_endpoint(cfg: Config, url: str) -> tuple[bool, str]:
+    """Ask one endpoint for its status, so a dead member of a multi-endpoint list shows up."""
+    from flannel_lb.source import etcd_v3
+    from flannel_lb.source.settings import parse_endpoint
+
+    settings = wiring.etcd_settings(cfg)
+    try:
+        client = etcd_v3.connect(parse_endpoint(url), settings)
+        try:
+            version = client.status().version
+        finally:
+            etcd_v3.close(client)
+    except Exception as e:
+        return False, f"{url} unreachable: {etcd_v3.describe(e)}"
+    return True, f"{url} answers (etcd {version})"
+
+
+def check_network_config(ctx: _Context) -> tuple[Status, str]:
+    cfg, state = ctx.cfg, ctx.cluster()
+    if cfg.flannel.subnet_manager == "kube":
+        return "ok", (
+            f"kube subnet manager: network {cfg.flannel.network} from [flannel] network; "
+            f"{len(state.leases())} leases from Node annotations"
+        )
+    key = f"{cfg.flannel.prefix.rstrip('/')}/config"
+    problem = state.problems.get(key)
+    if problem is not None:
+        return "fail", f"{key} is unusable: {problem.reason}"
+    nc = state.network_config
+    if nc is None:
+        other = "v2" if cfg.flannel.etcd_api == "v3" else "v3"
+        return "fail", (
+            f"no {key} in etcd's {cfg.flannel.etcd_api} keyspace (flannel < 0.18 writes the v2 keyspace,"
+            f" >= 0.18 the v3 one: if flanneld's config lives in {other}, set [flannel] etcd_api"
+            f' = "{other}")'
+        )
+    backend = nc.backend_type + (
+        f" (VNI {nc.vni}, port {nc.port or 8472})" if nc.backend_type == "vxlan" else ""
+    )
+    return "ok", (
+        f"Network {nc.network}, SubnetLen {nc.subnet_len}, backend {backend}; {len(state.leases())} leases"
+    )
+
+
+def _backend(ctx: _Context) -> tuple[str, int]:
+    """The backend this host's flanneld runs, and its VNI: the network config's, else the own lease's."""
+    state = ctx.cluster()
+    nc = state.network_config
+    if nc is not None and ctx.cfg.flannel.subnet_manager == "etcd":
+        return nc.backend_type, nc.vni
+    own = _own_leases(ctx)
+    if own:
+        return own[0].backend_type, own[0].vni or 1
+    backends = sorted({lease.backend_type for lease in state.leases()})
+    return (backends[0] if len(backends) == 1 else "unknown"), 1
+
+
+def _local_addresses(view: KernelView) -> dict[ipaddress.IPv4Address, str]:
+    return {iface.ip: view.name_of(index) for index, ifaces in view.addresses.items() for iface in ifaces}
+
+
+def _own_leases(ctx: _Context) -> list[Lease]:
+    """Leases that are this host's: PublicIP is a local address, or a flannel device's address is inside."""
+    view, state = ctx.view, ctx.cluster()
+    local = _local_addresses(view)
+    flannel_ips = [ip for ip, dev in local.items() if dev.startswith("flannel")]
+    return [
+        lease
+        for lease in state.leases()
+        if lease.public_ip in local or any(ip in lease.subnet for ip in flannel_ips)
+    ]
+
+
+def check_own_lease(ctx: _Context) -> tuple[Status, str]:
+    own = _own_leases(ctx)
+    if not own:
+        local = ", ".join(sorted(map(str, _local_addresses(ctx.view)))) or "none"
+        return "fail", (
+            "no lease belongs to this host: no lease's PublicIP is a local address (local: "
+            f"{local}) and no flannel device holds an address inside a leased subnet. "
+            "Is flanneld running here, against this etcd and prefix?"
+        )
+    text = "; ".join(f"{lease.subnet} (PublicIP {lease.public_ip}, {lease.backend_type})" for lease in own)
+    if len(own) > 1:
+        return (
+            "warn",
+            f"{len(own)} leases look like this host's (a stale one after a PublicIP change?): {text}",
+        )
+    return "ok", text
+
+
+def _own_subnet(ctx: _Context) -> ipaddress.IPv4Network | None:
+    own = _own_leases(ctx)
+    view = ctx.view
+    flannel_ips = [ip for ip, dev in _local_addresses(view).items() if dev.startswith("flannel")]
+    # With several candidates, the one the flannel device's address sits in is the live one.
+    best = [lease for lease in own if any(ip in lease.subnet for ip in flannel_ips)] or own
+    return best[0].subnet if best else None
+
+
+# --- the kernel side ----------------------------------------------------------------------------------
+
+
+def check_flannel_interface(ctx: _Context) -> tuple[Status, str]:
+    backend, vni = _backend(ctx)
+    view = ctx.view
+    dev = device_for(backend, vni)
+    if backend == "host-gw":
+        return _host_gw_interface(ctx)
+    if dev is None:
+        return "warn", f"backend {backend}: its device is not checked"
+    fault = view.device_fault(dev, backend)
+    if fault:
+        return "fail", fault
+    link = view.by_name[dev]
+    addrs = view.addresses.get(link.index, [])
+    shown = ", ".join(map(str, addrs)) or "no IPv4 address"
+    own = _own_subnet(ctx)
+    if own is not None and not any(a.ip in own for a in addrs):
+        return (
+            "warn",
+            f"{dev} ({link.kind or 'device'}) is up, but {shown} is not inside this host's lease {own}",
+        )
+    return "ok", f"{dev} ({link.kind or 'device'}) is up with {shown}"
+
+
+def _host_gw_interface(ctx: _Context) -> tuple[Status, str]:
+    """host-gw has no device: the interface holding this host's PublicIP carries the traffic."""
+    own = [lease for lease in _own_leases(ctx) if lease.public_ip in _local_addresses(ctx.view)]
+    if not own:
+        return "fail", "host-gw: no lease's PublicIP is a local address, so no interface to check"
+    view = ctx.view
+    name = _local_addresses(view)[own[0].public_ip]
+    fault = view.device_fault(name, "host-gw")
+    if fault:
+        return "fail", f"host-gw routes leave through {name}: {fault}"
+    return "ok", f"host-gw uses no flannel device; {name} (holding PublicIP {own[0].public_ip}) is up"
+
+
+def check_lease_paths(ctx: _Context) -> tuple[Status, str]:
+    state = ctx.cluster()
+    own = _own_subnet(ctx)
+    others = [lease for lease in state.leases() if lease.subnet != own]
+    faults = ctx.checker.check(state.leases(), state.network_config, own)
+    notes = "".join(f"\n{note}" for note in ctx.checker.notes)
+    if not others:
+        return "warn", "no other leases: there is no node to reach yet" + notes
+    if not faults:
+        return "ok", f"the kernel path to all {len(others)} other leases is in place" + notes
+    by_subnet = {lease.subnet: lease for lease in others}
+    lines = [f"{subnet} ({by_subnet[subnet].public_ip}): {why}" for subnet, why in sorted(faults.items())]
+    status: Status = "fail" if len(faults) >= len(others) else "warn"
+    head = f"{len(faults)} of {len(others)} leases have no usable path (their endpoints are not admitted):"
+    return status, "\n".join([head, *_cut(lines)]) + notes
+
+
+def check_ip_forward(ctx: _Context) -> tuple[Status, str]:
+    value = read_sysctl("net/ipv4/ip_forward", ctx.netns)
+    if value == "1":
+        return "ok", "net.ipv4.ip_forward = 1"
+    return "fail", (
+        f"net.ipv4.ip_forward = {value}: DNATed packets would not be forwarded to the pods. "
+        "Fix: sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/"
+    )
+
+
+def check_rp_filter(ctx: _Context) -> tuple[Status, str]:
+    names = ["all"]
+    dev = _traffic_device(ctx)
+    if dev:
+        names.append(dev)
+    values = {name: read_sysctl(f"net/ipv4/conf/{name}/rp_filter", ctx.netns) for name in names}
+    shown = ", ".join(f"{n}={v}" for n, v in values.items())
+    # The kernel applies max(all, interface).
+    if max(int(v) for v in values.values()) == 1:
+        return "warn", (
+            f"rp_filter is strict ({shown}): replies that come back on another interface than the one "
+            "the kernel would route to (asymmetric paths, DirectRouting) are dropped. Use 2 (loose) or 0"
+        )
+    return "ok", f"rp_filter {shown} (effective max: not strict)"
+
+
+def _traffic_device(ctx: _Context) -> str | None:
+    """The interface replies from pods arrive on: the flannel device, or host-gw's external one."""
+    try:
+        backend, vni = _backend(ctx)
+    except Skipped:
+        return next((n for n in ctx.view.by_name if n.startswith("flannel")), None)
+    dev = device_for(backend, vni)
+    if dev is not None:
+        return dev if dev in ctx.view.by_name else None
+    local = _local_addresses(ctx.view)
+    return next((local[lease.public_ip] for lease in _own_leases(ctx) if lease.public_ip in local), None)
+
+
+def check_lb_addresses(ctx: _Context) -> tuple[Status, str]:
+    local = _local_addresses(ctx.view)
+    wanted = [ipaddress.IPv4Address(a) for a in ctx.cfg.lb.addresses]
+    missing = [a for a in wanted if a not in local]
+    found = ", ".join(f"{a} on {local[a]}" for a in wanted if a in local)
+    if missing:
+        names = ", ".join(map(str, missing))
+        return "warn", (
+            f"[lb] addresses not configured on this host: {names} (traffic for them arrives only if "
+            "something routes it here; add them with `ip addr add`)"
+            + (f"; present: {found}" if found else "")
+        )
+    return "ok", f"all configured: {found}"
+
+
+# --- iptables -------------------------------------------------------------------------------------------
+
+
+def check_iptables_backend(ctx: _Context) -> tuple[Status, str]:
+    version = run(["iptables", "--version"], ctx.netns).strip()
+    host = "nft" if "nf_tables" in version else "legacy"
+    warnings: list[str] = []
+    dp = ctx.cfg.dataplane
+    if dp.writer == "libiptc" and host == "nft":
+        warnings.append(
+            "[dataplane] writer = libiptc programs legacy x_tables, but this host's iptables is nf_tables:"
+            " the first NAT hook to bind a connection wins, so those rules can be silently ineffective"
+        )
+    if dp.iptables_backend not in ("auto", host):
+        warnings.append(
+            f"[dataplane] iptables_backend = {dp.iptables_backend}, but `iptables` here is {host}"
+        )
+    other = "legacy" if host == "nft" else "nft"
+    count = _nat_rule_count(other, ctx.netns)
+    if count:
+        warnings.append(
+            f"iptables-{other} also holds {count} nat rules: two NAT backends on one host compete for"
+            f" the same connections (list them with iptables-{other}-save -t nat)"
+        )
+    if warnings:
+        return "warn", f"{version}; " + "; ".join(warnings)
+    return "ok", f"{version}; no nat rules in iptables-{other}"
+
+
+def _nat_rule_count(backend: str, netns: str | None) -> int:
+    if backend == "legacy":
+        # Without a legacy nat table there is nothing to list, and listing would load the module.
+        names = run(["cat", "/proc/net/ip_tables_names"], netns, check=False)
+        if "nat" not in names.split():
+            return 0
+    binary = f"iptables-{backend}-save"
+    if shutil.which(binary) is None:
+        return 0
+    return sum(1 for line in run([binary, "-t", "nat"], netns).splitlines() if line.startswith("-A "))
+
+
+def check_nat_conflicts(ctx: _Context) -> tuple[Status, str]:
+    backend = _effective_backend(ctx)
+    binary = f"iptables-{backend}-save"
+    rules = parse_save(run([binary if shutil.which(binary) else "iptables-save", "-t", "nat"], ctx.netns))
+    addrs = {ipaddress.IPv4Address(a) for a in ctx.cfg.lb.addresses}
+    prefix = ctx.cfg.dataplane.chain_prefix
+    found: list[str] = []
+    jumps: list[str] = []
+    for chain in ("PREROUTING", "OUTPUT"):
+        hits, jumped = find_conflicts(rules, chain, addrs, prefix)
+        found += hits
+        if jumped:
+            jumps.append(chain)
+    where = f"nat PREROUTING/OUTPUT (iptables-{backend})"
+    if found:
+        head = f"{len(found)} foreign DNAT/REDIRECT rules in {where} catch [lb] addresses before flannel-lb:"
+        return "warn", "\n".join([head, *_cut(found)])
+    installed = (
+        f"flannel-lb's jump is in {', '.join(jumps)}" if jumps else "flannel-lb's jump is not installed yet"
+    )
+    return "ok", f"no foreign DNAT/REDIRECT for [lb] addresses in {where}; {installed}"
+
+
+def _effective_backend(ctx: _Context) -> str:
+    chosen = ctx.cfg.dataplane.iptables_backend
+    if chosen != "auto":
+        return chosen
+    return "nft" if "nf_tables" in run(["iptables", "--version"], ctx.netns) else "legacy"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    args: list[str]  # after `-A CHAIN`
+    text: str  # the line as iptables-save printed it
+
+
+Rules = dict[str, list[Rule]]  # chain -> its rules, in order
+_NAT_TARGETS = {"DNAT", "REDIRECT"}
+
+
+def parse_save(text: str) -> Rules:
+    """The `-A` lines of iptables-save output, per chain, in order."""
+    rules: Rules = {}
+    for line in text.splitlines():
+        if line.startswith(":"):
+            rules.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            args = shlex.split(line)
+            rules.setdefault(args[1], []).append(Rule(args[2:], line))
+    return rules
+
+
+def find_conflicts(
+    rules: Rules, chain: str, addrs: set[ipaddress.IPv4Address], prefix: str
+) -> tuple[list[str], bool]:
+    """Foreign DNAT/REDIRECT rules reachable from `chain` before flannel-lb's jump, and whether it jumps.
+
+    The destination filters along the path (-d, ! -d) narrow which LB addresses could get there.
+    """
+    found: list[str] = []
+    for rule in rules.get(chain, []):
+        if _target(rule).startswith(prefix):
+            return found, True
+        hit = _dest_filter(rule.args, addrs)
+        if hit:
+            found += _walk(rules, rule, hit, prefix, (chain,))
+    return found, False
+
+
+def _target(rule: Rule) -> str:
+    return _option(rule.args, "-j") or _option(rule.args, "-g") or ""
+
+
+def _walk(
+    rules: Rules, rule: Rule, addrs: set[ipaddress.IPv4Address], prefix: str, path: tuple[str, ...]
+) -> list[str]:
+    target = _target(rule)
+    if target in _NAT_TARGETS:
+        return [f"{' -> '.join(path)}: {rule.text} (catches {', '.join(sorted(map(str, addrs)))})"]
+    if target not in rules or target in path or target.startswith(prefix) or len(path) > 16:
+        return []
+    out: list[str] = []
+    for sub in rules[target]:
+        hit = _dest_filter(sub.args, addrs)
+        if hit:
+            out += _walk(rules, sub, hit, prefix, (*path, target))
+    return out
+
+
+def _option(args: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(args[:-1]):
+        if arg == flag:
+            return args[i + 1]
+    return None
+
+
+def _dest_filter(args: list[str], addrs: set[ipaddress.IPv4Address]) -> set[ipaddress.IPv4Address]:
+    """The LB addresses a rule's `-d`/`! -d` lets through (all of them without a -d)."""
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("-d", "--destination"):
+            nets = [ipaddress.IPv4Network(n, strict=False) for n in args[i + 1].split(",")]
+            negated = i > 0 and args[i - 1] == "!"
+            return {a for a in addrs if any(a in n for n in nets) != negated}
+    return set(addrs)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str], netns: str | None, *, check: bool = True) -> str:
+    """Run a read-only command in the namespace and return its stdout; raise with stderr on failure."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    try:
+        proc = subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise RuntimeError(f"{argv[0]} is not installed") from None
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"`{shlex.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def read_sysctl(path: str, netns: str | None) -> str:
+    """/proc/sys/<path> as the namespace sees it (/proc/sys/net follows the reader's namespace)."""
+    if netns is None:
+        with open(f"/proc/sys/{path}") as f:
+            return f.read().strip()
+    return run(["cat", f"/proc/sys/{path}"], netns).strip()
+
+
+def _cut(lines: list[str]) -> list[str]:
+    if len(lines) <= MAX_LISTED:
+        return lines
+    return [*lines[:MAX_LISTED], f"... and {len(lines) - MAX_LISTED} more"]
+
+
+CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (
+    ("etcd", check_etcd),
+    ("flannel config", check_network_config),
+    ("own lease", check_own_lease),
+    ("flannel interface", check_flannel_interface),
+    ("lease paths", check_lease_paths),
+    ("ip_forward", check_ip_forward),
+    ("rp_filter", check_rp_filter),
+    ("iptables backend", check_iptables_backend),
+    ("nat conflicts", check_nat_conflicts),
+    ("lb addresses", check_lb_addresses),
+)
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+
+def format_report(results: Iterable[CheckResult], cfg_path: str) -> str:
+    results = list(results)
+    marks = {"ok": "  ok", "warn": "WARN", "fail": "FAIL"}
+    lines = [f"flannel-lb check ({cfg_path})"]
+    for r in results:
+        first, *rest = r.detail.splitlines() or [""]
+        lines.append(f"[{marks[r.status]}] {r.name:<18} {first}")
+        lines += [f"{'':26}{line}" for line in rest]
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("ok", "warn", "fail")}
+    lines.append(
+        f"{len(results)} checks: {counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed"
+    )
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config or config_mod.default_path())
+    except config_mod.ConfigError as e:
+        print(f"flannel-lb check: config error: {e}", file=sys.stderr)
+        return 2
+    results = run_checks(cfg, netns=args.netns)
+    if args.json:
+        doc: dict[str, Any] = {
+            "config": cfg.path,
+            "netns": args.netns,
+            "ok": all(r.status != "fail" for r in results),
+            "checks": [r.to_json() for r in results],
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print(format_report(results, cfg.path))
+    return 1 if any(r.status == "fail" for r in results) else 0
+
+
+def register_commands(subparsers: Any) -> None:
+    """Add `check` to the CLI's subcommands."""
+    p = subparsers.add_parser("check", help="doctor: is this host ready to be the load balancer?")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--netns",
+        metavar="NAME",
+        help="inspect the kernel side of network namespace NAME instead of our own (lab use)",
+    )
+    p.set_defaults(func=cmd_check)

@@ -1,0 +1,142 @@
+"""Prometheus metrics and the /healthz endpoint, served on `[metrics] listen` (loopback by default)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+
+class Metrics:
+    """Everything the agent reports. One registry per agent, so tests can run several side by side."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.syncs = Counter(
+            "flannel_lb_syncs", "Data-plane syncs, by kind and result", ["kind", "result"], registry=r
+        )
+        self.sync_seconds = Histogram(
+            "flannel_lb_sync_duration_seconds",
+            "Time to compute the plan and apply it to the kernel",
+            ["kind"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.programming_seconds = Histogram(
+            "flannel_lb_network_programming_duration_seconds",
+            "From an etcd change reaching the agent to its rules being live",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.last_sync = Gauge("flannel_lb_last_successful_sync_timestamp_seconds", "Unix time", registry=r)
+        self.frontends = Gauge(
+            "flannel_lb_frontends", "Frontends (address:port/protocol) programmed", registry=r
+        )
+        self.backends = Gauge("flannel_lb_backends", "Backends over all frontends", registry=r)
+        self.excluded = Gauge(
+            "flannel_lb_excluded_endpoints", "Endpoints left out, by reason", ["reason"], registry=r
+        )
+        self.problems = Gauge(
+            "flannel_lb_input_problems", "etcd keys that could not be used, by kind", ["kind"], registry=r
+        )
+        self.decode_errors = Counter(
+            "flannel_lb_decode_errors", "etcd values that could not be decoded, by kind", ["kind"], registry=r
+        )
+        self.conflicts = Gauge(
+            "flannel_lb_conflicts", "address:port/protocol claimed by more than one Service", registry=r
+        )
+        self.etcd_connected = Gauge(
+            "flannel_lb_etcd_watch_connected", "1 while the etcd watch is up", registry=r
+        )
+        self.etcd_revision = Gauge(
+            "flannel_lb_etcd_revision", "etcd revision of the state being served", registry=r
+        )
+        self.etcd_disconnects = Counter("flannel_lb_etcd_watch_failures", "Broken etcd watches", registry=r)
+        self.path_faults = Gauge(
+            "flannel_lb_lease_path_faults", "flannel leases with no kernel path", registry=r
+        )
+        self.conntrack_deleted = Counter(
+            "flannel_lb_conntrack_entries_deleted", "Stale UDP/SCTP conntrack entries removed", registry=r
+        )
+        self.config_reloads = Counter(
+            "flannel_lb_config_reloads", "SIGHUP reloads, by result", ["result"], registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """A tiny HTTP server: /metrics for Prometheus, /healthz for probes (503 until the first sync)."""
+
+    def __init__(self, listen: str, metrics: Metrics, health: HealthState) -> None:
+        host, _, port = listen.rpartition(":")
+        handler = _handler(metrics, health)
+        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HealthState:
+    """What /healthz reports: healthy once a sync succeeded and as long as the main loop is alive."""
+
+    def __init__(self, stall_after: float = 120.0) -> None:
+        self.synced = False
+        self.heartbeat = time.monotonic()
+        self.stall_after = stall_after
+        self.detail = "starting"
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def status(self) -> tuple[bool, str]:
+        if not self.synced:
+            return False, f"not synced yet: {self.detail}"
+        stalled = time.monotonic() - self.heartbeat
+        if stalled > self.stall_after:
+            return False, f"main loop stalled for {stalled:.0f} s"
+        return True, self.detail
+
+
+def _handler(metrics: Metrics, health: HealthState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif self.path in ("/healthz", "/livez"):
+                ok, detail = health.status()
+                self._reply(200 if ok else 503, (("ok: " if ok else "unhealthy: ") + detail + "\n").encode())
+            else:
+                self._reply(404, b"not found: try /metrics or /healthz\n")
+
+        def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # scrapes every few seconds would drown the journal
+
+    return Handler

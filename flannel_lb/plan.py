@@ -1,0 +1,303 @@
+"""From cluster records to the desired state: pure functions, no I/O.
+
+`plan_service` decides one Service (is it exposed, which endpoints serve each port, which are
+excluded and why); `assemble` joins the per-service results and settles address:port conflicts.
+The split lets the agent re-plan only the services an etcd event touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from flannel_lb.cluster import ClusterState, ServiceRef
+from flannel_lb.desired import (
+    Affinity,
+    Backend,
+    Conflict,
+    Excluded,
+    Frontend,
+    Plan,
+    Problem,
+    ServiceVerdict,
+)
+from flannel_lb.model import Endpoint, EndpointGroup, Lease, Service, ServicePort
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    addresses: frozenset[str]  # the LB's own addresses ([lb] addresses)
+    cluster_ips: bool = False  # also make clusterIP:port reachable from the LB itself
+
+
+class LeaseIndex:
+    """Finds the live lease covering a pod IP in O(number of distinct subnet lengths)."""
+
+    def __init__(self, leases: Iterable[Lease], now: float) -> None:
+        self.by_subnet: dict[ipaddress.IPv4Network, Lease] = {}
+        self.expired: dict[ipaddress.IPv4Network, Lease] = {}
+        for lease in leases:
+            if lease.expires is not None and lease.expires <= now:
+                self.expired[lease.subnet] = lease
+            else:
+                self.by_subnet[lease.subnet] = lease
+        self._lengths = sorted({s.prefixlen for s in (*self.by_subnet, *self.expired)}, reverse=True)
+
+    def _lookup(
+        self, table: Mapping[ipaddress.IPv4Network, Lease], ip: ipaddress.IPv4Address
+    ) -> Lease | None:
+        for length in self._lengths:
+            lease = table.get(ipaddress.IPv4Network((int(ip) >> (32 - length) << (32 - length), length)))
+            if lease is not None:
+                return lease
+        return None
+
+    def find(self, ip: ipaddress.IPv4Address) -> Lease | None:
+        return self._lookup(self.by_subnet, ip)
+
+    def find_expired(self, ip: ipaddress.IPv4Address) -> Lease | None:
+        return self._lookup(self.expired, ip)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Everything endpoint admission needs besides the endpoint itself."""
+
+    network: ipaddress.IPv4Network | None
+    leases: LeaseIndex
+    path_faults: Mapping[ipaddress.IPv4Network, str] = field(default_factory=dict)  # from netcheck
+
+    def reason_to_exclude(self, ip: str) -> tuple[str | None, Lease | None]:
+        try:
+            addr = ipaddress.IPv4Address(ip)
+        except ValueError:
+            return f"{ip!r} is not an IPv4 address", None
+        if self.network is None:
+            return "the flannel network is unknown (no network config in etcd)", None
+        if addr not in self.network:
+            return f"outside the flannel network {self.network}", None
+        lease = self.leases.find(addr)
+        if lease is None:
+            gone = self.leases.find_expired(addr)
+            if gone is not None:
+                return f"flannel lease {gone.subnet} (node {gone.public_ip}) has expired", None
+            return "no live flannel lease covers this address (node gone or lease expired)", None
+        fault = self.path_faults.get(lease.subnet)
+        if fault:
+            return f"no kernel path to lease {lease.subnet}: {fault}", lease
+        return None, lease
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    ref: ServiceRef
+    verdict: ServiceVerdict
+    frontends: tuple[Frontend, ...] = ()
+    created: float = math.inf
+
+
+@dataclass(slots=True)
+class _Candidate:
+    ip: str
+    port: int
+    endpoint: Endpoint
+
+
+def exposed_addresses(svc: Service, lb_addresses: frozenset[str]) -> tuple[str, ...]:
+    claimed = [*svc.external_ips, *([svc.load_balancer_ip] if svc.load_balancer_ip else []), *svc.ingress_ips]
+    return tuple(sorted({a for a in claimed if a in lb_addresses}))
+
+
+def _verdict(svc: Service, addresses: tuple[str, ...], lb_addresses: frozenset[str]) -> ServiceVerdict:
+    if svc.type == "ExternalName":
+        return ServiceVerdict(svc.ref, False, "type ExternalName has no endpoints to balance over")
+    if not addresses:
+        claimed = sorted(
+            {*svc.external_ips, *([svc.load_balancer_ip] if svc.load_balancer_ip else []), *svc.ingress_ips}
+        )
+        mine = ", ".join(sorted(lb_addresses)) or "none configured"
+        if not claimed:
+            why = "it has no externalIPs, loadBalancerIP or load-balancer ingress IP"
+        else:
+            why = f"none of its addresses ({', '.join(claimed)}) is an LB address ({mine})"
+        return ServiceVerdict(svc.ref, False, f"not exposed: {why}")
+    if svc.headless:
+        return ServiceVerdict(
+            svc.ref, False, "headless (clusterIP None): kube-proxy does not serve it either"
+        )
+    if not svc.ports:
+        return ServiceVerdict(svc.ref, False, "it has no usable ports", addresses)
+    return ServiceVerdict(svc.ref, True, f"exposed on {', '.join(addresses)}", addresses)
+
+
+def _port_for(group: EndpointGroup, sp: ServicePort) -> tuple[int | None, str]:
+    """The endpoint port serving `sp` in this group (named ports resolve per group), or why none."""
+    for p in group.ports:
+        if p.name == sp.name and p.protocol == sp.protocol:
+            if p.port is None:
+                return None, f"{group.source} lists port {sp.name or '(unnamed)'} without a number"
+            return p.port, ""
+    if not group.ports and isinstance(sp.target_port, int):
+        return sp.target_port, ""  # hand-written Endpoints without ports: targetPort is all we have
+    if isinstance(sp.target_port, str):
+        return None, f"named target port {sp.target_port!r} is not resolved in {group.source}"
+    return None, f"{group.source} has no {sp.protocol} port named {sp.name or '(unnamed)'}"
+
+
+def _backends(
+    sp: ServicePort, groups: tuple[EndpointGroup, ...], admission: Admission
+) -> tuple[tuple[Backend, ...], tuple[Excluded, ...]]:
+    excluded: list[Excluded] = []
+    candidates: dict[tuple[str, int], _Candidate] = {}
+    for group in groups:
+        if group.address_type != "IPv4":
+            for ep in group.endpoints:
+                for ip in ep.addresses[:1]:
+                    excluded.append(
+                        Excluded(ip, f"{group.address_type} endpoint: flannel-lb serves IPv4 only")
+                    )
+            continue
+        port, why = _port_for(group, sp)
+        for ep in group.endpoints:
+            if not ep.addresses:
+                continue
+            ip = ep.addresses[0]  # kube-proxy uses the first address of an endpoint, too
+            if port is None:
+                excluded.append(Excluded(ip, why, node=ep.node_name))
+                continue
+            seen = candidates.get((ip, port))
+            # the same endpoint in two slices (e.g. while a slice is being replaced): the readier one wins
+            if seen is None or _rank(ep) > _rank(seen.endpoint):
+                candidates[(ip, port)] = _Candidate(ip, port, ep)
+
+    admitted: dict[tuple[str, int], tuple[_Candidate, Lease | None]] = {}
+    for key, c in candidates.items():
+        reason, lease = admission.reason_to_exclude(c.ip)
+        if reason is not None:
+            excluded.append(Excluded(c.ip, reason, c.port, c.endpoint.node_name))
+        else:
+            admitted[key] = (c, lease)
+
+    ready = {k: v for k, v in admitted.items() if v[0].endpoint.ready}
+    # As kube-proxy: with no ready endpoint, serve from the ones still serving while terminating.
+    chosen = ready or {
+        k: v for k, v in admitted.items() if v[0].endpoint.serving and v[0].endpoint.terminating
+    }
+    for key, (c, _lease) in admitted.items():
+        if key not in chosen:
+            ep = c.endpoint
+            if ep.terminating:
+                why = "terminating (ready endpoints exist)" if ep.serving else "terminating and not serving"
+            else:
+                why = "not ready"
+            excluded.append(Excluded(c.ip, why, c.port, ep.node_name))
+    backends = tuple(
+        sorted(
+            Backend(c.ip, c.port, c.endpoint.node_name or (lease.node if lease else ""))
+            for c, lease in chosen.values()
+        )
+    )
+    return backends, tuple(sorted(excluded, key=lambda e: (e.ip, e.port or 0, e.reason)))
+
+
+def _rank(ep: Endpoint) -> int:
+    return 2 if ep.ready else 1 if ep.serving else 0
+
+
+def plan_service(
+    svc: Service,
+    groups: tuple[EndpointGroup, ...],
+    admission: Admission,
+    settings: PlanSettings,
+) -> ServicePlan:
+    addresses = exposed_addresses(svc, settings.addresses)
+    verdict = _verdict(svc, addresses, settings.addresses)
+    cluster_ips: tuple[str, ...] = ()
+    if settings.cluster_ips and svc.type != "ExternalName" and not svc.headless:
+        cluster_ips = tuple(ip for ip in svc.cluster_ips if "." in ip)
+    if not (verdict.exposed or cluster_ips):
+        return ServicePlan((svc.namespace, svc.name), verdict, created=_created(svc))
+    affinity = Affinity("ClientIP", svc.affinity_timeout) if svc.session_affinity == "ClientIP" else None
+    frontends = []
+    for sp in svc.ports:
+        backends, excluded = _backends(sp, groups, admission)
+        targets = [(a, "external") for a in (addresses if verdict.exposed else ())]
+        targets += [(ip, "cluster-ip") for ip in cluster_ips]
+        for address, kind in targets:
+            frontends.append(
+                Frontend(address, sp.port, sp.protocol, svc.ref, sp.name, affinity, backends, excluded, kind)
+            )
+    return ServicePlan((svc.namespace, svc.name), verdict, tuple(frontends), _created(svc))
+
+
+def endpoint_report(
+    svc: Service, groups: tuple[EndpointGroup, ...], admission: Admission
+) -> list[tuple[ServicePort, tuple[Backend, ...], tuple[Excluded, ...]]]:
+    """Per port, which endpoints would serve and which are out, whether or not the service is exposed."""
+    return [(sp, *_backends(sp, groups, admission)) for sp in svc.ports]
+
+
+def _created(svc: Service) -> float:
+    return svc.created if svc.created is not None else math.inf
+
+
+def assemble(revision: int, services: Iterable[ServicePlan], problems: Iterable[Problem] = ()) -> Plan:
+    """Join per-service plans; where two services claim one address:port/protocol, the oldest wins."""
+    owners: dict[tuple[str, int, str], tuple[ServicePlan, Frontend]] = {}
+    conflicts: list[Conflict] = []
+    verdicts = {}
+    ordered = sorted(services, key=lambda s: (s.created, s.ref))
+    for sp in ordered:
+        verdicts[sp.verdict.service] = sp.verdict
+        for f in sp.frontends:
+            owner = owners.get(f.key)
+            if owner is None:
+                owners[f.key] = (sp, f)
+                continue
+            winner = owner[0]
+            if winner.ref == sp.ref:
+                continue  # one service listing the same port twice: the first listing stands
+            why = (
+                f"created earlier ({_iso(winner.created)} vs {_iso(sp.created)})"
+                if winner.created < sp.created
+                else "same creation time; namespace/name sorts first"
+            )
+            conflicts.append(
+                Conflict(f.address, f.port, f.protocol, winner.verdict.service, sp.verdict.service, why)
+            )
+    frontends = tuple(
+        sorted((f for _, f in owners.values()), key=lambda f: (f.kind, f.address, f.port, f.protocol))
+    )
+    return Plan(revision, frontends, tuple(conflicts), tuple(problems), verdicts)
+
+
+def _iso(ts: float) -> str:
+    if math.isinf(ts):
+        return "unknown"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def admission_for(
+    state: ClusterState, now: float, path_faults: Mapping[ipaddress.IPv4Network, str] | None = None
+) -> Admission:
+    return Admission(state.network(), LeaseIndex(state.leases(), now), path_faults or {})
+
+
+def compute_plan(
+    state: ClusterState,
+    settings: PlanSettings,
+    *,
+    now: float,
+    path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
+) -> Plan:
+    """The whole plan from scratch (the agent's incremental planner gives the same result)."""
+    admission = admission_for(state, now, path_faults)
+    plans = [
+        plan_service(svc, state.endpoint_groups(ref)[0], admission, settings)
+        for ref, svc in state.services.items()
+    ]
+    return assemble(state.revision, plans, state.all_problems())

@@ -1,0 +1,124 @@
+"""Human-readable views of a plan: the `plan` table and the `explain` story for one Service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flannel_lb.cluster import ClusterState, ServiceRef
+from flannel_lb.desired import Backend, Excluded, Plan
+from flannel_lb.plan import Admission, PlanSettings, endpoint_report, exposed_addresses
+
+
+def plan_table(plan: Plan) -> str:
+    lines = [
+        f"revision {plan.revision}: {len(plan.frontends)} frontends, "
+        f"{len(plan.conflicts)} conflicts, {len(plan.problems)} problems"
+    ]
+    for f in plan.frontends:
+        affinity = f", affinity ClientIP {f.affinity.timeout}s" if f.affinity else ""
+        port = f" ({f.port_name})" if f.port_name else ""
+        kind = " [cluster IP, from the LB only]" if f.kind == "cluster-ip" else ""
+        lines.append("")
+        lines.append(f"{f.label}  {f.service}{port}{affinity}{kind}")
+        if not f.backends:
+            lines.append("  (no backends: connections are refused)")
+        lines.extend(f"  -> {b.ip}:{b.port:<6} {b.node}" for b in f.backends)
+        lines.extend(f"  excluded {e.ip}{_port(e)}: {e.reason}" for e in f.excluded)
+    if plan.conflicts:
+        lines.append("")
+        lines.append("conflicts:")
+        lines.extend(
+            f"  {c.address}:{c.port}/{c.protocol}: {c.winner} wins over {c.loser} ({c.reason})"
+            for c in plan.conflicts
+        )
+    if plan.problems:
+        lines.append("")
+        lines.append("problems (skipped; everything else is served):")
+        lines.extend(f"  {p.key}: {p.reason}" for p in plan.problems)
+    return "\n".join(lines)
+
+
+def _port(e: Excluded) -> str:
+    return f":{e.port}" if e.port else ""
+
+
+@dataclass(frozen=True, slots=True)
+class PortStory:
+    port: str
+    backends: tuple[Backend, ...]
+    excluded: tuple[Excluded, ...]
+
+
+def explain(
+    state: ClusterState, plan: Plan, ref: ServiceRef, settings: PlanSettings, admission: Admission
+) -> dict[str, Any] | None:
+    """Why the service is (not) exposed and why each endpoint is in or out; None if it does not exist."""
+    svc = state.services.get(ref)
+    if svc is None:
+        return None
+    name = f"{ref[0]}/{ref[1]}"
+    verdict = plan.verdicts.get(name)
+    groups, source = state.endpoint_groups(ref)
+    ports = []
+    for sp, backends, excluded in endpoint_report(svc, groups, admission):
+        ports.append(
+            {
+                "port": sp.port,
+                "protocol": sp.protocol,
+                "name": sp.name,
+                "target_port": sp.target_port,
+                "backends": [{"ip": b.ip, "port": b.port, "node": b.node} for b in backends],
+                "excluded": [
+                    {"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason} for e in excluded
+                ],
+            }
+        )
+    keys = set(state.problem_keys_for(ref))
+    return {
+        "service": name,
+        "revision": plan.revision,
+        "exposed": bool(verdict and verdict.exposed),
+        "reason": verdict.reason if verdict else "not planned",
+        "addresses": list(exposed_addresses(svc, settings.addresses)),
+        "endpoints_from": source,
+        "endpoint_sources": sorted({g.source for g in groups}),
+        "affinity": svc.session_affinity,
+        "ports": ports,
+        "frontends": [f.label for f in plan.frontends if f.service == name],
+        "conflicts": [
+            {
+                "frontend": f"{c.address}:{c.port}/{c.protocol}",
+                "winner": c.winner,
+                "loser": c.loser,
+                "reason": c.reason,
+            }
+            for c in plan.conflicts
+            if name in (c.winner, c.loser)
+        ],
+        "problems": [{"key": p.key, "reason": p.reason} for p in plan.problems if p.key in keys],
+    }
+
+
+def explain_text(story: dict[str, Any]) -> str:
+    lines = [f"Service {story['service']} (revision {story['revision']}): {story['reason']}"]
+    lines.append(
+        f"  endpoints from {story['endpoints_from']}: {', '.join(story['endpoint_sources']) or 'none found'}"
+    )
+    if story["affinity"] == "ClientIP":
+        lines.append("  session affinity: ClientIP")
+    for p in story["ports"]:
+        label = f"{p['port']}/{p['protocol']}" + (f" ({p['name']})" if p["name"] else "")
+        lines.append(f"  port {label} -> targetPort {p['target_port']}:")
+        if not p["backends"] and not p["excluded"]:
+            lines.append("    no endpoints")
+        lines.extend(f"    in   {b['ip']}:{b['port']}  node {b['node'] or '?'}" for b in p["backends"])
+        lines.extend(
+            f"    out  {e['ip']}{':' + str(e['port']) if e['port'] else ''}  {e['reason']}"
+            for e in p["excluded"]
+        )
+    for c in story["conflicts"]:
+        lines.append(f"  conflict on {c['frontend']}: {c['winner']} wins over {c['loser']} ({c['reason']})")
+    for pr in story["problems"]:
+        lines.append(f"  problem {pr['key']}: {pr['reason']}")
+    return "\n".join(lines)

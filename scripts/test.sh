@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, then lints, type-checks and runs the whole suite.
+# Run as root on Debian (kernel tests build their own network namespaces; nothing touches the host's).
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k plan`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "== ruff"
+.venv/bin/ruff check flannel_lb tests
+.venv/bin/ruff format --check flannel_lb tests
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from flannel_lb import config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "flannel-lb.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_example_config_loads_and_matches_the_seed_lab() -> None:
+    cfg = config.load(REPO / "conf" / "flannel-lb.toml")
+    assert cfg.etcd.endpoints == ("http://10.245.1.2:4379",)
+    assert cfg.flannel.prefix == "/coreos.com/network"
+    assert cfg.kubernetes.prefix == "/registry"
+    assert "192.168.121.201" in cfg.lb.addresses
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[lb]\naddresses = ["192.168.121.201"]\n'))
+    assert cfg.etcd.endpoints == ("http://127.0.0.1:2379",)
+    assert cfg.flannel.etcd_api == "v3"
+    assert cfg.dataplane.writer == "restore"
+    assert cfg.dataplane.min_sync_interval < 0.1
+
+
+def test_kube_subnet_manager_needs_the_network(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match=r"\[flannel\] network: required"):
+        config.load(write(tmp_path, '[lb]\naddresses = ["10.0.0.1"]\n[flannel]\nsubnet_manager = "kube"\n'))
+    cfg = config.load(
+        write(
+            tmp_path,
+            '[lb]\naddresses = ["10.0.0.1"]\n[flannel]\nsubnet_manager = "kube"\nnetwork = "10.244.0.0/16"\n',
+        )
+    )
+    assert cfg.flannel.network == ipaddress.IPv4Network("10.244.0.0/16")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[lb]\n", r"\[lb\] addresses: required, but missing"),
+        ('[lb]\naddresses = "1.2.3.4"\n', r"\[lb\] addresses: expected a list, got '1.2.3.4'"),
+        (
+            '[lb]\naddresses = ["1.2.3.400"]\n',
+            r"\[lb\] addresses: item 1 \('1.2.3.400'\): not an IPv4 address",
+        ),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\n[etcd]\nendpoints = ["10.245.1.2:4379"]\n',
+            r"\[etcd\] endpoints: item 1",
+        ),
+        ('[lb]\naddresses = ["1.2.3.4"]\n[etcd]\nendpoints = ["http://h:99999"]\n', r"port is not a number"),
+        ('[lb]\naddresses = ["1.2.3.4"]\n[etcd]\nendpoints = []\n', r"\[etcd\] endpoints: must not be empty"),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\n[flannel]\netcd_api = "v4"\n',
+            r'etcd_api: expected one of "v3", "v2"',
+        ),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\n[flannel]\nprefix = "coreos.com"\n',
+            r"prefix: an etcd key prefix starts",
+        ),
+        ('masquerade = true\n[lb]\naddresses = ["1.2.3.4"]\n', r"masquerade: unknown top-level key"),
+        ('[lb]\naddresses = ["1.2.3.4"]\n[masquerade]\non = true\n', r"\[masquerade\]: unknown section"),
+        ('[lb]\naddresses = ["1.2.3.4"]\nadresses = 1\n', r"\[lb\] adresses: unknown key"),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\n[etcd]\nca_file = "/nonexistent/ca.pem"\n',
+            r"ca_file: no such file",
+        ),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\n[dataplane]\nmasquerade = "yes"\n',
+            r"masquerade: expected true or false",
+        ),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\n[metrics]\nlisten = "localhost:x"\n',
+            r'listen: expected "host:port"',
+        ),
+        ("[lb\n", r"not valid TOML"),
+    ],
+)
+def test_errors_name_the_file_the_key_and_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError, match=message) as info:
+        config.load(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_cert_and_key_go_together(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(config.ConfigError, match="cert_file and key_file: set both or neither"):
+        config.load(write(tmp_path, f'[lb]\naddresses = ["1.2.3.4"]\n[etcd]\ncert_file = "{cert}"\n'))
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match=r"no such file.*FLANNEL_LB_CONFIG"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_default_path_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    assert config.default_path() == "/etc/flannel-lb/flannel-lb.toml"
+    monkeypatch.setenv(config.ENV_VAR, "/tmp/x.toml")
+    assert config.default_path() == "/tmp/x.toml"
