@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from flannel_lb.lab.demo import run_demo
 from flannel_lb.lab.lab import DEFAULT_NAME, Lab, LabError
 from flannel_lb.lab.overlay import BACKENDS
 
@@ -136,6 +137,15 @@ def register_lab_commands(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
 
     leaf("down", _down, "remove the lab (namespaces, processes, state dir); safe after a crash")
+
+    p = leaf(
+        "demo",
+        lambda a: run_demo(no_masquerade=a.no_masquerade, keep=a.keep, name=a.name),
+        "the whole story in a minute: lab up, the agent, curl through the LB, scale, tear down",
+    )
+    p.add_argument("--no-masquerade", action="store_true", help="reproduce the seed's DNAT-only failure")
+    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (`flannel-lb lab down`)")
+    p.add_argument("--name", default="demo", help="the demo lab's name (default demo)")
 
     p = leaf("scale", _with_lab(lambda lab, a: lab.scale(a.deployment, a.replicas)), "kubectl scale")
     p.add_argument("deployment")
