@@ -48,9 +48,6 @@ class Metrics:
         self.problems = Gauge(
             "flannel_lb_input_problems", "etcd keys that could not be used, by kind", ["kind"], registry=r
         )
-        self.decode_errors = Counter(
-            "flannel_lb_decode_errors", "etcd values that could not be decoded, by kind", ["kind"], registry=r
-        )
         self.conflicts = Gauge(
             "flannel_lb_conflicts", "address:port/protocol claimed by more than one Service", registry=r
         )

@@ -281,3 +281,44 @@ def test_sighup_reloads_the_config(lab: Lab, agent: AgentProcess) -> None:
     assert "bogus: unknown key" in failed["error"]
     reload(original)
     assert traffic(lab, "http", f"{VIP}:80", count=3)["failed"] == 0
+
+
+def test_metrics_healthz_and_systemd_notify(lab: Lab, tmp_path: Path) -> None:
+    """/metrics and /healthz on the configured loopback address, and READY=1/WATCHDOG=1 to systemd."""
+    import os
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.settimeout(20)
+    config = tmp_path / "flannel-lb.toml"
+    config.write_text(agent_config(lab.etcd_url))
+    proc = AgentProcess(lab.namespace(LB_HOST), config, tmp_path / "agent.log")
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
+    proc.start(env=env)
+    try:
+        messages = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(notify.recv(4096).decode())
+        messages.append(notify.recv(4096).decode())
+        assert any("WATCHDOG=1" in m for m in messages), messages
+        fetch = (
+            "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=5).read().decode())"
+        )
+        metrics = lab.exec_in(
+            LB_HOST, [sys.executable, "-c", fetch, "http://127.0.0.1:9842/metrics"], check=True
+        )
+        text = metrics.stdout
+        assert "flannel_lb_frontends 2.0" in text
+        assert "flannel_lb_etcd_watch_connected 1.0" in text
+        assert 'flannel_lb_syncs_total{kind="partial",result="ok"}' in text
+        assert "flannel_lb_sync_duration_seconds_bucket" in text
+        health = lab.exec_in(
+            LB_HOST, [sys.executable, "-c", fetch, "http://127.0.0.1:9842/healthz"], check=True
+        )
+        assert health.stdout.startswith("ok")
+    finally:
+        proc.stop()
+        notify.close()
+        subprocess.run(proc.argv("cleanup"), capture_output=True, check=False)

@@ -63,8 +63,8 @@ class AgentProcess:
             *command,
         ]
 
-    def start(self) -> AgentProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def start(self, env: dict[str, str] | None = None) -> AgentProcess:
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             self.argv("run"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
