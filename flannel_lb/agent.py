@@ -309,6 +309,13 @@ class Agent:
         if full:
             self._next_full = now + self.cfg.dataplane.full_resync_interval
         old, self.plan = self.plan, plan
+        for d in set(plan.denied) - set(old.denied if old else ()):
+            log.warning(
+                "exposure_denied",
+                service=d.service,
+                frontend=f"{d.address}:{d.port}/{d.protocol}",
+                reason=d.reason,
+            )
         cleared = None
         if self.cfg.dataplane.conntrack_cleanup:
             try:
@@ -348,6 +355,7 @@ class Agent:
         m.frontends.set(len(plan.frontends))
         m.backends.set(sum(len(f.backends) for f in plan.frontends))
         m.conflicts.set(len(plan.conflicts))
+        m.denied.set(len(plan.denied))
         reasons: dict[str, int] = {}
         for f in plan.frontends:
             for e in f.excluded:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from flannel_lb.policy import PortRanges, parse_port_ranges
+
 DEFAULT_PATH = "/etc/flannel-lb/flannel-lb.toml"
 ENV_VAR = "FLANNEL_LB_CONFIG"
 
@@ -58,6 +60,15 @@ class LBConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Who may claim the LB's addresses (see flannel_lb/policy.py and README "Tenancy")."""
+
+    namespaces: tuple[str, ...] = ("*",)
+    annotation: str = ""
+    ports: dict[str, PortRanges] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class DataplaneConfig:
     writer: str = "restore"  # or "libiptc" (legacy x_tables hosts only)
     iptables_backend: str = "auto"  # "auto" | "nft" | "legacy"
@@ -89,6 +100,7 @@ class Config:
     flannel: FlannelConfig = field(default_factory=FlannelConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     lb: LBConfig = field(default_factory=LBConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -122,6 +134,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     flannel = r.section("flannel")
     kube = r.section("kubernetes")
     lb = r.section("lb")
+    policy = r.section("policy")
     dp = r.section("dataplane")
     metrics = r.section("metrics")
     log = r.section("log")
@@ -157,6 +170,11 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             ),
             cluster_ips=lb.get("cluster_ips", bool, False),
         ),
+        policy=PolicyConfig(
+            namespaces=tuple(policy.get("namespaces", list, ["*"], _each(_namespace_pattern))),
+            annotation=policy.get("annotation", str, ""),
+            ports=policy.get("ports", dict, {}, _port_table),
+        ),
         dataplane=DataplaneConfig(
             writer=dp.get("writer", str, "restore", _one_of("restore", "libiptc")),
             iptables_backend=dp.get("iptables_backend", str, "auto", _one_of("auto", "nft", "legacy")),
@@ -175,7 +193,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             format=log.get("format", str, "json", _one_of("json", "console")),
         ),
     )
-    for section in (etcd, flannel, kube, lb, dp, metrics, log):
+    for section in (etcd, flannel, kube, lb, policy, dp, metrics, log):
         section.no_other_keys()
     if bool(cfg.etcd.cert_file) != bool(cfg.etcd.key_file):
         raise ConfigError(f"{path}: [etcd] cert_file and key_file: set both or neither")
@@ -234,6 +252,29 @@ def _ipv4_network(v: str) -> ipaddress.IPv4Network:
         raise ValueError(f"not an IPv4 network in CIDR form: {e}") from None
 
 
+def _namespace_pattern(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError('expected a namespace name or glob pattern such as "web-*"')
+    return v
+
+
+def _port_table(v: dict[str, Any]) -> dict[str, PortRanges]:
+    out = {}
+    for address, ranges in v.items():
+        if address != "*":
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise ValueError(f'{address!r}: keys are LB addresses or "*"') from None
+        if not isinstance(ranges, list):
+            raise ValueError(f'{address}: expected a list such as ["80", "443", "8000-8100"]')
+        try:
+            out[address] = parse_port_ranges(ranges)
+        except ValueError as e:
+            raise ValueError(f"{address}: {e}") from None
+    return out
+
+
 def _key_prefix(v: str) -> str:
     if not v.startswith("/"):
         raise ValueError('an etcd key prefix starts with "/"')
@@ -288,7 +329,14 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return check
 
 
-_TYPE_NAMES = {str: "a string", list: "a list", bool: "true or false", float: "a number", int: "an integer"}
+_TYPE_NAMES = {
+    str: "a string",
+    list: "a list",
+    bool: "true or false",
+    float: "a number",
+    int: "an integer",
+    dict: "a table",
+}
 
 
 class _Section:

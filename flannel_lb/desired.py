@@ -73,6 +73,17 @@ class Conflict:
 
 
 @dataclass(frozen=True, slots=True)
+class Denial:
+    """A claim on an LB address the exposure policy refused (a possible hijack attempt)."""
+
+    service: str
+    address: str
+    port: int
+    protocol: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
     """A piece of input flannel-lb could not use, with where it came from and why."""
 
@@ -98,6 +109,7 @@ class Plan:
     conflicts: tuple[Conflict, ...] = ()
     problems: tuple[Problem, ...] = ()
     verdicts: dict[str, ServiceVerdict] = field(default_factory=dict)
+    denied: tuple[Denial, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +127,16 @@ class Plan:
                 for c in self.conflicts
             ],
             "problems": [{"key": p.key, "kind": p.kind, "reason": p.reason} for p in self.problems],
+            "denied": [
+                {
+                    "service": d.service,
+                    "address": d.address,
+                    "port": d.port,
+                    "protocol": d.protocol,
+                    "reason": d.reason,
+                }
+                for d in self.denied
+            ],
         }
 
 

@@ -51,6 +51,9 @@ class Metrics:
         self.conflicts = Gauge(
             "flannel_lb_conflicts", "address:port/protocol claimed by more than one Service", registry=r
         )
+        self.denied = Gauge(
+            "flannel_lb_denied_claims", "LB address:port claims refused by [policy]", registry=r
+        )
         self.etcd_connected = Gauge(
             "flannel_lb_etcd_watch_connected", "1 while the etcd watch is up", registry=r
         )

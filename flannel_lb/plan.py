@@ -17,6 +17,7 @@ from flannel_lb.desired import (
     Affinity,
     Backend,
     Conflict,
+    Denial,
     Excluded,
     Frontend,
     Plan,
@@ -24,12 +25,14 @@ from flannel_lb.desired import (
     ServiceVerdict,
 )
 from flannel_lb.model import Endpoint, EndpointGroup, Lease, Service, ServicePort
+from flannel_lb.policy import ExposurePolicy
 
 
 @dataclass(frozen=True, slots=True)
 class PlanSettings:
     addresses: frozenset[str]  # the LB's own addresses ([lb] addresses)
     cluster_ips: bool = False  # also make clusterIP:port reachable from the LB itself
+    policy: ExposurePolicy = field(default_factory=ExposurePolicy)  # who may claim those addresses
 
 
 class LeaseIndex:
@@ -96,6 +99,7 @@ class ServicePlan:
     verdict: ServiceVerdict
     frontends: tuple[Frontend, ...] = ()
     created: float = math.inf
+    denied: tuple[Denial, ...] = ()
 
 
 @dataclass(slots=True)
@@ -214,11 +218,16 @@ def plan_service(
 ) -> ServicePlan:
     addresses = exposed_addresses(svc, settings.addresses)
     verdict = _verdict(svc, addresses, settings.addresses)
+    denied: list[Denial] = []
+    refusal = settings.policy.service_denial(svc) if verdict.exposed else None
+    if refusal is not None:
+        denied = [Denial(svc.ref, a, p.port, p.protocol, refusal) for a in addresses for p in svc.ports]
+        verdict = ServiceVerdict(svc.ref, False, f"denied: {refusal}", addresses)
     cluster_ips: tuple[str, ...] = ()
     if settings.cluster_ips and svc.type != "ExternalName" and not svc.headless:
         cluster_ips = tuple(ip for ip in svc.cluster_ips if "." in ip)
     if not (verdict.exposed or cluster_ips):
-        return ServicePlan((svc.namespace, svc.name), verdict, created=_created(svc))
+        return ServicePlan((svc.namespace, svc.name), verdict, created=_created(svc), denied=tuple(denied))
     affinity = Affinity("ClientIP", svc.affinity_timeout) if svc.session_affinity == "ClientIP" else None
     frontends = []
     for sp in svc.ports:
@@ -226,10 +235,14 @@ def plan_service(
         targets = [(a, "external") for a in (addresses if verdict.exposed else ())]
         targets += [(ip, "cluster-ip") for ip in cluster_ips]
         for address, kind in targets:
+            why = settings.policy.port_denial(address, sp.port) if kind == "external" else None
+            if why is not None:
+                denied.append(Denial(svc.ref, address, sp.port, sp.protocol, why))
+                continue
             frontends.append(
                 Frontend(address, sp.port, sp.protocol, svc.ref, sp.name, affinity, backends, excluded, kind)
             )
-    return ServicePlan((svc.namespace, svc.name), verdict, tuple(frontends), _created(svc))
+    return ServicePlan((svc.namespace, svc.name), verdict, tuple(frontends), _created(svc), tuple(denied))
 
 
 def endpoint_report(
@@ -248,9 +261,11 @@ def assemble(revision: int, services: Iterable[ServicePlan], problems: Iterable[
     owners: dict[tuple[str, int, str], tuple[ServicePlan, Frontend]] = {}
     conflicts: list[Conflict] = []
     verdicts = {}
+    denied: list[Denial] = []
     ordered = sorted(services, key=lambda s: (s.created, s.ref))
     for sp in ordered:
         verdicts[sp.verdict.service] = sp.verdict
+        denied.extend(sp.denied)
         for f in sp.frontends:
             owner = owners.get(f.key)
             if owner is None:
@@ -270,7 +285,7 @@ def assemble(revision: int, services: Iterable[ServicePlan], problems: Iterable[
     frontends = tuple(
         sorted((f for _, f in owners.values()), key=lambda f: (f.kind, f.address, f.port, f.protocol))
     )
-    return Plan(revision, frontends, tuple(conflicts), tuple(problems), verdicts)
+    return Plan(revision, frontends, tuple(conflicts), tuple(problems), verdicts, tuple(denied))
 
 
 def _iso(ts: float) -> str:

@@ -32,6 +32,12 @@ def plan_table(plan: Plan) -> str:
             f"  {c.address}:{c.port}/{c.protocol}: {c.winner} wins over {c.loser} ({c.reason})"
             for c in plan.conflicts
         )
+    if plan.denied:
+        lines.append("")
+        lines.append("denied by [policy] (not served):")
+        lines.extend(
+            f"  {d.address}:{d.port}/{d.protocol} claimed by {d.service}: {d.reason}" for d in plan.denied
+        )
     if plan.problems:
         lines.append("")
         lines.append("problems (skipped; everything else is served):")
@@ -97,6 +103,11 @@ def explain(
             if name in (c.winner, c.loser)
         ],
         "problems": [{"key": p.key, "reason": p.reason} for p in plan.problems if p.key in keys],
+        "denied": [
+            {"frontend": f"{d.address}:{d.port}/{d.protocol}", "reason": d.reason}
+            for d in plan.denied
+            if d.service == name
+        ],
     }
 
 
@@ -119,6 +130,8 @@ def explain_text(story: dict[str, Any]) -> str:
         )
     for c in story["conflicts"]:
         lines.append(f"  conflict on {c['frontend']}: {c['winner']} wins over {c['loser']} ({c['reason']})")
+    for d in story["denied"]:
+        lines.append(f"  denied {d['frontend']}: {d['reason']}")
     for pr in story["problems"]:
         lines.append(f"  problem {pr['key']}: {pr['reason']}")
     return "\n".join(lines)

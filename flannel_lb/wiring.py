@@ -7,6 +7,7 @@ import ipaddress
 from flannel_lb.cluster import Change, ClusterState, KeyLayout
 from flannel_lb.config import Config
 from flannel_lb.plan import PlanSettings
+from flannel_lb.policy import ExposurePolicy
 from flannel_lb.source.records import EventBatch, Snapshot
 from flannel_lb.source.settings import EtcdSettings
 from flannel_lb.source.watcher import ClusterSource
@@ -26,7 +27,12 @@ def new_state(cfg: Config) -> ClusterState:
 
 
 def plan_settings(cfg: Config) -> PlanSettings:
-    return PlanSettings(addresses=frozenset(cfg.lb.addresses), cluster_ips=cfg.lb.cluster_ips)
+    p = cfg.policy
+    return PlanSettings(
+        addresses=frozenset(cfg.lb.addresses),
+        cluster_ips=cfg.lb.cluster_ips,
+        policy=ExposurePolicy(namespaces=p.namespaces, annotation=p.annotation, ports=p.ports),
+    )
 
 
 def own_subnet(cfg: Config, state: ClusterState) -> ipaddress.IPv4Network | None:

@@ -109,3 +109,24 @@ def test_default_path_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert config.default_path() == "/etc/flannel-lb/flannel-lb.toml"
     monkeypatch.setenv(config.ENV_VAR, "/tmp/x.toml")
     assert config.default_path() == "/tmp/x.toml"
+
+
+def test_policy_section(tmp_path: Path) -> None:
+    cfg = config.load(
+        write(
+            tmp_path,
+            '[lb]\naddresses = ["192.168.121.201"]\n[policy]\nnamespaces = ["default", "web-*"]\n'
+            'annotation = "flannel-lb.io/expose"\n[policy.ports]\n'
+            '"192.168.121.201" = ["80", "8000-8100", 443]\n',
+        )
+    )
+    assert cfg.policy.namespaces == ("default", "web-*")
+    assert cfg.policy.ports == {"192.168.121.201": ((80, 80), (8000, 8100), (443, 443))}
+    for bad, message in (
+        ('"192.168.121.201" = ["80-70"]', "ports run from 1 to 65535, low to high"),
+        ('"lb" = ["80"]', 'keys are LB addresses or "\\*"'),
+        ('"*" = "80"', "expected a list"),
+        ('"*" = ["http"]', "is not a port or a range"),
+    ):
+        with pytest.raises(config.ConfigError, match=r"\[policy\] ports: .*" + message):
+            config.load(write(tmp_path, f'[lb]\naddresses = ["10.0.0.1"]\n[policy.ports]\n{bad}\n'))

@@ -402,3 +402,56 @@ def _lease_items() -> list[tuple[str, bytes]]:
         ("/coreos.com/network/subnets/10.246.55.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02")),
         ("/coreos.com/network/subnets/10.246.90.0-24", k.vxlan_lease("10.245.1.142", "aa:00:00:00:00:03")),
     ]
+
+
+# --- the exposure policy (hijack guard) --------------------------------------------------------------
+
+
+def test_policy_limits_namespaces_annotations_and_ports() -> None:
+    from flannel_lb.policy import ExposurePolicy
+
+    state = base_state()
+    state.put(
+        SVC + "default/web", as_json(k.service("web", ports=[k.port(80), k.port(22)], external_ips=[LB]))
+    )
+    state.put(
+        SVC + "tenant-a/grab", as_json(k.service("grab", "tenant-a", ports=[k.port(443)], external_ips=[LB]))
+    )
+    tagged = k.service("tagged", "web-1", ports=[k.port(8080)], external_ips=[LB])
+    tagged["metadata"]["annotations"] = {"flannel-lb.io/expose": "true"}
+    state.put(SVC + "web-1/tagged", as_json(tagged))
+    state.put(
+        SVC + "web-2/untagged",
+        as_json(k.service("untagged", "web-2", ports=[k.port(8081)], external_ips=[LB])),
+    )
+
+    open_plan = plan_of(state)
+    assert len(open_plan.frontends) == 5 and open_plan.denied == ()  # the default lets everyone claim
+
+    policy = ExposurePolicy(namespaces=("default", "web-*"), ports={LB: ((80, 80), (8000, 8100))})
+    plan = compute_plan(state, PlanSettings(SETTINGS.addresses, policy=policy), now=NOW)
+    assert sorted(frontends(plan)) == [f"{LB}:80/TCP", f"{LB}:8080/TCP", f"{LB}:8081/TCP"]
+    denied = {(d.service, d.port): d.reason for d in plan.denied}
+    assert "namespace 'tenant-a' may not claim" in denied[("tenant-a/grab", 443)]
+    assert "port 22 is not allowed on 192.168.121.201" in denied[("default/web", 22)]
+    assert plan.verdicts["tenant-a/grab"].reason.startswith("denied:")
+    assert plan.to_json()["denied"][0]["service"] in {"default/web", "tenant-a/grab"}
+
+    strict = ExposurePolicy(namespaces=("default", "web-*"), annotation="flannel-lb.io/expose")
+    plan = compute_plan(state, PlanSettings(SETTINGS.addresses, policy=strict), now=NOW)
+    assert sorted(f.service for f in plan.frontends) == ["web-1/tagged"]
+    assert 'lacks the annotation flannel-lb.io/expose: "true"' in plan.verdicts["web-2/untagged"].reason
+
+
+def test_a_denied_hijacker_does_not_win_a_conflict() -> None:
+    """An older Service in a forbidden namespace must not take the address from an allowed one."""
+    from flannel_lb.policy import ExposurePolicy
+
+    state = base_state()
+    state.put(
+        SVC + "evil/old", as_json(k.service("old", "evil", external_ips=[LB], created="2020-01-01T00:00:00Z"))
+    )
+    state.put(SVC + "default/app", as_json(k.service("app", external_ips=[LB])))
+    policy = ExposurePolicy(namespaces=("default",))
+    plan = compute_plan(state, PlanSettings(SETTINGS.addresses, policy=policy), now=NOW)
+    assert [f.service for f in plan.frontends] == ["default/app"] and plan.conflicts == ()
