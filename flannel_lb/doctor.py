@@ -51,7 +51,7 @@ class _Context:
     cfg: Config
     netns: str | None
     state: ClusterState | None = None
-    etcd_error: str = ""
+    etcd_error: str = "the etcd check failed"
     _view: KernelView | None = None
     _view_error: Exception | None = None
     _checker: NetChecker | None = field(default=None, repr=False)
@@ -304,7 +304,7 @@ def check_rp_filter(ctx: _Context) -> tuple[Status, str]:
             f"rp_filter is strict ({shown}): replies that come back on another interface than the one "
             "the kernel would route to (asymmetric paths, DirectRouting) are dropped. Use 2 (loose) or 0"
         )
-    return "ok", f"rp_filter {shown} (effective max: not strict)"
+    return "ok", f"rp_filter {shown}: not strict (the kernel applies the larger value)"
 
 
 def _traffic_device(ctx: _Context) -> str | None:

@@ -143,7 +143,7 @@ class KernelView:
 # --- reading rtnetlink directly -------------------------------------------------------------------
 # pyroute2 0.9.7 decodes each message through its asyncio core: ~0.3 s for the 3,000 messages of a
 # 1,000-lease vxlan host. Unpacking the few fields needed with struct takes a tenth of that.
-# pyroute2 still provides the socket inside a named namespace.
+# pyroute2 still enters named namespaces (netns.setns).
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
@@ -191,19 +191,40 @@ def _text(raw: bytes | None) -> str:
 
 def open_netlink(netns: str | None, groups: int = 0) -> socket.socket:
     """A NETLINK_ROUTE socket inside `netns` (None: ours), subscribed to `groups`."""
-    if netns:
-        # flags=0: pyroute2's default O_CREAT would create a missing namespace.
-        sock: socket.socket = pyroute2_netns.create_socket(
-            netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE, flags=0
-        )
-    else:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    sock = (
+        _socket_in(netns)
+        if netns
+        else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    )
     try:
         sock.bind((0, groups))
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def _socket_in(netns: str) -> socket.socket:
+    """Create the socket on a throwaway thread that enters `netns`; a socket stays in its namespace.
+
+    pyroute2's own netns sockets fork a helper, and forking a process with live gRPC (etcd)
+    channels can deadlock; setns(CLONE_NEWNET) on one thread leaves every other thread alone.
+    """
+    result: list[socket.socket | BaseException] = []
+
+    def enter_and_open() -> None:
+        try:
+            pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a missing namespace
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+        except BaseException as e:
+            result.append(e)
+
+    thread = threading.Thread(target=enter_and_open, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 class Rtnl:
@@ -468,9 +489,10 @@ class NetChecker:
         faults: dict[IPv4Network, str] = {}
         unchecked: set[str] = set()
         seen: set[str] = set()
+        local = {iface.ip for ifaces in view.addresses.values() for iface in ifaces}
         for lease in leases:
-            if lease.subnet == own_subnet:
-                continue
+            if lease.subnet == own_subnet or lease.public_ip in local:
+                continue  # this host's own lease: its pods (if any) are local, no overlay path needed
             seen.add(lease.backend_type)
             if lease.backend_type not in CHECKED_BACKENDS:
                 unchecked.add(lease.backend_type)
