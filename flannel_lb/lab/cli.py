@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from flannel_lb.lab import diagram
 from flannel_lb.lab.demo import run_demo
 from flannel_lb.lab.lab import DEFAULT_NAME, Lab, LabError
 from flannel_lb.lab.overlay import BACKENDS
@@ -137,6 +138,9 @@ def register_lab_commands(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
 
     leaf("down", _down, "remove the lab (namespaces, processes, state dir); safe after a crash")
+
+    p = leaf("diagram", diagram.run, "the lab's topology as text (--svg FILE also draws it as SVG)")
+    diagram.add_arguments(p)
 
     p = leaf(
         "demo",
