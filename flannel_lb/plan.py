@@ -109,18 +109,20 @@ class _Candidate:
     endpoint: Endpoint
 
 
+def claimed_addresses(svc: Service) -> set[str]:
+    """Every address the Service asks to be served on: externalIPs, loadBalancerIP, ingress IPs."""
+    return {*svc.external_ips, *([svc.load_balancer_ip] if svc.load_balancer_ip else []), *svc.ingress_ips}
+
+
 def exposed_addresses(svc: Service, lb_addresses: frozenset[str]) -> tuple[str, ...]:
-    claimed = [*svc.external_ips, *([svc.load_balancer_ip] if svc.load_balancer_ip else []), *svc.ingress_ips]
-    return tuple(sorted({a for a in claimed if a in lb_addresses}))
+    return tuple(sorted(claimed_addresses(svc) & lb_addresses))
 
 
 def _verdict(svc: Service, addresses: tuple[str, ...], lb_addresses: frozenset[str]) -> ServiceVerdict:
     if svc.type == "ExternalName":
         return ServiceVerdict(svc.ref, False, "type ExternalName has no endpoints to balance over")
     if not addresses:
-        claimed = sorted(
-            {*svc.external_ips, *([svc.load_balancer_ip] if svc.load_balancer_ip else []), *svc.ingress_ips}
-        )
+        claimed = sorted(claimed_addresses(svc))
         mine = ", ".join(sorted(lb_addresses)) or "none configured"
         if not claimed:
             why = "it has no externalIPs, loadBalancerIP or load-balancer ingress IP"
