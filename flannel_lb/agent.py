@@ -226,6 +226,14 @@ class Agent:
                 log.error("etcd_source_died", error=repr(item.error))
                 raise item.error
             return
+        if isinstance(item, Snapshot) and self.have_snapshot and item.revision < self.state.revision:
+            # Only a restore from an older backup makes etcd's revision go down.
+            log.warning(
+                "etcd_revision_went_backwards",
+                was=self.state.revision,
+                now=item.revision,
+                action="serving the listed state",
+            )
         change = wiring.apply_update(self.state, item)
         if isinstance(item, Snapshot):
             log.info("etcd_snapshot", revision=item.revision, keys=len(item.items))

@@ -20,6 +20,15 @@ from flannel_lb.model import EndpointGroup, Lease, NetworkConfig, Node, Service
 
 ServiceRef = tuple[str, str]  # (namespace, name)
 
+MAX_REASON = 300  # characters: a problem quotes values, and a value can be megabytes
+
+
+def _bounded(reason: str) -> str:
+    """A problem's reason, cut short enough for a log line, a metric scrape and the `plan` table."""
+    if len(reason) <= MAX_REASON:
+        return reason
+    return f"{reason[: MAX_REASON - 40]}... ({len(reason)} characters)"
+
 
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
@@ -156,7 +165,7 @@ class ClusterState:
         self.problems.pop(key, None)
         self._key_problems.pop(key, None)
         if warnings:
-            self._key_problems[key] = [Problem(key, w, "invalid") for w in warnings]
+            self._key_problems[key] = [Problem(key, _bounded(w), "invalid") for w in warnings]
         change = self._forget(key, kind, ns, name)
         change.merge(self._install(key, kind, ns, name, record))
         return change
@@ -173,6 +182,7 @@ class ClusterState:
         return self._forget(key, *where)
 
     def _reject(self, key: str, reason: str, kind: str) -> Change:
+        reason = _bounded(reason)
         if self._has_record(key):
             reason += "; keeping the last good value"
         self.problems[key] = Problem(key, reason, kind)
@@ -283,6 +293,12 @@ class ClusterState:
         return self.network_config.network
 
     def leases(self) -> list[Lease]:
+        """The usable leases: inside the flannel network (a lease covering more than the network, such
+        as a stray `0.0.0.0-0` key, would otherwise vouch for every endpoint). The rest are problems."""
+        network = self.network()
+        return [lease for lease in self._all_leases() if network is None or lease.subnet.subnet_of(network)]
+
+    def _all_leases(self) -> list[Lease]:
         if self.subnet_manager == "kube":
             return list(self.node_leases.values())
         return list(self.etcd_leases.values())
@@ -308,7 +324,7 @@ class ClusterState:
                     f"lease {lease.subnet} lies outside the flannel network {network}; ignored",
                     "lease",
                 )
-                for lease in self.leases()
+                for lease in self._all_leases()
                 if not lease.subnet.subnet_of(network)
             )
         return sorted(out, key=lambda p: (p.key, p.reason))

@@ -77,7 +77,7 @@ class DataplaneConfig:
     random_fully: bool = True
     snat_addresses: tuple[str, ...] = ()
     min_sync_interval: float = 0.02  # seconds: coalesces bursts of etcd events into one sync
-    full_resync_interval: float = 60.0  # seconds: repairs drift (someone flushed an owned chain)
+    full_resync_interval: float = 10.0  # seconds: repairs drift (someone flushed an owned chain)
     conntrack_cleanup: bool = True
     manage_ip_forward: bool = True  # turn on net.ipv4.ip_forward at start (DNATed packets are forwarded)
 
@@ -183,7 +183,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             random_fully=dp.get("random_fully", bool, True),
             snat_addresses=tuple(dp.get("snat_addresses", list, [], _each(_ipv4_address))),
             min_sync_interval=dp.get("min_sync_interval", float, 0.02, _non_negative),
-            full_resync_interval=dp.get("full_resync_interval", float, 60.0, _positive),
+            full_resync_interval=dp.get("full_resync_interval", float, 10.0, _positive),
             conntrack_cleanup=dp.get("conntrack_cleanup", bool, True),
             manage_ip_forward=dp.get("manage_ip_forward", bool, True),
         ),

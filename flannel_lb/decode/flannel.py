@@ -97,6 +97,8 @@ def parse_network_config(value: bytes | str) -> NetworkConfig:
 def _address(raw: Any, default: ipaddress.IPv4Address, what: str) -> ipaddress.IPv4Address:
     if raw is None:
         return default
+    if not isinstance(raw, str):  # ipaddress would take an integer (or a bool) as an address
+        raise FlannelError(f"network config {what} {raw!r} is not an IPv4 address")
     try:
         return ipaddress.IPv4Address(raw)
     except ValueError:
@@ -132,14 +134,15 @@ def _lease(
     key: str = "",
     node: str = "",
 ) -> Lease:
+    # flannel writes addresses as strings; ipaddress would also take an integer (or a bool)
     try:
-        public_ip = ipaddress.IPv4Address(doc.get("publicip"))
+        public_ip = ipaddress.IPv4Address(_text(doc.get("publicip")))
     except ValueError:
         raise FlannelError(f"lease PublicIP {doc.get('publicip')!r} is not an IPv4 address") from None
     public_ipv6 = None
     if doc.get("publicipv6"):
         try:
-            public_ipv6 = ipaddress.IPv6Address(doc["publicipv6"])
+            public_ipv6 = ipaddress.IPv6Address(_text(doc["publicipv6"]))
         except ValueError:
             raise FlannelError(f"lease PublicIPv6 {doc['publicipv6']!r} is not an IPv6 address") from None
     backend_type = doc.get("backendtype") or "udp"  # the udp backend omits BackendType entirely
@@ -168,6 +171,13 @@ def _lease(
         key=key,
         node=node,
     )
+
+
+def _text(v: Any) -> str:
+    """An address field's string, or ValueError."""
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not a string")
+    return v
 
 
 def _is_mac(v: Any) -> bool:

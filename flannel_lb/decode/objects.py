@@ -37,12 +37,16 @@ class Converted:
     warnings: list[str] = field(default_factory=list)
 
 
+def _path(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
 def _map(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     v = parent.get(key)
     if v is None:
         return {}
     if not isinstance(v, Mapping):
-        raise ObjectError(f"{where}.{key} must be an object, got {type(v).__name__}")
+        raise ObjectError(f"{_path(where, key)} must be an object, got {type(v).__name__}")
     return v
 
 
@@ -51,7 +55,7 @@ def _list(parent: Mapping[str, Any], key: str, where: str) -> list[Any]:
     if v is None:
         return []
     if not isinstance(v, list):
-        raise ObjectError(f"{where}.{key} must be a list, got {type(v).__name__}")
+        raise ObjectError(f"{_path(where, key)} must be a list, got {type(v).__name__}")
     return v
 
 
@@ -60,14 +64,14 @@ def _str(parent: Mapping[str, Any], key: str, where: str, default: str = "") -> 
     if v is None:
         return default
     if not isinstance(v, str):
-        raise ObjectError(f"{where}.{key} must be a string, got {v!r}")
+        raise ObjectError(f"{_path(where, key)} must be a string, got {type(v).__name__}")
     return v
 
 
 def _strmap(parent: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
     m = _map(parent, key, where)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
-        raise ObjectError(f"{where}.{key} must map strings to strings")
+        raise ObjectError(f"{_path(where, key)} must map strings to strings")
     return dict(m)
 
 

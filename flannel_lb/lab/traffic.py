@@ -28,6 +28,7 @@ class Summary:
     first_failure: float | None = None  # seconds since start
     last_failure: float | None = None
     seconds: float = 0.0
+    started: float = 0.0  # wall-clock (epoch) time of the first request: lines the timeline up with faults
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (t, pod or "!error"), if asked
 
     def to_json(self) -> dict[str, Any]:
@@ -39,6 +40,7 @@ class Summary:
             "first_failure": self.first_failure,
             "last_failure": self.last_failure,
             "seconds": round(self.seconds, 3),
+            "started": self.started,
             "timeline": self.timeline,
         }
 
@@ -89,6 +91,7 @@ def run(
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.bind(("0.0.0.0", source_port))
     start = time.monotonic()
+    summary.started = time.time()
     n = 0
     try:
         while (count is None or n < count) and (duration is None or time.monotonic() - start < duration):

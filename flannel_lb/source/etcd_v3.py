@@ -18,7 +18,9 @@ Workarounds, all measured against etcd 3.4 (see shared/reference/python-librarie
 
 from __future__ import annotations
 
+import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -121,6 +123,19 @@ def list_prefixes(
     return revision, items
 
 
+def current_revision(client: Any, prefix: str) -> int:
+    """The store's revision now (one count-only range over `prefix`)."""
+    start = prefix.encode()
+    req = etcdrpc.RangeRequest(key=start, range_end=prefix_end(start), count_only=True)
+    try:
+        resp = client.kvstub.Range(
+            req, client.timeout, credentials=client.call_credentials, metadata=client.metadata
+        )
+    except grpc.RpcError as exc:
+        raise _translate(exc) from exc
+    return int(resp.header.revision)
+
+
 def _range(client: Any, start: bytes, end: bytes, limit: int, revision: int) -> Any:
     req = etcdrpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
     try:
@@ -208,6 +223,48 @@ def describe(exc: BaseException) -> str:
         return f"{name} (compacted up to revision {exc.compacted_revision})"
     text = str(exc)
     return f"{name} ({text})" if text else name
+
+
+def tls_hint(endpoint: Endpoint, settings: EtcdSettings, error: str) -> str:
+    """What a TLS failure most likely means, in the config's terms ("" when the error is no TLS failure).
+
+    gRPC reports a client certificate that etcd refused only as a corrupted or closed stream (the alert
+    that names the reason goes to gRPC's own log), so the local certificate is checked here to say why.
+    """
+    if "CERTIFICATE_VERIFY_FAILED" in error or "certificate verify failed" in error:
+        return f"etcd's server certificate does not verify against ca_file {settings.ca_file}"
+    if "Hostname Verification" in error or "doesn't match" in error or "Hostname mismatch" in error:
+        return (
+            f"etcd's server certificate does not name {endpoint.host}:"
+            " use an endpoint address listed in its subjectAltName"
+        )
+    refused = ("TSI_DATA_CORRUPTED", "BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "certificate required")
+    if endpoint.tls and any(marker in error for marker in refused):
+        return "etcd refused our client certificate: " + _client_cert_problem(settings)
+    if not endpoint.tls and "Socket closed" in error:
+        return "if etcd serves TLS on this port, the endpoint must start with https://"
+    return ""
+
+
+def _client_cert_problem(settings: EtcdSettings) -> str:
+    if settings.cert_file is None:
+        return "no cert_file/key_file is configured, and etcd runs with --client-cert-auth"
+    try:
+        cert = ssl._ssl._test_decode_cert(settings.cert_file)  # type: ignore[attr-defined]
+        not_before = ssl.cert_time_to_seconds(cert["notBefore"])
+        not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+    except (OSError, ValueError, KeyError) as exc:
+        return f"cert_file {settings.cert_file} cannot be read as a PEM certificate ({exc})"
+    now = time.time()
+    if now > not_after:
+        return f"cert_file {settings.cert_file} expired on {cert['notAfter']}"
+    if now < not_before:
+        return f"cert_file {settings.cert_file} is not valid before {cert['notBefore']}"
+    issuer = ", ".join("=".join(pair) for rdn in cert.get("issuer", ()) for pair in rdn)
+    return (
+        f"cert_file {settings.cert_file} (issued by {issuer or '?'}) is not signed by a CA in etcd's"
+        " --trusted-ca-file, or lacks the clientAuth usage"
+    )
 
 
 _hook_lock = threading.Lock()

@@ -56,13 +56,16 @@ class _Stopped(Exception):
 
 
 class _AllEndpointsFailed(Exception):
-    def __init__(self, errors: list[tuple[str, BaseException]]) -> None:
+    def __init__(self, errors: list[tuple[Endpoint, BaseException]], settings: EtcdSettings) -> None:
         self.errors = errors
+        self.settings = settings
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        url, exc = self.errors[-1]
-        return f"{url}: {etcd_v3.describe(exc)}"
+        endpoint, exc = self.errors[-1]
+        text = etcd_v3.describe(exc)
+        hint = etcd_v3.tls_hint(endpoint, self.settings, text)
+        return f"{endpoint.url}: {text}" + (f" -- {hint}" if hint else "")
 
 
 @dataclass(slots=True)
@@ -268,7 +271,9 @@ class ClusterSource:
             try:
                 if self.prefixes:
                     gen.client = etcd_v3.connect(endpoint, self.settings)
-                snap = resume if resume is not None else self._list(endpoint, gen.client)
+                snap = resume if resume is not None and self._resumable(gen.client, resume) else None
+                if snap is None:
+                    snap = self._list(endpoint, gen.client)
                 if self.prefixes:
                     etcd_v3.watch_prefixes(
                         gen.client, self.prefixes, snap.revision + 1, gen.on_v3_events, gen.fail
@@ -280,6 +285,25 @@ class ClusterSource:
             return gen, snap
 
         return open_generation
+
+    def _resumable(self, client: Any, resume: Snapshot) -> bool:
+        """False when the store is behind the state we hold: etcd was restored from an older backup.
+
+        etcd accepts a watch from a future revision and stays silent until the store gets there, so
+        resuming would miss every change made after the restore. Only a fresh list is safe then.
+        """
+        if not self.prefixes:
+            return True
+        current = etcd_v3.current_revision(client, self.prefixes[0])
+        if current >= resume.revision:
+            return True
+        log.warning(
+            "etcd_revision_went_backwards",
+            held=resume.revision,
+            server=current,
+            action="re-list (etcd restored from an older snapshot?)",
+        )
+        return False
 
     def _start_v2_watches(self, gen: _Generation, endpoint: Endpoint, snap: Snapshot) -> None:
         for prefix in self.v2_prefixes:
@@ -353,7 +377,7 @@ class ClusterSource:
         return Snapshot(revision, items, v2_index)
 
     def _try_endpoints(self, fn: Callable[[Endpoint], Any]) -> Any:
-        errors: list[tuple[str, BaseException]] = []
+        errors: list[tuple[Endpoint, BaseException]] = []
         for endpoint in self.endpoints:
             with self._counter_lock:
                 self._connect_attempts += 1
@@ -361,8 +385,8 @@ class ClusterSource:
                 return fn(endpoint)
             except RETRYABLE as exc:
                 log.debug("etcd_endpoint_failed", endpoint=endpoint.url, error=etcd_v3.describe(exc))
-                errors.append((endpoint.url, exc))
-        raise _AllEndpointsFailed(errors)
+                errors.append((endpoint, exc))
+        raise _AllEndpointsFailed(errors, self.settings)
 
     def _retrying(self, stop: threading.Event, budget: float | None) -> Retrying:
         """A fresh Retrying per outage, so back-off restarts small after a healthy period.
