@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES="etcd-server etcd-client iptables nftables conntrack iproute2 iputils-ping curl \
+PACKAGES="etcd-server etcd-client iptables nftables conntrack iproute2 iputils-ping curl openssl procps \
 python3 python3-venv python3-dev gcc libc6-dev nginx-light haproxy wrk shellcheck ruby"
 
 missing=""
