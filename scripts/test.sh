@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "== ruff"
-.venv/bin/ruff check flannel_lb tests
-.venv/bin/ruff format --check flannel_lb tests
+.venv/bin/ruff check flannel_lb tests bench
+.venv/bin/ruff format --check flannel_lb tests bench
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

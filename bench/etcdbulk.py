@@ -1,0 +1,93 @@
+"""Bulk writes to the lab's etcd, from inside the `master` namespace (etcd listens only there).
+
+The lab's `EtcdWriter` does one put per round trip, which is fine for a handful of objects but slow
+for 90,000 (30k Services, their Endpoints and EndpointSlices). This subprocess takes JSON lines
+`{"puts": [[key, base64], ...], "deletes": [key, ...]}` on stdin, writes them in etcd transactions
+of at most 128 operations (etcd's default `--max-txn-ops`), and answers `{"ok": true, "revision": R}`.
+`{"dump": [prefix, ...]}` answers `{"ok": true, "revision": R, "kvs": [[key, base64], ...]}`: the
+keys under the prefixes at one revision (for replaying the agent's pipeline in-process).
+A batch with exactly one put or delete is written with a plain put/delete, so single changes (the
+convergence benchmark) cost one round trip and get their own revision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+MAX_TXN_OPS = 128
+
+
+def _write(client: Any, puts: list[tuple[str, bytes]], deletes: list[str]) -> int:
+    """Write one batch; return the etcd revision after it."""
+    if len(puts) + len(deletes) == 1:
+        resp = client.put(*puts[0]) if puts else client.delete(deletes[0], return_response=True)
+        return int(resp.header.revision)
+    ops = [client.transactions.put(k, v) for k, v in puts]
+    ops += [client.transactions.delete(k) for k in deletes]
+    for i in range(0, len(ops), MAX_TXN_OPS):
+        client.transaction(compare=[], success=ops[i : i + MAX_TXN_OPS], failure=[])
+    return int(client.get_response("/").header.revision)
+
+
+def _dump(client: Any, prefixes: list[str], page: int = 500) -> dict[str, Any]:
+    """Every key under `prefixes` at one revision, paged (gRPC's 4 MiB message limit)."""
+    from etcd3 import utils
+
+    revision = int(client.get_response("/").header.revision)
+    kvs = []
+    for prefix in prefixes:
+        start, end = prefix.encode(), utils.increment_last_byte(prefix.encode())
+        while True:
+            # etcd3 0.12 silently ignores `limit` and `revision`: set them on the request itself
+            req = client._build_get_range_request(key=start, range_end=end, sort_order="ascend")
+            req.limit, req.revision = page, revision
+            resp = client.kvstub.Range(
+                req, client.timeout, credentials=client.call_credentials, metadata=client.metadata
+            )
+            kvs += [[kv.key.decode(), base64.b64encode(kv.value).decode()] for kv in resp.kvs]
+            if not resp.more:
+                break
+            start = resp.kvs[-1].key + b"\0"
+    return {"revision": revision, "kvs": kvs}
+
+
+def serve(endpoint: str, stdin: IO[str], stdout: IO[str]) -> None:
+    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+    import etcd3
+
+    url = urlsplit(endpoint)
+    client = etcd3.client(host=url.hostname, port=url.port or 2379, timeout=60)
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            if "dump" in cmd:
+                stdout.write(json.dumps({"ok": True, **_dump(client, cmd["dump"])}) + "\n")
+                stdout.flush()
+                continue
+            puts = [(k, base64.b64decode(v)) for k, v in cmd.get("puts", [])]
+            answer: dict[str, Any] = {"ok": True, "revision": _write(client, puts, cmd.get("deletes", []))}
+        except Exception as e:  # the caller decides
+            answer = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        stdout.write(json.dumps(answer) + "\n")
+        stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--endpoint", required=True)
+    args = p.parse_args(argv)
+    serve(args.endpoint, sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

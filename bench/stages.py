@@ -1,0 +1,208 @@
+"""The agent's pipeline replayed in-process, stage by stage, on the lab's real etcd contents.
+
+The live agent only logs a sync's total `seconds`. To say where that time goes, this module runs the
+same code the agent runs (`ClusterState.replace/put`, `Planner.plan`, `build_ruleset`,
+`compute_changes`, `render_changes`, `restore.apply` into the LB's namespace) on a dump of the lab's
+etcd, timing each stage, and profiles the Python stages with cProfile. Two scenarios:
+
+  cold    the first sync: decode the whole snapshot, plan everything, build and render every
+          chain, read back the (empty) kernel as adopt mode does, one iptables-restore
+  change  one EndpointSlice loses an endpoint afterwards: decode one value, re-plan one Service,
+          build the rule set, diff against the last one, render, iptables-restore (partial sync)
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flannel_lb import config as config_mod
+from flannel_lb import wiring
+from flannel_lb.agent import dataplane_options
+from flannel_lb.cluster import ClusterState
+from flannel_lb.dataplane.changes import compute_changes
+from flannel_lb.dataplane.render import render_changes
+from flannel_lb.dataplane.restore import apply, cleanup, read_owned
+from flannel_lb.dataplane.rules import RuleSet, build_ruleset
+from flannel_lb.dataplane.tools import Tools, make_tools
+from flannel_lb.planner import Planner
+
+T = TypeVar("T")
+
+
+@dataclass
+class Stages:
+    """Seconds per stage, in pipeline order, and the top functions of the Python stages."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    hot: list[tuple[str, float, float]] = field(default_factory=list)  # (function, own s, cumulative s)
+    rules: int = 0  # restore lines ("-A ..." rules) in the transaction
+    text: str = ""
+
+    @property
+    def python(self) -> float:
+        return sum(v for k, v in self.seconds.items() if k not in ("kernel read", "iptables-restore"))
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+class _Timer:
+    def __init__(self, stages: Stages, profiler: cProfile.Profile | None) -> None:
+        self.stages = stages
+        self.profiler = profiler
+
+    def __call__(self, name: str, fn: Callable[[], T], *, python: bool = True) -> T:
+        prof = self.profiler if python else None
+        t = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        try:
+            return fn()
+        finally:
+            if prof is not None:
+                prof.disable()
+            self.stages.seconds[name] = self.stages.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _top(profiler: cProfile.Profile, n: int = 12) -> list[tuple[str, float, float]]:
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, name), (_, _, own, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
+        short = path.split("/flannel_lb/")[-1] if "/flannel_lb/" in path else path.rsplit("/", 1)[-1]
+        rows.append((f"{name} ({short}:{line})", own, cum))
+    rows.sort(key=lambda r: r[1], reverse=True)
+    return rows[:n]
+
+
+@dataclass
+class Pipeline:
+    """The agent's objects for one config, driven by hand."""
+
+    cfg: config_mod.Config
+    tools: Tools
+    profiled: bool = False
+    state: ClusterState = field(init=False)
+    planner: Planner = field(init=False)
+    current: RuleSet | None = None
+
+    def __post_init__(self) -> None:
+        self.state = wiring.new_state(self.cfg)
+        self.planner = Planner(self.state, wiring.plan_settings(self.cfg))
+
+    def cold(self, items: Sequence[tuple[str, bytes]], revision: int) -> Stages:
+        out = Stages()
+        prof = cProfile.Profile() if self.profiled else None
+        timed = _Timer(out, prof)
+        timed("decode snapshot", lambda: self.state.replace(((k, v, None) for k, v in items), revision))
+        plan = timed("plan", lambda: self.planner.plan(None))
+        desired = timed("build_ruleset", lambda: build_ruleset(plan, dataplane_options(self.cfg)))
+        prefix = self.cfg.dataplane.chain_prefix
+        kernel = timed("kernel read", lambda: read_owned(self.tools, prefix), python=False)
+        changes = timed("compute_changes", lambda: compute_changes(desired, kernel))
+        text = timed("render", lambda: render_changes(changes))
+        timed("iptables-restore", lambda: apply(text, self.tools), python=False)
+        self.current = desired
+        out.hot, out.text = (_top(prof) if prof else []), text
+        out.rules = text.count("\n-A ")
+        return out
+
+    def change(self, key: str, value: bytes) -> Stages:
+        out = Stages()
+        prof = cProfile.Profile() if self.profiled else None
+        timed = _Timer(out, prof)
+        change = timed("decode value", lambda: self.state.put(key, value))
+        plan = timed("plan", lambda: self.planner.plan(change))
+        desired = timed("build_ruleset", lambda: build_ruleset(plan, dataplane_options(self.cfg)))
+        changes = timed("compute_changes", lambda: compute_changes(desired, self.current))
+        text = timed("render", lambda: render_changes(changes))
+        timed("iptables-restore", lambda: apply(text, self.tools), python=False)
+        self.current = desired
+        out.hot, out.text = (_top(prof) if prof else []), text
+        out.rules = text.count("\n-A ")
+        return out
+
+
+def replay(
+    config: Path,
+    netns: str,
+    items: Sequence[tuple[str, bytes]],
+    revision: int,
+    change: tuple[str, bytes],
+    backend: str = "auto",
+) -> tuple[Stages, Stages, list[float]]:
+    """(cold, change, raw restore seconds x3): the kernel's owned chains are removed before and after.
+
+    Raw restore: the cold transaction's exact text fed to iptables-restore again, into a kernel without
+    flannel-lb's chains, three times: what the restore alone costs, without any Python around it.
+    """
+    cfg = config_mod.load(config)
+    tools = make_tools(backend, netns)
+    prefix = cfg.dataplane.chain_prefix
+    try:
+        # twice: timings without the profiler (cProfile slows Python code 2-3x), then the profile
+        cleanup(tools, prefix)
+        pipe = Pipeline(cfg, tools)
+        cold = pipe.cold(items, revision)
+        one = pipe.change(*change)
+        cleanup(tools, prefix)
+        pipe = Pipeline(cfg, tools, profiled=True)
+        cold.hot = pipe.cold(items, revision).hot
+        one.hot = pipe.change(*change).hot
+        raw = []
+        for _ in range(3):
+            cleanup(tools, prefix)
+            t = time.perf_counter()
+            apply(cold.text, tools)
+            raw.append(time.perf_counter() - t)
+        return cold, one, raw
+    finally:
+        cleanup(tools, prefix)
+
+
+def describe(stages: Stages) -> dict[str, Any]:
+    return {k: round(v, 3) for k, v in stages.seconds.items()}
+
+
+def memory(config: Path, items: Sequence[tuple[str, bytes]], revision: int) -> list[tuple[str, float]]:
+    """Python heap (tracemalloc, MB) held after each stage of a cold sync, kernel stages left out.
+
+    What stays allocated is what the agent keeps between syncs: the decoded cluster state, the
+    planner's per-Service plans, the desired RuleSet (kept by the writer as its memory of the
+    kernel), and, during a sync, the restore text.
+    """
+    import gc
+    import tracemalloc
+
+    cfg = config_mod.load(config)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out: list[tuple[str, float]] = []
+
+        def mark(name: str) -> None:
+            gc.collect()
+            out.append((name, (tracemalloc.get_traced_memory()[0] - base) / 2**20))
+
+        state = wiring.new_state(cfg)
+        state.replace(((k, v, None) for k, v in items), revision)
+        mark("cluster state (decoded snapshot)")
+        planner = Planner(state, wiring.plan_settings(cfg))
+        plan = planner.plan(None)
+        mark("+ planner's per-Service plans and the Plan")
+        desired = build_ruleset(plan, dataplane_options(cfg))
+        mark("+ desired RuleSet (the writer keeps it)")
+        text = render_changes(compute_changes(desired, None))
+        mark("+ restore text (during a sync)")
+        out.append(("peak during these stages", (tracemalloc.get_traced_memory()[1] - base) / 2**20))
+        del text, desired, plan, planner, state
+        return out
+    finally:
+        tracemalloc.stop()
