@@ -26,10 +26,12 @@ class Planner:
         self.path_faults: Mapping[ipaddress.IPv4Network, str] = {}
         self._plans: dict[ServiceRef, ServicePlan] = {}
         self._admission: Admission | None = None
+        self._admitted_at = 0.0  # when the lease index was built: leases expiring later are still live
 
     def admission(self) -> Admission:
         if self._admission is None:
-            self._admission = admission_for(self.state, self.clock(), self.path_faults)
+            self._admitted_at = self.clock()
+            self._admission = admission_for(self.state, self._admitted_at, self.path_faults)
         return self._admission
 
     def set_path_faults(self, faults: Mapping[ipaddress.IPv4Network, str]) -> bool:
@@ -60,11 +62,12 @@ class Planner:
         return assemble(self.state.revision, self._plans.values(), self.state.all_problems())
 
     def next_expiry(self) -> float | None:
-        """When the next TTL'd (v2) lease expires: the plan changes then without any etcd event."""
-        now = self.clock()
+        """When the next TTL'd (v2) lease that the current plan counts as live expires: the plan must
+        change then, before etcd's own expire event arrives (None: there is no such lease)."""
+        since = self._admitted_at
         times = [
             lease.expires
             for lease in self.state.leases()
-            if lease.expires is not None and lease.expires > now
+            if lease.expires is not None and lease.expires > since
         ]
         return min(times, default=None)

@@ -455,3 +455,25 @@ def test_a_denied_hijacker_does_not_win_a_conflict() -> None:
     policy = ExposurePolicy(namespaces=("default",))
     plan = compute_plan(state, PlanSettings(SETTINGS.addresses, policy=policy), now=NOW)
     assert [f.service for f in plan.frontends] == ["default/app"] and plan.conflicts == ()
+
+
+def test_planner_knows_when_a_v2_lease_runs_out() -> None:
+    now = [NOW]
+    state = base_state()
+    state.put(
+        "/coreos.com/network/subnets/10.246.92.0-24",
+        k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"),
+        expires=NOW + 30,
+    )
+    state.put(SVC + "default/app", as_json(k.service("app", external_ips=[LB])))
+    state.put(
+        SLICES + "default/app-1",
+        as_json(k.endpoint_slice("app-1", "app", [k.endpoint("10.246.92.4")], [("", 80, "TCP")])),
+    )
+    planner = Planner(state, SETTINGS, clock=lambda: now[0])
+    assert frontends(planner.plan())[f"{LB}:80/TCP"] == [("10.246.92.4", 80, "")]
+    assert planner.next_expiry() == NOW + 30
+    now[0] = NOW + 31  # the agent sees the time has passed and re-plans everything
+    assert planner.next_expiry() == NOW + 30
+    assert frontends(planner.plan(None))[f"{LB}:80/TCP"] == []
+    assert planner.next_expiry() is None
