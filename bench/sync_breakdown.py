@@ -14,9 +14,10 @@ each timed against the current code on the same data, in the same run, median of
   cached quote()             `render_changes` with `savefile.quote` memoised (tokens repeat a lot)
   Endpoints skipped          decoding the snapshot without the v1 Endpoints objects (they are only
                              a fallback for Services without EndpointSlices)
-  native nftables            the same plan as an nftables table with a verdict map and one chain
-                             per frontend (`bench.nftproto`): `nft -f` of the whole table, and of
-                             one changed frontend (kernel side only; rendering it is not timed)
+  native nftables            the same plan as an nftables table with a verdict map and one global
+                             endpoint map (`bench.nftproto`): `nft -f` of the whole table, and of
+                             one changed frontend's map elements (kernel side only: `ip netns exec
+                             nft -f` per transaction; rendering the text is not timed)
 
 The prototypes patch module attributes inside this process only; nothing in flannel_lb/ is edited.
 
@@ -187,7 +188,10 @@ def what_ifs(
     cleanup(tools, prefix)
     pipe = stages.Pipeline(cfg, tools)
     cold_restore = pipe.cold(items, revision).seconds["iptables-restore"]
-    nft_cold = timed(lambda: nft(tools, nftproto.full_ruleset(pipe.planner.plan(Change(set())), opts.mark)))
+    full_plan = pipe.planner.plan(Change(set()))
+    nft_cold = timed(lambda: nft(tools, nftproto.full_ruleset(full_plan, opts.mark)))
+    nft_chains = nftproto.count_chains(full_plan)
+    before = {f.key: f for f in full_plan.frontends}
     nft_change: list[float] = []
     now_restore, pos_restore, now_build, memo_build, now_render, quote_render = [], [], [], [], [], []
     verified = False
@@ -219,7 +223,9 @@ def what_ifs(
         now_restore.append(timed(lambda: apply(text, tools)))  # noqa: B023  idempotent on desired
         ref = "bench/" + key.rsplit("/", 1)[1].rsplit("-", 1)[0]
         fe = next(f for f in plan.frontends if f.service == ref)
-        nft_change.append(timed(lambda: nft(tools, nftproto.change(fe, opts.mark))))  # noqa: B023
+        delta = nftproto.change(before[fe.key], fe, opts.mark, nft_chains)
+        nft_change.append(timed(lambda: nft(tools, delta)))  # noqa: B023
+        before[fe.key] = fe
         pipe.current = desired
     nft(tools, nftproto.delete_table())
     state = wiring.new_state(cfg)
@@ -241,7 +247,10 @@ def what_ifs(
         WhatIf("cold: decode snapshot", all_decode, slim_decode, "v1 Endpoints objects not decoded"),
         WhatIf("cold: kernel load (restore)", cold_restore, nft_cold, "native nftables, `nft -f` (nftproto)"),
         WhatIf(
-            "one change: kernel update", med(now_restore), med(nft_change), "native nftables, 2-line `nft -f`"
+            "one change: kernel update",
+            med(now_restore),
+            med(nft_change),
+            "native nftables, element deletes/adds",
         ),
     ]
 
