@@ -17,8 +17,9 @@ What is measured, in one lab and one run:
   churn cost   CPU seconds (user + system, the agent's own plus its iptables-restore/-save children)
                the agent spends while `--changes` endpoint changes arrive at `--rate` per second and
                until it has synced the last one, scaled to 1,000 changes; also its idle CPU per
-               minute (netcheck every 2 s, verifying full resync every 60 s). A change is one
-               EndpointSlice write removing one endpoint of a random Service, or adding it back.
+               minute (netcheck every 2 s, the verifying full resync every `full_resync_interval`,
+               10 s by default). A change is one EndpointSlice write removing one endpoint of a
+               random Service, or adding it back.
 
 Run: sudo .venv/bin/python -m bench.cold_start [--quick] [--services 10000] [--profile]
 """
@@ -55,7 +56,8 @@ from bench.common import (
     stop_agent,
     workdir,
 )
-from bench.objects import BenchService, encode_protobuf, encoded, fake_endpoints, slice_object
+from bench.objects import BenchService, encoded, fake_endpoints, slice_object
+from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST
 

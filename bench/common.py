@@ -14,6 +14,7 @@ import os
 import platform
 import secrets
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -79,8 +80,15 @@ def node_subnets(lab: Lab) -> list[tuple[str, str]]:
 
 @contextlib.contextmanager
 def workdir(tag: str) -> Iterator[Path]:
+    """A temporary directory for configs and logs; kept only with FLB_BENCH_KEEP=1 (for debugging)."""
     path = Path(tempfile.mkdtemp(prefix=f"flannel-lb-bench-{tag}-"))
-    yield path
+    try:
+        yield path
+    finally:
+        if os.environ.get("FLB_BENCH_KEEP"):
+            log(f"  kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # --- nginx in the pods ------------------------------------------------------------------------------
@@ -252,6 +260,7 @@ class _LineProcess:
                 cwd=ROOT,
             )
         self._buf = b""
+        self.name = " ".join(argv[-3:])
 
     def send(self, cmd: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -269,12 +278,12 @@ class _LineProcess:
             ready, _, _ = select.select([fd], [], [], max(0.0, left))
             chunk = os.read(fd, 1 << 20) if ready else b""
             if not chunk:
-                raise BenchError(f"{self.proc.args[4:6]}: no answer within {timeout:.0f} s")
+                raise BenchError(f"{self.name}: no answer within {timeout:.0f} s")
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         answer: dict[str, Any] = json.loads(line)
         if answer.get("ok") is False or "error" in answer:
-            raise BenchError(f"{self.proc.args[4:6]}: {answer.get('error')}")
+            raise BenchError(f"{self.name}: {answer.get('error')}")
         return answer
 
     def call(self, cmd: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:

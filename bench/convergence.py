@@ -46,7 +46,8 @@ from bench.common import (
     stop_agent,
     workdir,
 )
-from bench.objects import BenchService, encode_protobuf, encoded, fake_endpoints, slice_object
+from bench.objects import BenchService, encoded, fake_endpoints, slice_object
+from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab.lab import Lab
 
 PROBE_PORT = 60000
@@ -227,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(hot)
     if not args.no_doc:
         note = (
-            f"{', '.join(f'{n:,}' for n in scales)} services ({args.endpoints} endpoints each, "
-            f"plus the probe); {changes} changes per scale; iptables-nft (the host's default)"
+            f"{', '.join(f'{n:,}' for n in scales)} exposed Services in total (the probe with one "
+            f"endpoint, the others {args.endpoints} each); {changes} changes per scale; "
+            "iptables-nft (the host's default)"
         )
         body = report.preamble("Convergence (etcd write -> rule live)", started, note)
         report.update_section("convergence", f"{body}\n{table}\n\n{verdict}\n\n{hot}\n")

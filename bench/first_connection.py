@@ -98,6 +98,15 @@ class Scale:
 
 
 GUARDED = " + overlay guard"
+LEGEND = (
+    "Rows: `flannel-lb` = the agent's rules, probe on the last dispatch rule (VIP:60000); `first rule` ="
+    " bulk-00000 (VIP:20000), the linear chain's best case; `buckets` = two-level iptables dispatch"
+    " (sqrt(N) port-range buckets) and `nft-map` = nftables verdict map, both on extra LB addresses"
+    " reusing the agent's FE chains (`bench/layouts.py`); `+ overlay guard` = the same with flannel's"
+    " vxlan packets kept out of the nat dispatch (`-p udp --dport 8472 -j ACCEPT` first in nat"
+    " PREROUTING and OUTPUT). Without the guard every connection also pays two walks of the whole"
+    " FLB-SERVICES chain for its vxlan packets (new UDP conntrack flows), whatever its own layout."
+)
 
 
 def targets(n: int, with_layouts: bool) -> dict[str, tuple[str, int]]:
@@ -123,8 +132,9 @@ def measure(
     """`count` connections to each target, interleaved in blocks of BLOCK.
 
     The agent is paused (SIGSTOP) meanwhile: its periodic work (netcheck every 2 s, the verifying
-    full resync every 60 s, seconds of CPU at 10k+ services) would otherwise compete for the CPU with
-    the packets being timed. The figure is the data path's; the agent's CPU is `bench.cold_start`'s.
+    full resync every `full_resync_interval`, seconds of CPU at 10k+ services) would otherwise
+    compete for the CPU with the packets being timed. The figure is the data path's; the agent's
+    CPU is `bench.cold_start`'s.
     The alternative layouts (`bench.layouts`) exist only while the agent is paused. With `alt`, every
     target is measured twice, block by block: as deployed, and with the overlay guard (vxlan packets
     kept out of the nat dispatch; see `bench.layouts`).
@@ -178,7 +188,7 @@ def run(
         order = [*scales, *reversed(scales)]  # up, then down: ABCD DCBA
         for i, n in enumerate(order):
             event = scale.set(n, timeout=1800)
-            results[n].sync_seconds.append(float(event.get("seconds", 0)))
+            results[n].sync_seconds.append(float(str(event.get("seconds", 0))))
             log(f"  measuring {count} connections per probe at N={n} (pass {i // len(scales)})")
             measure(lab, prober, agent, n, count, results[n], alt)
         return results
@@ -211,8 +221,9 @@ def render(results: dict[int, Samples], backend: str) -> tuple[str, str]:
     counts = ", ".join(f"{n:,}: {len(s.us[FLB_LAST])}" for n, s in sorted(results.items()))
     syncs = ", ".join(f"{n:,}: {median(s.sync_seconds):.2f} s" for n, s in sorted(results.items()))
     failed = sum(s.failed for s in results.values())
+    legend = LEGEND if any(BUCKETS in label for label in labels) else LEGEND.split("; `buckets`")[0] + "."
     notes = (
-        f"Connections per cell (N: count): {counts}. Agent sync when the scale changed (median): "
+        f"{legend}\n\nConnections per cell (N: count): {counts}. Agent sync when the scale changed (median): "
         f"{syncs}. Failed connections: {failed}. Ratios are to N=1 of the same row (the first rule's "
         "to the N=1 probe)."
     )

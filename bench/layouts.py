@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from flannel_lb.lab.lab import Lab
@@ -94,7 +94,9 @@ def remove_buckets(lab: Lab) -> None:
     lab.exec_in(LB_HOST, ["iptables-restore", "--noflush"], input="\n".join(lines), check=True, timeout=300)
 
 
-def nft_ruleset(ports: Sequence[int], probed: dict[int, Sequence[str]], target_port: int, mark: int) -> str:
+def nft_ruleset(
+    ports: Sequence[int], probed: Mapping[int, Sequence[str]], target_port: int, mark: int
+) -> str:
     """`nft -f` text: the map with every port, per-service chains for the probed ports only."""
     lines = [
         f"table ip {NFT_TABLE}",
@@ -126,7 +128,7 @@ def nft_ruleset(ports: Sequence[int], probed: dict[int, Sequence[str]], target_p
     return "\n".join(lines) + "\n"
 
 
-def install(lab: Lab, vip: str, probed: dict[int, Sequence[str]], target_port: int, mark: int) -> int:
+def install(lab: Lab, vip: str, probed: Mapping[int, Sequence[str]], target_port: int, mark: int) -> int:
     """Both layouts for the agent's current frontends on `vip`; returns the number of frontends."""
     dispatch = read_dispatch(lab, vip)
     remove_buckets(lab)

@@ -40,18 +40,20 @@ from typing import Any
 from bench import nftproto, report, stages
 from bench.cold_start import BULK_BASE, dump, populate
 from bench.common import NGINX_PORT, VIP, BulkWriter, bench_lab, log, node_subnets, workdir
-from bench.objects import BenchService, encode_protobuf, fake_endpoints, slice_object
+from bench.objects import BenchService, fake_endpoints, slice_object
 from flannel_lb import wiring
 from flannel_lb.agent import dataplane_options
 from flannel_lb.cluster import Change
 from flannel_lb.dataplane import render as render_mod
 from flannel_lb.dataplane import rules as rules_mod
+from flannel_lb.dataplane import savefile
 from flannel_lb.dataplane.changes import Changes, compute_changes
 from flannel_lb.dataplane.render import render_changes, rule_line
 from flannel_lb.dataplane.restore import apply, cleanup, read_owned
 from flannel_lb.dataplane.rules import RuleSet, build_ruleset
 from flannel_lb.dataplane.tools import Tools, make_tools
 from flannel_lb.dataplane.tools import run as run_tool
+from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, agent_config
 
@@ -132,7 +134,7 @@ def memoised_rules() -> Iterator[None]:
 
     rules_mod._frontend_chains = chains
     rules_mod._usable_backends = usable_backends
-    rules_mod._frontend_problem = problem  # type: ignore[assignment]
+    rules_mod._frontend_problem = problem
     try:
         yield
     finally:
@@ -141,12 +143,12 @@ def memoised_rules() -> Iterator[None]:
 
 @contextmanager
 def cached_quote() -> Iterator[None]:
-    saved = render_mod.quote
-    render_mod.quote = functools.lru_cache(maxsize=1 << 16)(saved)  # type: ignore[assignment]
+    saved = savefile.quote  # render.py calls it by the name it imported
+    setattr(render_mod, "quote", functools.lru_cache(maxsize=1 << 16)(saved))  # noqa: B010
     try:
         yield
     finally:
-        render_mod.quote = saved
+        setattr(render_mod, "quote", saved)  # noqa: B010
 
 
 # --- measurements -----------------------------------------------------------------------------------------
