@@ -80,13 +80,17 @@ def node_subnets(lab: Lab) -> list[tuple[str, str]]:
 
 @contextlib.contextmanager
 def workdir(tag: str) -> Iterator[Path]:
-    """A temporary directory for configs and logs; kept only with FLB_BENCH_KEEP=1 (for debugging)."""
+    """A temporary directory for configs and logs; kept after a failure or with FLB_BENCH_KEEP=1."""
     path = Path(tempfile.mkdtemp(prefix=f"flannel-lb-bench-{tag}-"))
+    keep = bool(os.environ.get("FLB_BENCH_KEEP"))
     try:
         yield path
+    except BaseException:
+        keep = True  # the agent's and the helpers' logs are what explains a failure
+        raise
     finally:
-        if os.environ.get("FLB_BENCH_KEEP"):
-            log(f"  kept {path}")
+        if keep:
+            log(f"  logs kept in {path}")
         else:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -251,6 +255,7 @@ class _LineProcess:
     """A JSON-line subprocess in a lab namespace: one command line in, one or more answer lines out."""
 
     def __init__(self, lab: Lab, host: str, argv: Sequence[str], log: Path) -> None:
+        self.log = log
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", lab.namespace(host), *argv],
@@ -278,7 +283,9 @@ class _LineProcess:
             ready, _, _ = select.select([fd], [], [], max(0.0, left))
             chunk = os.read(fd, 1 << 20) if ready else b""
             if not chunk:
-                raise BenchError(f"{self.name}: no answer within {timeout:.0f} s")
+                code = self.proc.poll()
+                why = f"exited with {code}" if code is not None else f"no answer within {timeout:.0f} s"
+                raise BenchError(f"{self.name}: {why}; see {self.log}")
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         answer: dict[str, Any] = json.loads(line)

@@ -8,8 +8,8 @@ each timed against the current code on the same data, in the same run, median of
                              (`-R/-I/-D FLB-SERVICES <n>`, computed from the writer's last RuleSet)
                              instead of re-declared and refilled; both texts are applied to the LB's
                              kernel (iptables-restore --noflush) and timed
-  memoised frontend chains   `build_ruleset` with `_usable_backends`/`_frontend_chains`/
-                             `_frontend_problem` cached per (immutable) Frontend, as an incremental
+  memoised frontend chains   `build_ruleset` with `usable_backends`/`_frontend_chains`/
+                             `frontend_problem` cached per (immutable) Frontend, as an incremental
                              builder would do, after one Service changed
   cached quote()             `render_changes` with `savefile.quote` memoised (tokens repeat a lot)
   Endpoints skipped          decoding the snapshot without the v1 Endpoints objects (they are only
@@ -111,7 +111,7 @@ def _edits(chain: str, old: list[Any], new: list[Any]) -> list[str]:
 @contextmanager
 def memoised_rules() -> Iterator[None]:
     """Cache the per-frontend work of build_ruleset on the (frozen, hashable) Frontend."""
-    saved = (rules_mod._frontend_chains, rules_mod._usable_backends, rules_mod._frontend_problem)
+    saved = (rules_mod._frontend_chains, rules_mod.usable_backends, rules_mod.frontend_problem)
     chains_cache: dict[Any, list[Any]] = {}
 
     def chains(f: Any, backends: Sequence[Any], opts: Any, names: Any) -> list[Any]:
@@ -121,7 +121,7 @@ def memoised_rules() -> Iterator[None]:
             hit = chains_cache[key] = saved[0](f, backends, opts, names)
         return hit
 
-    problem = functools.lru_cache(maxsize=None)(rules_mod._frontend_problem)
+    problem = functools.lru_cache(maxsize=None)(rules_mod.frontend_problem)
     backends_cache: dict[Any, tuple[list[Any], list[tuple[str, str]]]] = {}
 
     def usable_backends(f: Any, skipped: list[tuple[str, str]]) -> list[Any]:
@@ -133,12 +133,12 @@ def memoised_rules() -> Iterator[None]:
         return hit[0]
 
     rules_mod._frontend_chains = chains
-    rules_mod._usable_backends = usable_backends
-    rules_mod._frontend_problem = problem
+    rules_mod.usable_backends = usable_backends
+    rules_mod.frontend_problem = problem
     try:
         yield
     finally:
-        rules_mod._frontend_chains, rules_mod._usable_backends, rules_mod._frontend_problem = saved
+        rules_mod._frontend_chains, rules_mod.usable_backends, rules_mod.frontend_problem = saved
 
 
 @contextmanager

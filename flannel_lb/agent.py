@@ -23,12 +23,12 @@ from typing import Protocol
 import structlog
 
 from flannel_lb import config as config_mod
-from flannel_lb import wiring
+from flannel_lb import conntrack_limits, wiring
 from flannel_lb.cluster import Change, ClusterState
 from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
 from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.rules import build_ruleset
-from flannel_lb.dataplane.writer import SyncResult, Writer
+from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport
+from flannel_lb.dataplane.writer import Writer
 from flannel_lb.desired import Plan
 from flannel_lb.metrics import HealthState, Metrics
 from flannel_lb.model import Lease, NetworkConfig
@@ -72,7 +72,17 @@ def dataplane_options(cfg: config_mod.Config) -> Options:
     )
 
 
+def make_dataplane(cfg: config_mod.Config, netns: str | None = None) -> DataPlane:
+    """The configured data plane: `writer = "nft"` programs an nftables table, the others iptables."""
+    if cfg.dataplane.writer == "nft":
+        from flannel_lb.dataplane.nft_writer import NftWriter
+
+        return NftWriter(dataplane_options(cfg), netns=netns)
+    return IptablesPlane(make_writer(cfg, netns), dataplane_options(cfg))
+
+
 def make_writer(cfg: config_mod.Config, netns: str | None = None) -> Writer:
+    """The iptables RuleSet writer (`restore` or `libiptc`)."""
     d = cfg.dataplane
     if d.writer == "libiptc":
         from flannel_lb.dataplane.libiptc import LibiptcWriter
@@ -97,6 +107,7 @@ class Agent:
         cfg: config_mod.Config,
         *,
         writer: Writer | None = None,
+        dataplane: DataPlane | None = None,
         checker: PathChecker | None = None,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
@@ -106,9 +117,12 @@ class Agent:
         self.state: ClusterState = wiring.new_state(cfg)
         self.planner = Planner(self.state, wiring.plan_settings(cfg))
         self.options = dataplane_options(cfg)
-        self.writer = writer or make_writer(cfg)
+        if dataplane is None:
+            dataplane = IptablesPlane(writer, self.options) if writer else make_dataplane(cfg)
+        self.dataplane = dataplane
         self.checker = checker
         self.metrics = metrics or Metrics()
+        self.conntrack = conntrack_limits.Monitor(self.metrics)
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -136,6 +150,7 @@ class Agent:
                 log.error(
                     "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
                 )
+        conntrack_limits.apply_at_start(self.cfg.conntrack)  # only with [conntrack] manage; never raises
         source = wiring.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -146,7 +161,7 @@ class Agent:
             stop.set()
             self.notifier.stopping()
             feeder.join(timeout=10)
-            self.writer.close()
+            self.dataplane.close()
             log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
 
     def request_reload(self) -> None:
@@ -180,6 +195,7 @@ class Agent:
         now = self.clock()
         if now >= self._next_netcheck:
             self._netcheck()
+            self.conntrack.sample(self.cfg.conntrack.warn_usage)  # never raises
             self._next_netcheck = now + NETCHECK_INTERVAL
         expiry = self.planner.next_expiry()
         if expiry is not None and time.time() >= expiry:
@@ -286,7 +302,7 @@ class Agent:
             )
         self.cfg = cfg
         self.planner.settings = wiring.plan_settings(cfg)
-        self.options = dataplane_options(cfg)
+        self.options = self.dataplane.options = dataplane_options(cfg)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", path=cfg.path)
         self._mark(None)
@@ -294,15 +310,14 @@ class Agent:
 
     # --- output -----------------------------------------------------------------------------------
 
-    def _sync(self, *, full: bool) -> SyncResult | None:
+    def _sync(self, *, full: bool) -> SyncReport | None:
         change, since = self._pending, self._pending_since
         started = time.perf_counter()
         plan = self.planner.plan(change if change is not None else Change(set()))
-        desired = build_ruleset(plan, self.options)
         kind = "full" if full else "partial"
         try:
             # the periodic resync reads the kernel back and rewrites only what drifted
-            result = self.writer.sync(desired, verify=full)
+            result = self.dataplane.sync(plan, verify=full)
         except Exception as e:
             self.metrics.syncs.labels(kind, "error").inc()
             self._retry_at = self.clock() + self._retry_wait
@@ -341,7 +356,7 @@ class Agent:
             excluded=sum(len(f.excluded) for f in plan.frontends),
             problems=len(plan.problems),
             conflicts=len(plan.conflicts),
-            changed=result.changes.summary(),
+            changed=result.summary(),
             conntrack_deleted=cleared.deleted if cleared else 0,
             seconds=round(time.perf_counter() - started, 4),
         )
@@ -352,7 +367,7 @@ class Agent:
         return result
 
     def _record(
-        self, plan: Plan, result: SyncResult, kind: str, seconds: float, latency: float | None
+        self, plan: Plan, result: SyncReport, kind: str, seconds: float, latency: float | None
     ) -> None:
         m = self.metrics
         m.syncs.labels(kind, "ok").inc()
@@ -379,7 +394,7 @@ class Agent:
         for label, n in kinds.items():
             m.problems.labels(label).set(n)
 
-    def sync_once(self, retry_budget: float | None = None) -> SyncResult:
+    def sync_once(self, retry_budget: float | None = None) -> SyncReport:
         """`flannel-lb sync --once`: one snapshot, one netcheck, one sync."""
         source = wiring.source(self.cfg)
         snap = source.snapshot(retry_budget=retry_budget)

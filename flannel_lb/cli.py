@@ -165,19 +165,25 @@ def _desired(cfg: config_mod.Config) -> Any:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from flannel_lb.agent import make_writer
+    from flannel_lb.agent import dataplane_options, make_dataplane
     from flannel_lb.dataplane.render import render
 
     cfg = _config(args)
-    desired = _desired(cfg)
-    if args.all:
-        sys.stdout.write(render(desired, None, full=True))
+    if cfg.dataplane.writer == "nft":
+        from flannel_lb.dataplane.nft_writer import NftWriter
+
+        plan = _live_planner(cfg).plan()
+        nft = NftWriter(dataplane_options(cfg))
+        text = nft.plan(plan, full=True)[1] if args.all else nft.render(plan)
+    elif args.all:
+        sys.stdout.write(render(_desired(cfg), None, full=True))
         return EXIT_OK
-    writer = make_writer(cfg)
-    try:
-        text = writer.render(desired)
-    finally:
-        writer.close()
+    else:
+        plane = make_dataplane(cfg)
+        try:
+            text = plane.render(_live_planner(cfg).plan())
+        finally:
+            plane.close()
     sys.stdout.write(
         text or "# the kernel already holds exactly these rules: the next sync changes nothing\n"
     )
@@ -189,22 +195,28 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from flannel_lb.dataplane.tools import make_tools
 
     cfg = _config(args)
-    text = diff(_desired(cfg), make_tools(cfg.dataplane.iptables_backend))
+    if cfg.dataplane.writer == "nft":
+        from flannel_lb.agent import dataplane_options
+        from flannel_lb.dataplane.nft_writer import NftWriter
+
+        nft = NftWriter(dataplane_options(cfg))
+        drift = nft.drift(nft.read_kernel(), nft.builder.build(_live_planner(cfg).plan()))
+        text = "".join(f"{line}\n" for line in drift)
+    else:
+        text = diff(_desired(cfg), make_tools(cfg.dataplane.iptables_backend))
     sys.stdout.write(text)
     return EXIT_FAILED if text.strip() else EXIT_OK
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from flannel_lb.agent import make_writer
+    from flannel_lb.agent import make_dataplane
 
     cfg = _config(args)
-    writer = make_writer(cfg)
+    plane = make_dataplane(cfg)
     try:
-        changes = writer.cleanup()
+        print(plane.cleanup())
     finally:
-        writer.close()
-    removed, jumps = len(changes.delete), len(changes.del_jumps)
-    print(f"removed {removed} chains and {jumps} jumps owned by flannel-lb ({cfg.dataplane.chain_prefix}*)")
+        plane.close()
     return EXIT_OK
 
 
@@ -224,8 +236,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         raise CommandError(str(e)) from None
     finally:
-        agent.writer.close()
-    summary = ", ".join(f"{k} {v}" for k, v in result.changes.summary().items() if v) or "nothing to change"
+        agent.dataplane.close()
+    summary = ", ".join(f"{k} {v}" for k, v in result.summary().items() if v) or "nothing to change"
     print(f"{result.mode} sync: {summary} ({result.seconds * 1000:.1f} ms)")
     return EXIT_OK
 

@@ -70,7 +70,7 @@ class PolicyConfig:
 
 @dataclass(frozen=True, slots=True)
 class DataplaneConfig:
-    writer: str = "restore"  # or "libiptc" (legacy x_tables hosts only)
+    writer: str = "restore"  # or "nft" (native nftables table), "libiptc" (legacy x_tables hosts only)
     iptables_backend: str = "auto"  # "auto" | "nft" | "legacy"
     chain_prefix: str = "FLB-"
     masquerade: bool = True
@@ -80,6 +80,18 @@ class DataplaneConfig:
     full_resync_interval: float = 10.0  # seconds: repairs drift (someone flushed an owned chain)
     conntrack_cleanup: bool = True
     manage_ip_forward: bool = True  # turn on net.ipv4.ip_forward at start (DNATed packets are forwarded)
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackConfig:
+    """Conntrack limits, as kube-proxy's `conntrack` settings (see flannel_lb/conntrack_limits.py)."""
+
+    manage: bool = False  # opt-in: set the limits below once at start
+    max_per_core: int = 32768  # nf_conntrack_max = max(min, max_per_core * CPUs); 0 leaves it alone
+    min: int = 131072
+    tcp_timeout_established: int = 86400  # seconds; 0 leaves it alone
+    tcp_timeout_close_wait: int = 3600  # seconds; 0 leaves it alone
+    warn_usage: float = 0.75  # warn when nf_conntrack_count / nf_conntrack_max reaches this
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,7 @@ class Config:
     lb: LBConfig = field(default_factory=LBConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
+    conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -136,6 +149,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     lb = r.section("lb")
     policy = r.section("policy")
     dp = r.section("dataplane")
+    ct = r.section("conntrack")
     metrics = r.section("metrics")
     log = r.section("log")
     r.no_other_sections()
@@ -176,7 +190,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             ports=policy.get("ports", dict, {}, _port_table),
         ),
         dataplane=DataplaneConfig(
-            writer=dp.get("writer", str, "restore", _one_of("restore", "libiptc")),
+            writer=dp.get("writer", str, "restore", _one_of("restore", "nft", "libiptc")),
             iptables_backend=dp.get("iptables_backend", str, "auto", _one_of("auto", "nft", "legacy")),
             chain_prefix=dp.get("chain_prefix", str, "FLB-", _chain_prefix),
             masquerade=dp.get("masquerade", bool, True),
@@ -187,13 +201,25 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             conntrack_cleanup=dp.get("conntrack_cleanup", bool, True),
             manage_ip_forward=dp.get("manage_ip_forward", bool, True),
         ),
+        conntrack=ConntrackConfig(
+            manage=ct.get("manage", bool, False),
+            max_per_core=ct.get("max_per_core", int, ConntrackConfig().max_per_core, _count),
+            min=ct.get("min", int, ConntrackConfig().min, _count),
+            tcp_timeout_established=ct.get(
+                "tcp_timeout_established", int, ConntrackConfig().tcp_timeout_established, _count
+            ),
+            tcp_timeout_close_wait=ct.get(
+                "tcp_timeout_close_wait", int, ConntrackConfig().tcp_timeout_close_wait, _count
+            ),
+            warn_usage=ct.get("warn_usage", float, ConntrackConfig().warn_usage, _fraction),
+        ),
         metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
         log=LogConfig(
             level=log.get("level", str, "info", _one_of("debug", "info", "warning", "error")),
             format=log.get("format", str, "json", _one_of("json", "console")),
         ),
     )
-    for section in (etcd, flannel, kube, lb, policy, dp, metrics, log):
+    for section in (etcd, flannel, kube, lb, policy, dp, ct, metrics, log):
         section.no_other_keys()
     if bool(cfg.etcd.cert_file) != bool(cfg.etcd.key_file):
         raise ConfigError(f"{path}: [etcd] cert_file and key_file: set both or neither")
@@ -317,6 +343,18 @@ def _positive(v: float) -> float:
 def _non_negative(v: float) -> float:
     if v < 0:
         raise ValueError("must not be negative")
+    return v
+
+
+def _count(v: int) -> int:
+    if not 0 <= v <= 2**31 - 1:
+        raise ValueError("must be from 0 to 2147483647")
+    return v
+
+
+def _fraction(v: float) -> float:
+    if not 0 < v <= 1:
+        raise ValueError("must be a fraction greater than 0 and at most 1, e.g. 0.75")
     return v
 
 

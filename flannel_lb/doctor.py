@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flannel_lb import config as config_mod
-from flannel_lb import wiring
+from flannel_lb import conntrack_limits, wiring
 from flannel_lb.cluster import ClusterState
 from flannel_lb.config import Config
 from flannel_lb.model import Lease
@@ -55,6 +55,7 @@ class _Context:
     _view: KernelView | None = None
     _view_error: Exception | None = None
     _checker: NetChecker | None = field(default=None, repr=False)
+    _conntrack: conntrack_limits.Stats | Exception | None = field(default=None, repr=False)
 
     @property
     def checker(self) -> NetChecker:
@@ -335,6 +336,41 @@ def check_lb_addresses(ctx: _Context) -> tuple[Status, str]:
     return "ok", f"all configured: {found}"
 
 
+# --- conntrack ------------------------------------------------------------------------------------------
+
+
+def _conntrack(
+    ctx: _Context, assess: Callable[[conntrack_limits.Stats], tuple[Status, str]]
+) -> tuple[Status, str]:
+    """Assess the namespace's conntrack numbers (read once for the three checks)."""
+    if ctx._conntrack is None:
+        try:
+            ctx._conntrack = conntrack_limits.read_stats(lambda path: read_file(path, ctx.netns))
+        except Exception as e:
+            ctx._conntrack = e
+    if isinstance(ctx._conntrack, FileNotFoundError):
+        return "warn", (
+            "nf_conntrack is not loaded (no /proc/sys/net/netfilter/nf_conntrack_count): the kernel loads it"
+            " with the first NAT rule, so run check again once the agent has synced"
+        )
+    if isinstance(ctx._conntrack, Exception):
+        raise ctx._conntrack
+    return assess(ctx._conntrack)
+
+
+def check_conntrack_table(ctx: _Context) -> tuple[Status, str]:
+    ncpu = conntrack_limits.cpu_count()
+    return _conntrack(ctx, lambda stats: conntrack_limits.assess_table(stats, ctx.cfg.conntrack, ncpu))
+
+
+def check_conntrack_drops(ctx: _Context) -> tuple[Status, str]:
+    return _conntrack(ctx, lambda stats: conntrack_limits.assess_counters(stats.counters))
+
+
+def check_conntrack_timeouts(ctx: _Context) -> tuple[Status, str]:
+    return _conntrack(ctx, lambda stats: conntrack_limits.assess_timeouts(stats, ctx.cfg.conntrack))
+
+
 # --- iptables -------------------------------------------------------------------------------------------
 
 
@@ -505,6 +541,19 @@ def read_sysctl(path: str, netns: str | None) -> str:
     return run(["cat", f"/proc/sys/{path}"], netns).strip()
 
 
+def read_file(path: str, netns: str | None) -> str:
+    """A /proc file as the namespace sees it; FileNotFoundError when it does not exist there."""
+    if netns is None:
+        with open(path) as f:
+            return f.read()
+    try:
+        return run(["cat", path], netns)
+    except RuntimeError as e:
+        if f"{path}: No such file or directory" in str(e):  # cat's words, not `ip netns exec`'s
+            raise FileNotFoundError(path) from None
+        raise
+
+
 def _cut(lines: list[str]) -> list[str]:
     if len(lines) <= MAX_LISTED:
         return lines
@@ -522,6 +571,9 @@ CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (
     ("iptables backend", check_iptables_backend),
     ("nat conflicts", check_nat_conflicts),
     ("lb addresses", check_lb_addresses),
+    ("conntrack table", check_conntrack_table),
+    ("conntrack drops", check_conntrack_drops),
+    ("conntrack timeouts", check_conntrack_timeouts),
 )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,6 +16,36 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+
+
+class KernelConntrackCounters:
+    """The kernel's conntrack failure counters (/proc/net/stat/nf_conntrack, summed over CPUs).
+
+    The kernel counts them from the network namespace's creation; they are exported as last sampled,
+    as counters because that is what they are, and nothing here adds to them.
+    """
+
+    def __init__(self) -> None:
+        self.values: tuple[int, int, int] | None = None  # insert_failed, drop, early_drop; None: not read
+
+    def collect(self) -> Iterator[Any]:
+        if self.values is None:
+            return
+        insert_failed, drop, early_drop = self.values
+        yield CounterMetricFamily(
+            "flannel_lb_conntrack_insert_failed",
+            "Kernel count of new connections whose conntrack insert clashed (e.g. NAT tuples), per netns",
+            value=insert_failed,
+        )
+        drops = CounterMetricFamily(
+            "flannel_lb_conntrack_drops",
+            "Kernel count of connections refused (drop) or evicted (early_drop) by a full conntrack table",
+            labels=["kind"],
+        )
+        drops.add_metric(["drop"], drop)
+        drops.add_metric(["early_drop"], early_drop)
+        yield drops
 
 
 class Metrics:
@@ -70,6 +102,16 @@ class Metrics:
         self.config_reloads = Counter(
             "flannel_lb_config_reloads", "SIGHUP reloads, by result", ["result"], registry=r
         )
+        self.conntrack_entries = Gauge(
+            "flannel_lb_conntrack_entries",
+            "Conntrack entries in the agent's network namespace (nf_conntrack_count), last sample",
+            registry=r,
+        )
+        self.conntrack_max = Gauge(
+            "flannel_lb_conntrack_max", "Conntrack table size, host-wide (nf_conntrack_max)", registry=r
+        )
+        self.conntrack_kernel = KernelConntrackCounters()
+        r.register(self.conntrack_kernel)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

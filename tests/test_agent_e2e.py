@@ -41,10 +41,11 @@ def lab() -> Iterator[Lab]:
         the_lab.down()
 
 
-@pytest.fixture
-def agent(lab: Lab, tmp_path: Path) -> Iterator[AgentProcess]:
+@pytest.fixture(params=["restore", "nft"])
+def agent(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
+    """The agent with each data plane: iptables (iptables-restore) and the nftables table."""
     config = tmp_path / "flannel-lb.toml"
-    config.write_text(agent_config(lab.etcd_url, min_sync_interval=0.01))
+    config.write_text(agent_config(lab.etcd_url, min_sync_interval=0.01, writer=request.param))
     proc = AgentProcess(lab.namespace(LB_HOST), config, tmp_path / "agent.log").start()
     try:
         proc.wait_synced()
@@ -154,8 +155,8 @@ def test_agent_restart_under_load_loses_no_request(lab: Lab, agent: AgentProcess
     loop = Background(lab, "http", f"{VIP}:80", duration=6, interval=0.005, timeout=2)
     time.sleep(1)
     assert agent.stop() == 0  # SIGTERM: the rules stay in place
-    rules = iptables_save(lab)
-    assert "FLB-" in rules
+    rules = iptables_save(lab) + lab.exec_in(LB_HOST, ["nft", "list", "ruleset"], check=True).stdout
+    assert "FLB-SERVICES" in rules or "table ip flb" in rules
     time.sleep(1)
     restarted = AgentProcess(agent.netns, agent.config, tmp_path / "agent2.log").start()
     try:

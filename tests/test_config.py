@@ -130,3 +130,41 @@ def test_policy_section(tmp_path: Path) -> None:
     ):
         with pytest.raises(config.ConfigError, match=r"\[policy\] ports: .*" + message):
             config.load(write(tmp_path, f'[lb]\naddresses = ["10.0.0.1"]\n[policy.ports]\n{bad}\n'))
+
+
+def test_conntrack_section_defaults_are_kube_proxys_and_opt_in(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[lb]\naddresses = ["10.0.0.1"]\n'))
+    assert cfg.conntrack == config.ConntrackConfig(
+        manage=False,
+        max_per_core=32768,
+        min=131072,
+        tcp_timeout_established=86400,
+        tcp_timeout_close_wait=3600,
+        warn_usage=0.75,
+    )
+    shipped = config.load(REPO / "conf" / "flannel-lb.toml")
+    assert shipped.conntrack.manage is False  # the example documents the section but keeps it opt-in
+
+
+def test_conntrack_section_is_read_and_validated(tmp_path: Path) -> None:
+    base = '[lb]\naddresses = ["10.0.0.1"]\n[conntrack]\n'
+    cfg = config.load(
+        write(
+            tmp_path,
+            base + "manage = true\nmax_per_core = 0\nmin = 0\ntcp_timeout_established = 7200\n"
+            "tcp_timeout_close_wait = 60\nwarn_usage = 1\n",
+        )
+    )
+    assert cfg.conntrack == config.ConntrackConfig(True, 0, 0, 7200, 60, 1.0)
+    for bad, message in (
+        ("manage = 1", r"\[conntrack\] manage: expected true or false, got 1"),
+        ("min = -1", r"\[conntrack\] min: must be from 0 to 2147483647"),
+        ("max_per_core = 2147483648", r"\[conntrack\] max_per_core: must be from 0 to 2147483647"),
+        ("tcp_timeout_established = 1.5", r"\[conntrack\] tcp_timeout_established: expected an integer"),
+        ('tcp_timeout_close_wait = "1h"', r"\[conntrack\] tcp_timeout_close_wait: expected an integer"),
+        ("warn_usage = 0", r"\[conntrack\] warn_usage: must be a fraction greater than 0 and at most 1"),
+        ("warn_usage = 75", r"\[conntrack\] warn_usage: must be a fraction"),
+        ("hashsize = 65536", r"\[conntrack\] hashsize: unknown key \(known: manage, max_per_core, min,"),
+    ):
+        with pytest.raises(config.ConfigError, match=message):
+            config.load(write(tmp_path, base + bad + "\n"))

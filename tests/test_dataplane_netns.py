@@ -186,7 +186,7 @@ def normalized_save(text: str) -> list[str]:
     return [re.sub(r" \[\d+:\d+\]$", "", ln) for ln in text.splitlines() if ln and not ln.startswith("#")]
 
 
-def _build_lab(backend: str) -> Iterator[Lab]:
+def _build_lab(backend: str, forward_policy: str = "DROP") -> Iterator[Lab]:
     with Namespaces(unique_prefix("dp")) as ns:
         for short in ("cl", "lb", "rt", *PODS):
             ns.add(short)
@@ -215,7 +215,7 @@ def _build_lab(backend: str) -> Iterator[Lab]:
             lab.servers.append(proc)
         for proc in lab.servers:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        _add_foreign_rules(lab)
+        _add_foreign_rules(lab, forward_policy)
         lab.baseline = lab.save()
         try:
             yield lab
@@ -225,14 +225,14 @@ def _build_lab(backend: str) -> Iterator[Lab]:
                 proc.wait()
 
 
-def _add_foreign_rules(lab: Lab) -> None:
+def _add_foreign_rules(lab: Lab, forward_policy: str = "DROP") -> None:
     """Someone else's firewall on the LB: must be left byte-identical by install, syncs and cleanup."""
     for rule in (
         "-t nat -N OTHER-NAT",
         "-t nat -A OTHER-NAT -p tcp --dport 9999 -j DNAT --to-destination 10.9.9.9",
         "-t nat -A PREROUTING -j OTHER-NAT",
         "-t nat -A POSTROUTING -s 10.99.0.0/16 -j MASQUERADE",
-        "-t filter -P FORWARD DROP",  # like Docker: flannel-lb must ACCEPT its own flows
+        f"-t filter -P FORWARD {forward_policy}",  # DROP like Docker: flannel-lb must ACCEPT its own flows
         "-t filter -A FORWARD -s 10.99.0.0/16 -j ACCEPT",
         "-t filter -N OTHER-F",
         "-t filter -A OTHER-F -p tcp --dport 22 -j ACCEPT",

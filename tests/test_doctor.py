@@ -38,6 +38,7 @@ FLANNEL = "/coreos.com/network"
 NETWORK = b'{"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}'
 LEASES = {"10.246.90.0-24": (LB_IP, OWN_MAC), "10.246.92.0-24": ("10.245.1.3", PEER_MAC)}
 ROOT = Path(__file__).resolve().parent.parent
+ESTABLISHED = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
 
 DRIVER = """
 import argparse, sys
@@ -75,6 +76,8 @@ def ns() -> Iterator[Namespaces]:
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.conf.all.rp_filter=2",
                 "net.ipv4.conf.default.rp_filter=2",
+                # per namespace, and 5 days by default: a healthy LB runs with the configured 1 day
+                "net.netfilter.nf_conntrack_tcp_timeout_established=86400",
             ],
         )
         spaces.veth("lb", "eth1", "node", "eth1")
@@ -108,12 +111,25 @@ def seed(put: Any) -> None:
         put(f"{FLANNEL}/subnets/{key}", k.vxlan_lease(public_ip, mac))
 
 
-def write_config(tmp_path: Path, endpoint: str, budget: float = 3.0) -> Path:
+def write_config(tmp_path: Path, endpoint: str, budget: float = 3.0, conntrack: str = "") -> Path:
     path = tmp_path / "flannel-lb.toml"
     path.write_text(
         f'[etcd]\nendpoints = ["{endpoint}"]\nretry_budget = {budget}\n[lb]\naddresses = ["{LB_ADDR}"]\n'
+        f"[conntrack]\n{conntrack or HOST_SIZED}"
     )
     return path
+
+
+def host_conntrack_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+    except FileNotFoundError:
+        return 131072
+
+
+# nf_conntrack_max is host-wide and kube-proxy's sizing grows with the CPU count: size the healthy
+# config to this host's table, so that the verdict does not depend on the machine the tests run on.
+HOST_SIZED = f"min = {host_conntrack_max()}\nmax_per_core = 1\n"
 
 
 @pytest.fixture
@@ -259,7 +275,50 @@ def test_missing_namespace_fails_every_kernel_check(cfg: config_mod.Config) -> N
     assert results["etcd"].status == "ok"
     for name in ("own lease", "flannel interface", "lease paths", "ip_forward", "lb addresses"):
         assert results[name].status == "fail", name
+    for name in ("conntrack table", "conntrack drops", "conntrack timeouts"):
+        assert results[name].status == "fail", name  # not mistaken for "nf_conntrack not loaded"
+        assert "flb-t-doctor-absent" in results[name].detail, name
     assert not Path("/run/netns/flb-t-doctor-absent").exists()
+
+
+def test_conntrack_checks_read_the_namespace(
+    ns: Namespaces, cfg: config_mod.Config, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    host_before = Path(ESTABLISHED).read_text()
+    results = by_name(run_checks(cfg, netns=ns.name("lb")))
+    for name in ("conntrack table", "conntrack drops", "conntrack timeouts"):
+        assert results[name].status == "ok", results[name]
+    assert results["conntrack drops"].detail.startswith("insert_failed 0, drop 0, early_drop 0 ")
+    assert results["conntrack timeouts"].detail.startswith("tcp timeouts: established 86400 s (configured")
+
+    # A value only this namespace has: check reads the namespace, not the host, and says what to set.
+    ns.sysctl("lb", "net.netfilter.nf_conntrack_tcp_timeout_established", "432001")
+    timeouts = by_name(run_checks(cfg, netns=ns.name("lb")))["conntrack timeouts"]
+    assert timeouts.status == "warn"
+    assert "nf_conntrack_tcp_timeout_established = 432001 s is far above" in timeouts.detail
+    assert "Set [conntrack] manage = true" in timeouts.detail
+    assert Path(ESTABLISHED).read_text() == host_before
+
+    # A floor above this host's table: the max check warns and says to set it on the host.
+    host_max = host_conntrack_max()
+    bigger = config_mod.load(write_config(tmp_path, etcd.client_url, conntrack=f"min = {2 * host_max}\n"))
+    table = by_name(run_checks(bigger, netns=ns.name("lb")))["conntrack table"]
+    assert table.status == "warn"
+    assert f"nf_conntrack_max = {host_max} is below {2 * host_max}" in table.detail
+    assert f"set it on the host: sysctl -w net.netfilter.nf_conntrack_max={2 * host_max}" in table.detail
+
+    # One entry in the namespace's table, and a warn_usage it crosses: the count is the namespace's.
+    if shutil.which("conntrack") is None:
+        pytest.skip("the `conntrack` tool is not installed")
+    entry = ["-p", "tcp", "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "40000", "--dport", "80"]
+    ns.run("lb", ["conntrack", "-I", *entry, "--state", "ESTABLISHED", "-u", "ASSURED", "-t", "300"])
+    tiny = config_mod.load(
+        write_config(tmp_path, etcd.client_url, conntrack=HOST_SIZED + "warn_usage = 0.000001\n")
+    )
+    table = by_name(run_checks(tiny, netns=ns.name("lb")))["conntrack table"]
+    assert table.status == "warn"
+    assert table.detail.startswith(f"1 of {host_max} entries in use")
+    assert "([conntrack] warn_usage = 1e-06): when it is full the kernel drops" in table.detail
 
 
 # --- the command, run inside the LB namespace against an etcd in that namespace -----------------------
@@ -299,7 +358,7 @@ def test_command_in_the_namespace(ns: Namespaces, etcd_in_lb: EtcdServer, tmp_pa
     config = write_config(tmp_path, etcd_in_lb.client_url)
     healthy = run_in_lb(ns, config)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert healthy.stdout.splitlines()[-1] == "10 checks: 10 ok, 0 warnings, 0 failed"
+    assert healthy.stdout.splitlines()[-1] == "13 checks: 13 ok, 0 warnings, 0 failed"
 
     ns.sysctl("lb", "net.ipv4.ip_forward", "0")
     broken = run_in_lb(ns, config)

@@ -238,7 +238,7 @@ def build_ruleset(plan: Plan, options: Options | None = None) -> RuleSet:
         proto = PROTOCOLS[f.protocol]
         dst = ("-d", f"{f.address}/32", "-p", proto, "-m", proto, "--dport", str(f.port))
         comment = _service_comment(f) if opts.comments else ""
-        backends = _usable_backends(f, skipped)
+        backends = usable_backends(f, skipped)
         if backends:
             chains = _frontend_chains(f, backends, opts, names)
             per_frontend += chains
@@ -335,7 +335,7 @@ def _service_comment(f: Frontend) -> str:
 def _usable_frontends(frontends: Iterable[Frontend], skipped: list[tuple[str, str]]) -> list[Frontend]:
     usable: list[tuple[tuple[int, str, int], Frontend]] = []
     for f in frontends:
-        reason = _frontend_problem(f)
+        reason = frontend_problem(f)
         if reason:
             skipped.append((f.label, reason))
             continue
@@ -348,13 +348,13 @@ def _usable_frontends(frontends: Iterable[Frontend], skipped: list[tuple[str, st
     return [f for _, f in sorted(usable, key=lambda t: t[0])]
 
 
-def _frontend_problem(f: Frontend) -> str:
+def frontend_problem(f: Frontend) -> str:
     try:
         addr = ipaddress.ip_address(f.address)
     except ValueError:
         return "not an IP address"
     if addr.version != 4:
-        return "IPv6 frontends are not supported by the iptables data plane (no ip6tables rules)"
+        return "IPv6 frontends are not supported (flannel-lb programs IPv4 only)"
     if f.protocol not in PROTOCOLS:
         return f"protocol {f.protocol!r} is not TCP, UDP or SCTP"
     if not 0 < f.port < 65536:
@@ -364,7 +364,7 @@ def _frontend_problem(f: Frontend) -> str:
     return ""
 
 
-def _usable_backends(f: Frontend, skipped: list[tuple[str, str]]) -> list[Backend]:
+def usable_backends(f: Frontend, skipped: list[tuple[str, str]]) -> list[Backend]:
     out: list[Backend] = []
     seen: set[tuple[str, int]] = set()
     for b in f.backends:

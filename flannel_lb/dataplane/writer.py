@@ -32,6 +32,9 @@ class SyncResult:
     def applied(self) -> bool:
         return not self.changes.empty
 
+    def summary(self) -> dict[str, int]:
+        return self.changes.summary()
+
 
 class Writer(Protocol):
     """Programs a RuleSet into the kernel: one atomic transaction per sync."""

@@ -1,0 +1,280 @@
+"""The nftables table flannel-lb owns, as data built from a Plan (pure; `nft_writer` does the I/O).
+
+Layout (table `ip <prefix>`, e.g. `ip flb`; nothing outside it is ever touched):
+
+    map services        addr . proto . port : verdict    external frontends (prerouting, output)
+    map local-services  addr . proto . port : verdict    cluster-ip frontends (output only)
+    map endpoints-<proto>  addr . port . index : pod addr . pod port (one map per protocol)
+    set rejects, local-rejects                           frontends without backends (REJECT)
+    chain balance-<k>-<proto>  one per distinct backend count k: set the ctmark, then
+                               dnat to the endpoint `numgen random mod k` of this frontend
+    chain aff-<hash>...        ClientIP affinity only: per-frontend chains and per-endpoint sets
+    prerouting/output (nat), postrouting (ctmark -> masquerade/snat), refuse-input/-output (filter)
+
+Dispatch is one hash lookup whatever the number of frontends, and 10k frontends x 10 endpoints are
+100k map elements in a handful of objects: nft's cost grows with chains and rules, not elements. An
+endpoint change is a few element deletes and adds. Each frontend's contribution (`Entries`) is
+memoised by `LayoutBuilder` per Frontend object, so a sync costs O(changed frontends).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.rules import LAYOUT_VERSION, PROTOCOLS, frontend_problem, hash16, usable_backends
+from flannel_lb.desired import Backend, Frontend, Plan
+
+FAMILY = "ip"
+SERVICES, LOCAL_SERVICES = "services", "local-services"
+REJECTS, LOCAL_REJECTS = "rejects", "local-rejects"
+MAPS = (SERVICES, LOCAL_SERVICES, *(f"endpoints-{p}" for p in PROTOCOLS.values()))
+SETS = (REJECTS, LOCAL_REJECTS)
+KEY = "ip daddr . meta l4proto . th dport"
+FrontendKey = tuple[str, int, str]
+
+
+def table_name(prefix: str) -> str:
+    """`FLB-` -> `flb`: the table carries the same owner name as the iptables chains."""
+    return prefix.rstrip("-_").lower() or "flb"
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """What one frontend contributes to the table."""
+
+    elements: tuple[tuple[str, str, str], ...] = ()  # (map or set, key, value; "" for sets)
+    objects: tuple[
+        tuple[str, tuple[str, ...]], ...
+    ] = ()  # own chains/sets: (name, nft commands), in creation order
+    balance: tuple[int, str] | None = None  # the shared balance chain it jumps to: (k, proto)
+    skipped: tuple[tuple[str, str], ...] = ()  # (what, why) the layout cannot express
+
+
+@dataclass(slots=True)
+class Layout:
+    """The whole table's variable part: every frontend's entries, keyed by (address, port, protocol)."""
+
+    frontends: dict[FrontendKey, Entries] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def balance_chains(self) -> set[tuple[int, str]]:
+        return {e.balance for e in self.frontends.values() if e.balance is not None}
+
+    def elements(self) -> set[tuple[str, str, str]]:
+        return {el for e in self.frontends.values() for el in e.elements}
+
+    def object_names(self) -> set[str]:
+        return {name for e in self.frontends.values() for name, _ in e.objects}
+
+
+def endpoint_map(proto: str) -> str:
+    return f"endpoints-{proto}"
+
+
+def balance_chain(k: int, proto: str) -> str:
+    return f"balance-{k}-{proto}"
+
+
+def frontend_key_text(address: str, proto: str, port: int) -> str:
+    return f"{address} . {proto} . {port}"
+
+
+class LayoutBuilder:
+    """Builds a Layout from a Plan, reusing the entries of every Frontend object it has seen before."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._memo: dict[FrontendKey, tuple[Frontend, Entries]] = {}
+
+    def build(self, plan: Plan) -> Layout:
+        layout = Layout()
+        memo: dict[FrontendKey, tuple[Frontend, Entries]] = {}
+        for f in plan.frontends:
+            key = f.key
+            if key in layout.frontends:
+                layout.skipped.append(
+                    (f.label, "duplicate frontend (address, port, protocol); the first one is used")
+                )
+                continue
+            cached = self._memo.get(key)
+            entries = (
+                cached[1] if cached is not None and cached[0] is f else frontend_entries(f, self.options)
+            )
+            memo[key] = (f, entries)
+            layout.skipped += entries.skipped
+            if entries.elements or entries.objects:
+                layout.frontends[key] = entries
+        self._memo = memo
+        return layout
+
+
+def frontend_entries(f: Frontend, opts: Options) -> Entries:
+    """One frontend's elements and objects: pure, depends only on `f` and `opts`."""
+    problem = frontend_problem(f)
+    if problem:
+        return Entries(skipped=((f.label, problem),))
+    skipped: list[tuple[str, str]] = []
+    proto = PROTOCOLS[f.protocol]
+    local = f.kind == "cluster-ip"
+    key = frontend_key_text(f.address, proto, f.port)
+    backends = usable_backends(f, skipped)
+    if not backends:
+        if not opts.reject_empty:
+            return Entries(skipped=tuple(skipped))
+        return Entries(((LOCAL_REJECTS if local else REJECTS, key, ""),), skipped=tuple(skipped))
+    dispatch_map = LOCAL_SERVICES if local else SERVICES
+    if f.affinity is not None and f.affinity.mode == "ClientIP" and f.affinity.timeout > 0:
+        chain, objects = _affinity_objects(f, backends, proto, opts)
+        return Entries(((dispatch_map, key, f"goto {chain}"),), objects, skipped=tuple(skipped))
+    if f.affinity is not None:
+        skipped.append((f.label, f"affinity {f.affinity.mode!r}/{f.affinity.timeout}s ignored: not ClientIP"))
+    k = len(backends)
+    elements = [(dispatch_map, key, f"goto {balance_chain(k, proto)}")]
+    endpoints = endpoint_map(proto)
+    elements += [
+        (endpoints, f"{f.address} . {f.port} . {i}", f"{b.ip} . {b.port}") for i, b in enumerate(backends)
+    ]
+    return Entries(tuple(elements), balance=(k, proto), skipped=tuple(skipped))
+
+
+def _affinity_objects(
+    f: Frontend, backends: list[Backend], proto: str, opts: Options
+) -> tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """ClientIP affinity the way kube-proxy's nftables mode does it: a per-endpoint set of recent
+    clients (entries expire after the timeout), checked before the random choice. Sets are named by
+    frontend and endpoint, so a client stays on its pod when other endpoints come and go."""
+    table = table_name(opts.prefix)
+    seconds = f.affinity.timeout if f.affinity else 0
+    objects: list[tuple[str, tuple[str, ...]]] = []
+    endpoint_chains = []
+    for b in backends:
+        name = "aff-" + hash16(f"{LAYOUT_VERSION}|{f.key}|{b.ip}|{b.port}|{seconds}")
+        endpoint_chains.append(name)
+        objects.append(
+            (
+                name,
+                (
+                    f"add set {FAMILY} {table} {name}"
+                    f" {{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}",
+                    f"add chain {FAMILY} {table} {name}",
+                    f"add rule {FAMILY} {table} {name} update @{name} {{ ip saddr }}"
+                    f" meta l4proto {proto} dnat ip to {b.ip}:{b.port}",
+                ),
+            )
+        )
+    chain = "aff-" + hash16(f"{LAYOUT_VERSION}|{f.fingerprint()}|{opts.mark}")
+    picks = ", ".join(f"{i} : goto {name}" for i, name in enumerate(endpoint_chains))
+    rules = [f"add chain {FAMILY} {table} {chain}", f"add rule {FAMILY} {table} {chain} {_set_mark(opts)}"]
+    rules += [f"add rule {FAMILY} {table} {chain} ip saddr @{name} goto {name}" for name in endpoint_chains]
+    rules.append(f"add rule {FAMILY} {table} {chain} numgen random mod {len(backends)} vmap {{ {picks} }}")
+    objects.append((chain, tuple(rules)))
+    return chain, tuple(objects)
+
+
+def _set_mark(opts: Options) -> str:
+    return f"ct mark set ct mark | {opts.mark:#x}"
+
+
+def balance_chain_commands(k: int, proto: str, opts: Options) -> tuple[str, ...]:
+    table, name = table_name(opts.prefix), balance_chain(k, proto)
+    return (
+        f"add chain {FAMILY} {table} {name}",
+        f"add rule {FAMILY} {table} {name} {_set_mark(opts)}"
+        f" dnat ip to ip daddr . {proto} dport . numgen random mod {k} map @{endpoint_map(proto)}",
+    )
+
+
+def hooked_chains(opts: Options) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The fixed chains: name -> (hook line, rules).
+
+    The refusals hook in just before the iptables filter chains (`filter - 1`), as the iptables
+    layout's jumps sit at the top of INPUT/OUTPUT: a firewall that silently drops closed ports must
+    not turn "no backends" into a timeout.
+    """
+    mark = f"ct mark & {opts.mark:#x} == {opts.mark:#x}"
+    return {
+        "prerouting": (
+            "type nat hook prerouting priority dstnat; policy accept;",
+            (f"{KEY} vmap @{SERVICES}",),
+        ),
+        "output": (
+            "type nat hook output priority -100; policy accept;",
+            (f"{KEY} vmap @{LOCAL_SERVICES}", f"{KEY} vmap @{SERVICES}"),
+        ),
+        "postrouting": (
+            "type nat hook postrouting priority srcnat; policy accept;",
+            tuple(f"{mark} {rule}" for rule in _snat_statements(opts)),
+        ),
+        "refuse": ("", ("meta l4proto tcp reject with tcp reset", "reject")),
+        "refuse-input": (
+            "type filter hook input priority filter - 1; policy accept;",
+            (f"ct state new {KEY} @{REJECTS} goto refuse",),
+        ),
+        "refuse-output": (
+            "type filter hook output priority filter - 1; policy accept;",
+            (
+                f"ct state new {KEY} @{LOCAL_REJECTS} goto refuse",
+                f"ct state new {KEY} @{REJECTS} goto refuse",
+            ),
+        ),
+    }
+
+
+def skeleton(opts: Options) -> str:
+    """The fixed part of the table (maps, sets, hooked chains) as an `nft -f` block."""
+    keyed = "type ipv4_addr . inet_proto . inet_service"
+    lines = [
+        f"table {FAMILY} {table_name(opts.prefix)} {{",
+        f"  map {SERVICES} {{ {keyed} : verdict; }}",
+        f"  map {LOCAL_SERVICES} {{ {keyed} : verdict; }}",
+        # One endpoint map per protocol, keyed by `tcp dport` etc.: with a `th dport` key, nft 1.0.6
+        # refuses later `add rule` commands that use the map ("conflicting protocols: tcp vs. th").
+        *(
+            f"  map {endpoint_map(p)} {{ typeof ip daddr . {p} dport . numgen random mod 1"
+            f" : ip daddr . {p} dport; }}"
+            for p in PROTOCOLS.values()
+        ),
+        f"  set {REJECTS} {{ {keyed}; }}",
+        f"  set {LOCAL_REJECTS} {{ {keyed}; }}",
+    ]
+    for name, (hook, rules) in hooked_chains(opts).items():
+        lines += [
+            f"  chain {name} {{",
+            *([f"    {hook}"] if hook else []),
+            *(f"    {r}" for r in rules),
+            "  }",
+        ]
+    return "\n".join([*lines, "}"])
+
+
+def _snat_statements(opts: Options) -> list[str]:
+    if not opts.masquerade:
+        return []
+    fully = " fully-random" if opts.random_fully else ""
+    if not opts.snat_pool:
+        return [f"masquerade{fully}"]
+    pool = sorted(ipaddress.IPv4Address(a) for a in opts.snat_pool)
+    if int(pool[-1]) - int(pool[0]) == len(pool) - 1:
+        to = str(pool[0]) if len(pool) == 1 else f"{pool[0]}-{pool[-1]}"
+        return [f"snat ip to {to}{fully}"]
+    choices = ", ".join(f"{i} : {a}" for i, a in enumerate(pool))
+    return [f"snat ip to numgen random mod {len(pool)} map {{ {choices} }}{fully}"]
+
+
+def element_commands(
+    verb: str, table: str, elements: Iterable[tuple[str, str, str]], batch: int = 2000
+) -> list[str]:
+    """`add element`/`delete element` commands grouped per map or set (deletes need keys only)."""
+    grouped: dict[str, list[str]] = {}
+    for name, key, value in elements:
+        item = f"{key} : {value}" if value and verb == "add" else key
+        grouped.setdefault(name, []).append(item)
+    out = []
+    for name in (*MAPS, *SETS):
+        items = grouped.get(name, [])
+        for i in range(0, len(items), batch):
+            out.append(f"{verb} element {FAMILY} {table} {name} {{ {', '.join(items[i : i + batch])} }}")
+    return out

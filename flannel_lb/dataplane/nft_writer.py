@@ -1,0 +1,311 @@
+"""Programming the nftables layout (`nft_layout`) with `nft -f`: one atomic transaction per sync.
+
+Same bookkeeping as the iptables writers: the first sync adopts the table when the kernel already holds
+exactly the desired one (a restarted agent rewrites nothing, affinity sets survive), otherwise it
+replaces the table in one transaction (`delete table` and its re-creation commit together: packets
+see the old table or the new one, never none). Later syncs send only element adds and deletes for the
+frontends that changed. `verify=True` reads the table back and replaces it if it drifted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flannel_lb.dataplane import nft_layout as nl
+from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.tools import run
+from flannel_lb.dataplane.writer import Mode
+from flannel_lb.desired import Plan
+
+_ERROR_LINE = re.compile(r"^/dev/stdin:(\d+):", re.MULTILINE)
+
+
+class NftError(RuntimeError):
+    """nft rejected a transaction (nothing of it was applied), or could not be run."""
+
+
+@dataclass(frozen=True, slots=True)
+class NftSyncResult:
+    mode: Mode
+    counts: dict[str, int]
+    text: str  # the `nft -f` text of the transaction ("" when nothing had to change)
+    seconds: float
+
+    @property
+    def applied(self) -> bool:
+        return bool(self.text)
+
+    def summary(self) -> dict[str, int]:
+        return self.counts
+
+
+@dataclass(slots=True)
+class KernelTable:
+    """What `nft -j list table` shows of the owned table, in the layout's own terms."""
+
+    elements: set[tuple[str, str, str]] = field(default_factory=set)
+    chains: dict[str, int] = field(default_factory=dict)  # name -> number of rules
+    sets: set[str] = field(default_factory=set)  # every set and map name
+
+
+class NftWriter:
+    """Keeps the owned table equal to the plan's layout; remembers what it applied."""
+
+    def __init__(self, options: Options | None = None, *, netns: str | None = None) -> None:
+        self._options = options or Options()
+        self.netns = netns
+        self.builder = nl.LayoutBuilder(self._options)
+        self._current: nl.Layout | None = None  # what the kernel holds, as far as this writer knows
+        self._need_full = False
+        self.last_drift: list[str] = []  # why the last adopt/verify replaced the table
+
+    @property
+    def prefix(self) -> str:
+        return self._options.prefix
+
+    @property
+    def table(self) -> str:
+        return nl.table_name(self._options.prefix)
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    @options.setter
+    def options(self, options: Options) -> None:
+        if options != self._options:  # another skeleton or balance rule: rebuild and replace the table
+            self._options, self.builder = options, nl.LayoutBuilder(options)
+            self._need_full = True
+
+    # --- syncing ------------------------------------------------------------------------------------
+
+    def plan(
+        self, plan: Plan, *, full: bool = False, verify: bool = False
+    ) -> tuple[Mode, str, dict[str, int], nl.Layout]:
+        """What the next sync would do: its mode, the `nft -f` text ("" = nothing), counts, the layout."""
+        desired = self.builder.build(plan)
+        if full or self._need_full:
+            return ("full", *self._full_text(desired), desired)
+        if verify or self._current is None:
+            mode: Mode = "verify" if verify else "adopt"
+            drift = self.drift(self.read_kernel(), desired)
+            if not drift:
+                return mode, "", {}, desired
+            self.last_drift = drift
+            return (mode, *self._full_text(desired), desired)
+        return ("partial", *self._delta_text(self._current, desired), desired)
+
+    def sync(self, plan: Plan, *, full: bool = False, verify: bool = False) -> NftSyncResult:
+        """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
+        start = time.perf_counter()
+        mode, text, counts, desired = self.plan(plan, full=full, verify=verify)
+        if text:
+            try:
+                self._apply(text)
+            except BaseException:
+                self._current, self._need_full = None, True
+                raise
+        self._current, self._need_full = desired, False
+        return NftSyncResult(mode, counts, text, time.perf_counter() - start)
+
+    def render(self, plan: Plan, *, full: bool = False, verify: bool = False) -> str:
+        return self.plan(plan, full=full, verify=verify)[1]
+
+    def forget(self) -> None:
+        self._current, self._need_full = None, True
+
+    def _full_text(self, desired: nl.Layout) -> tuple[str, dict[str, int]]:
+        opts, table = self._options, self.table
+        lines = [f"table {nl.FAMILY} {table}", f"delete table {nl.FAMILY} {table}", nl.skeleton(opts)]
+        for k, proto in sorted(desired.balance_chains()):
+            lines += nl.balance_chain_commands(k, proto, opts)
+        for entries in desired.frontends.values():
+            for _, commands in entries.objects:
+                lines += commands
+        elements = desired.elements()
+        lines += nl.element_commands("add", table, sorted(elements))
+        counts = {"tables_replaced": 1, "elements_added": len(elements)}
+        return "\n".join(lines) + "\n", counts
+
+    def _delta_text(self, old: nl.Layout, new: nl.Layout) -> tuple[str, dict[str, int]]:
+        add: list[tuple[str, str, str]] = []
+        delete: list[tuple[str, str, str]] = []
+        new_objects: list[tuple[str, tuple[str, ...]]] = []
+        gone_objects: list[str] = []
+        for key, entries in new.frontends.items():
+            before = old.frontends.get(key)
+            if before is entries:
+                continue
+            _diff(before, entries, add, delete, new_objects, gone_objects)
+        for key, entries in old.frontends.items():
+            if key not in new.frontends:
+                _diff(entries, None, add, delete, new_objects, gone_objects)
+        if not (add or delete or new_objects or gone_objects):
+            return "", {}
+        table, lines = self.table, list[str]()
+        have = old.balance_chains()
+        for k, proto in sorted(new.balance_chains() - have):
+            lines += nl.balance_chain_commands(k, proto, self._options)
+        for _, commands in new_objects:
+            lines += commands
+        lines += nl.element_commands("delete", table, delete)
+        lines += nl.element_commands("add", table, add)
+        # Objects go after the elements that jump to them; a frontend chain before the endpoint chains
+        # and sets it references (each frontend lists its own chain last).
+        old_sets = _set_names(old) if gone_objects else set()
+        for name in reversed(gone_objects):
+            lines.append(f"delete chain {nl.FAMILY} {table} {name}")
+            if name in old_sets:
+                lines.append(f"delete set {nl.FAMILY} {table} {name}")
+        # Balance chains no longer used are left in place (one rule each) until the next full sync.
+        counts = {
+            "elements_added": len(add),
+            "elements_deleted": len(delete),
+            "objects_added": len(new_objects),
+            "objects_deleted": len(gone_objects),
+        }
+        return "\n".join(lines) + "\n", counts
+
+    # --- the kernel -----------------------------------------------------------------------------
+
+    def _argv(self, args: Sequence[str]) -> list[str]:
+        argv = ["nft", *args]
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def _apply(self, text: str) -> None:
+        proc = run(self._argv(["-f", "-"]), input=text)
+        if proc.returncode == 0:
+            return
+        stderr = proc.stderr.strip()
+        m = _ERROR_LINE.search(stderr)
+        where = ""
+        if m:
+            n = int(m.group(1))
+            lines = text.splitlines()
+            if 0 < n <= len(lines):
+                where = f" at line {n}: {lines[n - 1][:200]}"
+        raise NftError(f"nft -f failed (exit {proc.returncode}){where}: {stderr[:2000]}")
+
+    def read_kernel(self) -> KernelTable | None:
+        """The owned table as the kernel holds it; None when it does not exist."""
+        proc = run(self._argv(["-j", "list", "table", nl.FAMILY, self.table]))
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return None
+            raise NftError(f"nft list table {nl.FAMILY} {self.table} failed: {proc.stderr.strip()}")
+        return parse_listing(json.loads(proc.stdout))
+
+    def drift(self, kernel: KernelTable | None, desired: nl.Layout) -> list[str]:
+        """How the kernel's table differs from `desired` ([] = identical as far as a listing shows)."""
+        if kernel is None:
+            return ["the table does not exist"]
+        out: list[str] = []
+        want_chains = expected_chains(desired, self._options)
+        for name, rules in want_chains.items():
+            have = kernel.chains.get(name)
+            if have != rules:
+                out.append(f"chain {name}: {have if have is not None else 'missing'} rules, want {rules}")
+        # Balance chains a partial sync stopped using stay until the next full sync: not drift.
+        extra = kernel.chains.keys() - want_chains.keys()
+        out += [f"unexpected chain {name}" for name in sorted(extra) if not name.startswith("balance-")]
+        want_sets = {*nl.MAPS, *nl.SETS, *_set_names(desired)}
+        if kernel.sets != want_sets:
+            out.append(f"sets/maps differ: {sorted(kernel.sets ^ want_sets)}")
+        want_elements = desired.elements()
+        if kernel.elements != want_elements:
+            missing, unexpected = len(want_elements - kernel.elements), len(kernel.elements - want_elements)
+            out.append(f"elements differ: {missing} missing, {unexpected} unexpected")
+        return out
+
+    def cleanup(self) -> str:
+        """Delete the owned table (nothing else); the next sync starts over."""
+        self._current, self._need_full = None, True
+        existed = self.read_kernel() is not None
+        table = f"{nl.FAMILY} {self.table}"
+        proc = run(self._argv(["-f", "-"]), input=f"table {table}\ndelete table {table}\n")
+        if proc.returncode != 0:
+            raise NftError(f"nft delete table {table} failed: {proc.stderr.strip()}")
+        return f"removed nftables table {table}" if existed else f"no nftables table {table} to remove"
+
+    def close(self) -> None:
+        self._current = None
+
+
+def _diff(
+    old: nl.Entries | None,
+    new: nl.Entries | None,
+    add: list[tuple[str, str, str]],
+    delete: list[tuple[str, str, str]],
+    new_objects: list[tuple[str, tuple[str, ...]]],
+    gone_objects: list[str],
+) -> None:
+    before = set(old.elements) if old else set()
+    after = set(new.elements) if new else set()
+    # A changed value (same key) is a delete plus an add; both happen in the same transaction.
+    delete += sorted(before - after)
+    add += sorted(after - before)
+    old_names = {name for name, _ in old.objects} if old else set()
+    new_names = {name for name, _ in new.objects} if new else set()
+    new_objects += [(name, cmds) for name, cmds in (new.objects if new else ()) if name not in old_names]
+    gone_objects += [name for name, _ in (old.objects if old else ()) if name not in new_names]
+
+
+def _set_names(layout: nl.Layout) -> set[str]:
+    """Affinity objects: each per-endpoint name is both a chain and a set (frontend chains are not)."""
+    return {
+        name
+        for e in layout.frontends.values()
+        for name, commands in e.objects
+        if commands and commands[0].startswith("add set ")
+    }
+
+
+def expected_chains(layout: nl.Layout, opts: Options) -> dict[str, int]:
+    """Chain name -> number of rules, for the whole desired table."""
+    out = {name: len(rules) for name, (_, rules) in nl.hooked_chains(opts).items()}
+    out.update({nl.balance_chain(k, proto): 1 for k, proto in layout.balance_chains()})
+    for e in layout.frontends.values():
+        for name, commands in e.objects:
+            out[name] = sum(1 for c in commands if c.startswith("add rule "))
+    return out
+
+
+def parse_listing(doc: dict[str, Any]) -> KernelTable:
+    """`nft -j list table` -> KernelTable, with keys and values written the way the layout writes them."""
+    out = KernelTable()
+    for item in doc.get("nftables", []):
+        if "chain" in item:
+            out.chains.setdefault(item["chain"]["name"], 0)
+        elif "rule" in item:
+            chain = item["rule"]["chain"]
+            out.chains[chain] = out.chains.get(chain, 0) + 1
+        elif "map" in item or "set" in item:
+            obj = item.get("map") or item.get("set")
+            name = obj["name"]
+            out.sets.add(name)
+            if name not in (*nl.MAPS, *nl.SETS):
+                continue  # affinity sets: their elements are the kernel's to add and expire
+            for elem in obj.get("elem", []):
+                if isinstance(elem, list):
+                    out.elements.add((name, _text(elem[0]), _text(elem[1])))
+                else:
+                    out.elements.add((name, _text(elem), ""))
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        if "concat" in value:
+            return " . ".join(_text(v) for v in value["concat"])
+        if "elem" in value:
+            return _text(value["elem"]["val"])
+        for verdict in ("goto", "jump"):
+            if verdict in value:
+                return f"{verdict} {value[verdict]['target']}"
+        return json.dumps(value, sort_keys=True)
+    return str(value)
