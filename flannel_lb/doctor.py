@@ -23,6 +23,7 @@ from flannel_lb import config as config_mod
 from flannel_lb import conntrack_limits, wiring
 from flannel_lb.cluster import ClusterState
 from flannel_lb.config import Config
+from flannel_lb.dataplane.options import DEFAULT_MARK
 from flannel_lb.model import Lease
 from flannel_lb.netcheck import KernelView, NetChecker, device_for
 
@@ -400,6 +401,33 @@ def check_iptables_backend(ctx: _Context) -> tuple[Status, str]:
     return "ok", f"{version}; no nat rules in iptables-{other}"
 
 
+def check_forward_path(ctx: _Context) -> tuple[Status, str]:
+    """Forwarded (DNATed) flows must get through every filter FORWARD chain on the host.
+
+    The iptables writers put an ACCEPT for flannel-lb's ctmark at the top of FORWARD. An nftables
+    table cannot do that for others: a drop in any table (iptables-nft's FORWARD policy, Docker's)
+    is final, so with `writer = "nft"` a DROP policy must be opened by whoever owns it.
+    """
+    dp = ctx.cfg.dataplane
+    if dp.writer != "nft":
+        return "ok", f"writer = {dp.writer}: FLB-FORWARD accepts flannel-lb's flows in iptables' FORWARD"
+    if shutil.which("nft") is None:
+        return "fail", "writer = nft, but the `nft` command is missing (apt install nftables)"
+    policy = ""
+    for line in run(["iptables-save", "-t", "filter"], ctx.netns, check=False).splitlines():
+        if line.startswith(":FORWARD "):
+            policy = line.split()[1]
+    if policy == "DROP":
+        mark = f"{DEFAULT_MARK:#x}/{DEFAULT_MARK:#x}"
+        return "warn", (
+            "writer = nft, and iptables' FORWARD policy is DROP here (Docker sets it): flannel-lb's table"
+            " cannot overrule another table's drop, so DNATed connections would be dropped. Fix:"
+            f" iptables -I FORWARD -m connmark --mark {mark} -j ACCEPT (persist it with your firewall),"
+            " or use writer = restore"
+        )
+    return "ok", f"writer = nft; iptables' FORWARD policy is {policy or 'not set (no filter table)'}"
+
+
 def _nat_rule_count(backend: str, netns: str | None) -> int:
     if backend == "legacy":
         # Without a legacy nat table there is nothing to list, and listing would load the module.
@@ -569,6 +597,7 @@ CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (
     ("ip_forward", check_ip_forward),
     ("rp_filter", check_rp_filter),
     ("iptables backend", check_iptables_backend),
+    ("forward path", check_forward_path),
     ("nat conflicts", check_nat_conflicts),
     ("lb addresses", check_lb_addresses),
     ("conntrack table", check_conntrack_table),

@@ -189,12 +189,10 @@ def _text(raw: bytes | None) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace") if raw else ""
 
 
-def open_netlink(netns: str | None, groups: int = 0) -> socket.socket:
-    """A NETLINK_ROUTE socket inside `netns` (None: ours), subscribed to `groups`."""
+def open_netlink(netns: str | None, groups: int = 0, protocol: int = socket.NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket (NETLINK_ROUTE unless told) inside `netns` (None: ours), subscribed to `groups`."""
     sock = (
-        _socket_in(netns)
-        if netns
-        else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        _socket_in(netns, protocol) if netns else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     )
     try:
         sock.bind((0, groups))
@@ -204,7 +202,7 @@ def open_netlink(netns: str | None, groups: int = 0) -> socket.socket:
     return sock
 
 
-def _socket_in(netns: str) -> socket.socket:
+def _socket_in(netns: str, protocol: int) -> socket.socket:
     """Create the socket on a throwaway thread that enters `netns`; a socket stays in its namespace.
 
     pyroute2's own netns sockets fork a helper, and forking a process with live gRPC (etcd)
@@ -215,7 +213,7 @@ def _socket_in(netns: str) -> socket.socket:
     def enter_and_open() -> None:
         try:
             pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a missing namespace
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol))
         except BaseException as e:
             result.append(e)
 

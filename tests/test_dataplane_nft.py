@@ -180,7 +180,16 @@ def test_partial_sync_sends_only_the_changed_elements_and_verify_repairs_drift(
     assert repair.mode == "verify" and repair.applied
     assert any("prerouting" in d for d in w.last_drift) and any("1 missing" in d for d in w.last_drift)
     assert set(lab.client("tcp", LB, 80, 30)) == set(PODS)
+    # Nobody committed since the repair: the next verify trusts the generation and reads nothing back.
+    reads = w.verify_reads
     assert not w.sync(make_plan(2, dns=("pod1", "pod3")), verify=True).applied
+    assert w.verify_reads == reads
+    lab.iptables("-t nat -A OTHER-NAT -p tcp --dport 9998 -j DNAT --to-destination 10.9.9.8")
+    try:  # someone else's commit (here iptables-nft's) makes the next verify read the table back
+        assert not w.sync(make_plan(2, dns=("pod1", "pod3")), verify=True).applied
+        assert w.verify_reads == reads + 1
+    finally:
+        lab.iptables("-t nat -D OTHER-NAT -p tcp --dport 9998 -j DNAT --to-destination 10.9.9.8")
 
 
 def test_restart_adopts_the_table_without_rewriting_it(lab: Lab, baseline: list[str]) -> None:

@@ -6,6 +6,7 @@ read from the LB namespace), and the command itself run inside the LB namespace 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -255,6 +256,17 @@ def test_legacy_nat_rules_on_an_nft_host_warn(ns: Namespaces, cfg: config_mod.Co
     assert "iptables-legacy also holds 1 nat rules" in result.detail
 
 
+def test_nft_writer_warns_about_a_forward_drop_policy(ns: Namespaces, cfg: config_mod.Config) -> None:
+    nft = dataclasses.replace(cfg, dataplane=dataclasses.replace(cfg.dataplane, writer="nft"))
+    assert by_name(run_checks(nft, netns=ns.name("lb")))["forward path"].status == "ok"
+    ns.run("lb", ["iptables", "-P", "FORWARD", "DROP"])
+    result = by_name(run_checks(nft, netns=ns.name("lb")))["forward path"]
+    assert result.status == "warn"
+    assert "iptables -I FORWARD -m connmark --mark 0x2000/0x2000 -j ACCEPT" in result.detail
+    # The iptables writer opens FORWARD itself (FLB-FORWARD), so the policy is no concern there.
+    assert by_name(run_checks(cfg, netns=ns.name("lb")))["forward path"].status == "ok"
+
+
 def test_etcd_unreachable_fails_but_kernel_checks_still_run(ns: Namespaces, tmp_path: Path) -> None:
     from flannel_lb.lab.etcd_server import free_port
 
@@ -358,7 +370,7 @@ def test_command_in_the_namespace(ns: Namespaces, etcd_in_lb: EtcdServer, tmp_pa
     config = write_config(tmp_path, etcd_in_lb.client_url)
     healthy = run_in_lb(ns, config)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert healthy.stdout.splitlines()[-1] == "13 checks: 13 ok, 0 warnings, 0 failed"
+    assert healthy.stdout.splitlines()[-1] == "14 checks: 14 ok, 0 warnings, 0 failed"
 
     ns.sysctl("lb", "net.ipv4.ip_forward", "0")
     broken = run_in_lb(ns, config)

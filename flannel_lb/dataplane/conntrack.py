@@ -57,10 +57,12 @@ def stale_flows(old: Plan | None, new: Plan) -> tuple[StaleFlows, ...]:
     after = {f.key: f for f in new.frontends if f.protocol in PROTO_NUMBERS}
     out: list[StaleFlows] = []
     for key, f in after.items():
+        prev = before.get(key) if before is not None else None
+        if prev is f:  # the planner keeps unchanged frontends as the same objects
+            continue
         keep = _endpoints(f)
         newly_served = bool(f.backends)
         if before is not None:
-            prev = before.get(key)
             removed = _endpoints(prev) - keep if prev is not None else frozenset()
             newly_served = bool(f.backends) and (prev is None or not prev.backends)
             if not removed and not newly_served:

@@ -5,12 +5,18 @@ exactly the desired one (a restarted agent rewrites nothing, affinity sets survi
 replaces the table in one transaction (`delete table` and its re-creation commit together: packets
 see the old table or the new one, never none). Later syncs send only element adds and deletes for the
 frontends that changed. `verify=True` reads the table back and replaces it if it drifted.
+
+Reading a table of 100k elements back costs seconds, so a verify first asks the kernel for its
+nftables generation (bumped by every commit in the namespace, by anyone): unchanged since this
+writer's own last commit means nobody else changed anything, and the read-back is skipped.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
 from flannel_lb.dataplane.writer import Mode
 from flannel_lb.desired import Plan
+from flannel_lb.netcheck import open_netlink
 
 _ERROR_LINE = re.compile(r"^/dev/stdin:(\d+):", re.MULTILINE)
 
@@ -63,6 +70,8 @@ class NftWriter:
         self._current: nl.Layout | None = None  # what the kernel holds, as far as this writer knows
         self._need_full = False
         self.last_drift: list[str] = []  # why the last adopt/verify replaced the table
+        self._genid: int | None = None  # the ruleset generation right after our last commit or read
+        self.verify_reads = 0  # read-backs done by adopt/verify (the generation check avoids most)
 
     @property
     def prefix(self) -> str:
@@ -93,6 +102,10 @@ class NftWriter:
             return ("full", *self._full_text(desired), desired)
         if verify or self._current is None:
             mode: Mode = "verify" if verify else "adopt"
+            if self._current is not None and self._genid is not None and self._genid == self.generation():
+                return ("verify", *self._delta_text(self._current, desired), desired)  # nobody else committed
+            self._genid = self.generation()  # before the read: a commit during it shows up next time
+            self.verify_reads += 1
             drift = self.drift(self.read_kernel(), desired)
             if not drift:
                 return mode, "", {}, desired
@@ -105,11 +118,16 @@ class NftWriter:
         start = time.perf_counter()
         mode, text, counts, desired = self.plan(plan, full=full, verify=verify)
         if text:
+            before = self.generation()
             try:
                 self._apply(text)
             except BaseException:
-                self._current, self._need_full = None, True
+                self._current, self._need_full, self._genid = None, True, None
                 raise
+            after = self.generation()
+            # Exactly one commit in between (ours): the kernel holds what we think. Anything else:
+            # someone committed too, and the next verify must read the table back.
+            self._genid = after if after == (before + 1) & 0xFFFFFFFF else None
         self._current, self._need_full = desired, False
         return NftSyncResult(mode, counts, text, time.perf_counter() - start)
 
@@ -117,7 +135,11 @@ class NftWriter:
         return self.plan(plan, full=full, verify=verify)[1]
 
     def forget(self) -> None:
-        self._current, self._need_full = None, True
+        self._current, self._need_full, self._genid = None, True, None
+
+    def generation(self) -> int:
+        """The namespace's nftables ruleset generation (NFT_MSG_GETGEN): one netlink round trip."""
+        return read_generation(self.netns)
 
     def _full_text(self, desired: nl.Layout) -> tuple[str, dict[str, int]]:
         opts, table = self._options, self.table
@@ -234,6 +256,36 @@ class NftWriter:
 
     def close(self) -> None:
         self._current = None
+
+
+NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, NFT_MSG_NEWGEN, NFTA_GEN_ID = 10, 16, 15, 1
+NETLINK_NETFILTER, NLM_F_REQUEST, NLMSG_ERROR = 12, 1, 2
+
+
+def read_generation(netns: str | None = None) -> int:
+    """nf_tables' generation id in `netns`: it changes with every committed transaction."""
+    sock = open_netlink(netns, protocol=NETLINK_NETFILTER)
+    try:
+        sock.settimeout(5)
+        header = struct.pack("=IHHII", 20, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, NLM_F_REQUEST, 1, 0)
+        sock.send(header + struct.pack("=BBH", socket.AF_UNSPEC, 0, 0))
+        data = sock.recv(65536)
+    finally:
+        sock.close()
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == NLMSG_ERROR:
+        (err,) = struct.unpack_from("=i", data, 16)
+        raise NftError(f"NFT_MSG_GETGEN failed: errno {-err}")
+    if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
+        raise NftError(f"NFT_MSG_GETGEN: unexpected netlink message type {kind:#x}")
+    at = 16 + 4  # nlmsghdr, nfgenmsg; then attributes
+    while at + 4 <= length:
+        size, attr = struct.unpack_from("=HH", data, at)
+        if attr & 0x3FFF == NFTA_GEN_ID and size >= 8:
+            (gen,) = struct.unpack_from(">I", data, at + 4)
+            return int(gen)
+        at += (size + 3) & ~3
+    raise NftError("NFT_MSG_GETGEN: no generation id in the answer")
 
 
 def _diff(
