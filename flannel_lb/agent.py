@@ -24,7 +24,7 @@ from typing import Protocol
 import structlog
 
 from flannel_lb import config as config_mod
-from flannel_lb import conntrack_limits, wiring
+from flannel_lb import conntrack_limits, holdover, wiring
 from flannel_lb.cluster import Change, ClusterState
 from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
 from flannel_lb.dataplane.options import Options
@@ -121,6 +121,11 @@ class Agent:
         if dataplane is None:
             dataplane = IptablesPlane(writer, self.options) if writer else make_dataplane(cfg)
         self.dataplane = dataplane
+        self.saver: holdover.Saver | None = None
+        self._held: set[str] = set()
+        if cfg.lb.state_file:
+            self.planner.holdover = holdover.load(Path(cfg.lb.state_file))
+            self.saver = holdover.Saver(Path(cfg.lb.state_file))
         self.checker = checker
         self.metrics = metrics or Metrics()
         self.conntrack = conntrack_limits.Monitor(self.metrics)
@@ -162,8 +167,14 @@ class Agent:
             stop.set()
             self.notifier.stopping()
             feeder.join(timeout=10)
-            self.dataplane.close()
+            self.close()
             log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
+
+    def close(self) -> None:
+        """Save the last plan (when configured) and release the data plane; the rules stay."""
+        if self.saver is not None:
+            self.saver.close()
+        self.dataplane.close()
 
     def request_reload(self) -> None:
         self.inbox.put(_Reload())
@@ -333,6 +344,10 @@ class Agent:
         if full:
             self._next_full = now + self.cfg.dataplane.full_resync_interval
         old, self.plan = self.plan, plan
+        if self.saver is not None:
+            self.saver.offer(plan)
+        if self.planner.held != self._held:
+            self._report_held(plan)
         for d in set(plan.denied) - set(old.denied if old else ()):
             log.warning(
                 "exposure_denied",
@@ -370,6 +385,15 @@ class Agent:
             self._ready_sent = True
             self.notifier.ready(f"serving {len(plan.frontends)} frontends")
         return result
+
+    def _report_held(self, plan: Plan) -> None:
+        held, was = set(self.planner.held), self._held
+        self._held = held
+        self.metrics.held.set(len(held))
+        for service in sorted(held - was):
+            log.warning("service_held_over", service=service, reason=plan.verdicts[service].reason)
+        for service in sorted(was - held):
+            log.info("service_no_longer_held", service=service)
 
     def _record(
         self, plan: Plan, result: SyncReport, kind: str, seconds: float, latency: float | None

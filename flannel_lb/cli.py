@@ -236,7 +236,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         raise CommandError(str(e)) from None
     finally:
-        agent.dataplane.close()
+        agent.close()
     summary = ", ".join(f"{k} {v}" for k, v in result.summary().items() if v) or "nothing to change"
     print(f"{result.mode} sync: {summary} ({result.seconds * 1000:.1f} ms)")
     return EXIT_OK

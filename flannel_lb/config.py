@@ -57,6 +57,7 @@ class KubernetesConfig:
 class LBConfig:
     addresses: tuple[str, ...] = ()
     cluster_ips: bool = False
+    state_file: str = ""  # each service's last good frontends, served across restarts ("" = off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
                 lb.get("addresses", list, [], _each(_ipv4_address), nonempty=True, required=True)
             ),
             cluster_ips=lb.get("cluster_ips", bool, False),
+            state_file=lb.get("state_file", str, "", _state_file),
         ),
         policy=PolicyConfig(
             namespaces=tuple(policy.get("namespaces", list, ["*"], _each(_namespace_pattern))),
@@ -299,6 +301,12 @@ def _port_table(v: dict[str, Any]) -> dict[str, PortRanges]:
         except ValueError as e:
             raise ValueError(f"{address}: {e}") from None
     return out
+
+
+def _state_file(v: str) -> str:
+    if v and not os.path.isabs(v):
+        raise ValueError('an absolute path (or "" to turn it off)')
+    return v
 
 
 def _key_prefix(v: str) -> str:

@@ -86,6 +86,11 @@ class Metrics:
         self.denied = Gauge(
             "flannel_lb_denied_claims", "LB address:port claims refused by [policy]", registry=r
         )
+        self.held = Gauge(
+            "flannel_lb_held_services",
+            "Services served from the saved last good frontends: their etcd spec does not decode",
+            registry=r,
+        )
         self.etcd_connected = Gauge(
             "flannel_lb_etcd_watch_connected", "1 while the etcd watch is up", registry=r
         )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from flannel_lb.cluster import Change, ClusterState, ServiceRef
 from flannel_lb.desired import Plan
+from flannel_lb.holdover import Saved, held_plans
 from flannel_lb.plan import Admission, PlanSettings, ServicePlan, admission_for, assemble, plan_service
 
 
@@ -27,6 +28,8 @@ class Planner:
         self._plans: dict[ServiceRef, ServicePlan] = {}
         self._admission: Admission | None = None
         self._admitted_at = 0.0  # when the lease index was built: leases expiring later are still live
+        self.holdover: Saved = {}  # frontends saved by an earlier run, for specs that do not decode now
+        self.held: set[str] = set()  # services the last plan served from `holdover`
 
     def admission(self) -> Admission:
         if self._admission is None:
@@ -59,7 +62,10 @@ class Planner:
                 continue
             groups, _ = self.state.endpoint_groups(ref)
             self._plans[ref] = plan_service(svc, groups, admission, self.settings)
-        return assemble(self.state.revision, self._plans.values(), self.state.all_problems())
+        held = held_plans(self.state, self.holdover)
+        self.held = {sp.verdict.service for sp in held}
+        services = [*self._plans.values(), *held] if held else self._plans.values()
+        return assemble(self.state.revision, services, self.state.all_problems())
 
     def next_expiry(self) -> float | None:
         """When the next TTL'd (v2) lease that the current plan counts as live expires: the plan must

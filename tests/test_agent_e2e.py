@@ -168,6 +168,40 @@ def test_agent_restart_under_load_loses_no_request(lab: Lab, agent: AgentProcess
     assert result["failed"] == 0 and result["ok"] > 100, result
 
 
+def test_restart_with_an_undecodable_spec_keeps_serving_it(lab: Lab, tmp_path: Path) -> None:
+    """Bad input never drops working rules, also across a restart (the saved last good frontends)."""
+    state = tmp_path / "last-good.jsonl"
+    config = tmp_path / "flannel-lb.toml"
+    config.write_text(agent_config(lab.etcd_url, state_file=str(state), min_sync_interval=0.01))
+    first = AgentProcess(lab.namespace(LB_HOST), config, tmp_path / "agent1.log").start()
+    try:
+        first.wait_synced()
+    finally:
+        assert first.stop() == 0  # SIGTERM saves the last plan
+    assert '"service": "default/nginx"' in state.read_text()
+
+    key = "/registry/services/specs/default/nginx"
+    good = lab.etcd().get(key)
+    assert good is not None
+    lab.etcd().put(key, good.value[:40])  # a truncated protobuf: the spec no longer decodes
+    loop = Background(lab, "http", f"{VIP}:80", duration=6, interval=0.01, timeout=2)
+    second = AgentProcess(lab.namespace(LB_HOST), config, tmp_path / "agent2.log").start()
+    try:
+        held = second.wait_for(lambda e: e.get("event") == "service_held_over", timeout=20)
+        assert held["service"] == "default/nginx"
+        sync = second.wait_synced()
+        assert sync["problems"] == 1 and not any(sync["changed"].values()), sync  # adopted, nothing removed
+        result = loop.join()
+        assert result["failed"] == 0 and result["ok"] > 100, result
+        mark = second.mark()
+        lab.etcd().put(key, good.value)  # fixed: served from the live spec again
+        second.wait_for(lambda e: e.get("event") == "service_no_longer_held", timeout=10, after=mark)
+    finally:
+        second.stop()
+        lab.etcd().put(key, good.value)
+        subprocess.run(second.argv("cleanup"), capture_output=True, check=False)
+
+
 def test_etcd_down_loses_no_request_and_the_agent_catches_up(lab: Lab, agent: AgentProcess) -> None:
     loop = Background(lab, "http", f"{VIP}:80", duration=12, interval=0.01, timeout=2)
     time.sleep(1)

@@ -48,6 +48,10 @@ def test_kube_subnet_manager_needs_the_network(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("[lb]\n", r"\[lb\] addresses: required, but missing"),
+        (
+            '[lb]\naddresses = ["1.2.3.4"]\nstate_file = "last-good.jsonl"\n',
+            r"\[lb\] state_file: .*an absolute path",
+        ),
         ('[lb]\naddresses = "1.2.3.4"\n', r"\[lb\] addresses: expected a list, got '1.2.3.4'"),
         (
             '[lb]\naddresses = ["1.2.3.400"]\n',

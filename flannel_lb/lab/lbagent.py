@@ -22,7 +22,7 @@ from flannel_lb.lab.topology import LB_INFRA_IP, LB_KUBE_IP
 LB_HOST = "loadbalancer"
 
 
-def agent_config(etcd_url: str, **dataplane: object) -> str:
+def agent_config(etcd_url: str, *, state_file: str = "", **dataplane: object) -> str:
     """The agent's config for the lab: the seed's etcd and LB addresses, plus dataplane overrides."""
     lines = [
         "[etcd]",
@@ -30,6 +30,7 @@ def agent_config(etcd_url: str, **dataplane: object) -> str:
         "retry_budget = 10.0",
         "[lb]",
         f'addresses = ["{LB_INFRA_IP}", "{LB_KUBE_IP}"]',
+        *([f"state_file = {json.dumps(state_file)}"] if state_file else []),
         "[dataplane]",
     ]
     for key, value in dataplane.items():
