@@ -149,8 +149,9 @@ class NftWriter:
         for entries in desired.frontends.values():
             for _, commands in entries.objects:
                 lines += commands
-        elements = desired.elements()
-        lines += nl.element_commands("add", table, sorted(elements))
+        # Frontends own disjoint keys, so their elements need no de-duplication (nor sorting: 100k here).
+        elements = [el for entries in desired.frontends.values() for el in entries.elements]
+        lines += nl.element_commands("add", table, elements)
         counts = {"tables_replaced": 1, "elements_added": len(elements)}
         return "\n".join(lines) + "\n", counts
 
