@@ -8,20 +8,24 @@ What is measured, in one lab and one run:
                one transaction, so the probe opening means every rule is live. Repeated (`--repeat`),
                with `flannel-lb cleanup` between starts. Also split into: start -> snapshot decoded
                (the agent's `etcd_snapshot` log line) -> first sync logged (its `seconds`: plan,
-               rules, iptables-restore).
-  apply vs raw the agent's first-sync `seconds` against a raw `iptables-restore --noflush` of the
-               same transaction text (replayed in-process, `bench.stages`, 3 times, median); the
-               replay also times each stage and profiles the Python ones (cProfile)
+               rules, iptables-restore; or plan, layout, nft -f with `--writer nft`).
+  apply vs raw the agent's first-sync `seconds` against a raw `iptables-restore --noflush` (with
+               `--writer nft`: a raw `nft -f`) of the same transaction text (replayed in-process,
+               `bench.stages`, 3 times, median); the replay also times each stage and profiles
+               the Python ones (cProfile)
   memory       the agent's RSS (VmRSS; VmHWM = peak) after the first sync, and at steady state
                after `--changes` endpoint changes (and 5 s of quiet)
-  churn cost   CPU seconds (user + system, the agent's own plus its iptables-restore/-save children)
+  churn cost   CPU seconds (user + system, the agent's own plus its iptables-restore/-save or nft
+               children)
                the agent spends while `--changes` endpoint changes arrive at `--rate` per second and
                until it has synced the last one, scaled to 1,000 changes; also its idle CPU per
                minute (netcheck every 2 s, the verifying full resync every `full_resync_interval`,
                10 s by default). A change is one EndpointSlice write removing one endpoint of a
                random Service, or adding it back.
 
-Run: sudo .venv/bin/python -m bench.cold_start [--quick] [--services 10000] [--profile]
+`--writer nft` runs the agent with its nftables data plane instead of iptables (its own section).
+
+Run: sudo .venv/bin/python -m bench.cold_start [--quick] [--services 10000] [--profile] [--writer nft]
 """
 
 from __future__ import annotations
@@ -39,10 +43,13 @@ from bench import profile, report, stages
 from bench.common import (
     NGINX_PORT,
     VIP,
+    WRITER_LABELS,
+    WRITER_NOTES,
     BulkWriter,
     Prober,
     ProcUsage,
     TimedAgent,
+    add_writer_option,
     bench_lab,
     bulk_services,
     log,
@@ -55,6 +62,7 @@ from bench.common import (
     start_nginx,
     stop_agent,
     workdir,
+    writer_section,
 )
 from bench.objects import BenchService, encoded, fake_endpoints, slice_object
 from flannel_lb.decode.kube import encode_protobuf
@@ -93,6 +101,7 @@ class Churn:
 @dataclass
 class Result:
     services: int
+    writer: str = "restore"  # the agent's data plane
     starts: list[Start] = field(default_factory=list)
     churn: Churn | None = None
     cold: stages.Stages | None = None
@@ -112,10 +121,12 @@ def populate(lab: Lab, writer: BulkWriter, services: int, per_service: int) -> l
     return bulk
 
 
-def cold_start(lab: Lab, base: Path, prober: Prober, total: int) -> tuple[TimedAgent, Start]:
+def cold_start(
+    lab: Lab, base: Path, prober: Prober, total: int, writer: str = "restore"
+) -> tuple[TimedAgent, Start]:
     prober.arm(VIP, PROBE_PORT, "open", timeout=600)
     t0 = time.monotonic()
-    agent = start_agent(lab, base)
+    agent = start_agent(lab, base, writer=writer)
     live = prober.result(timeout=660)
     if live is None:
         raise RuntimeError("the probe never connected")
@@ -188,7 +199,8 @@ def replay(lab: Lab, base: Path, writer: BulkWriter, bulk: list[BenchService], r
     smaller = BenchService(one.name, VIP, one.port, NGINX_PORT, one.endpoints[:-2])
     change = (one.slice_key, encode_protobuf(slice_object(smaller)))
     log("  replaying the pipeline in-process (stage timings, raw restore)")
-    result.cold, result.change, result.raw = stages.replay(
+    replay_fn = stages.replay_nft if result.writer == "nft" else stages.replay
+    result.cold, result.change, result.raw = replay_fn(
         base / "flannel-lb.toml", lab.namespace(LB_HOST), items, revision, change
     )
 
@@ -198,7 +210,7 @@ def run(lab: Lab, base: Path, args: argparse.Namespace) -> Result:
         start_nginx(lab, pod, base)
     writer = BulkWriter(lab, base / "bulk.log")
     prober = Prober(lab, base / "probe.log")
-    result = Result(args.services)
+    result = Result(args.services, args.writer)
     agent: TimedAgent | None = None
     try:
         bulk = populate(lab, writer, args.services, args.endpoints)
@@ -206,7 +218,7 @@ def run(lab: Lab, base: Path, args: argparse.Namespace) -> Result:
         for _ in range(args.repeat):
             if agent is not None:
                 stop_agent(agent, cleanup=True)
-            agent, start = cold_start(lab, base, prober, total)
+            agent, start = cold_start(lab, base, prober, total, args.writer)
             result.starts.append(start)
         assert agent is not None and agent.proc is not None
         prof = base / "py-spy-churn.txt"
@@ -242,6 +254,9 @@ def render_summary(r: Result) -> tuple[str, list[float]]:
     sync = median([s.sync_seconds for s in r.starts])
     raw = median(r.raw) if r.raw else float("nan")
     ratio_ok = _ok(sync / raw <= TARGET_APPLY_RATIO) if r.raw else "not measured"
+    nft = r.writer == "nft"
+    kernel_tool = "nft -f" if nft else "iptables-restore"
+    children = "nft" if nft else "iptables"
     rows: list[list[object]] = [
         [
             "agent start -> all rules live (probe connects)",
@@ -250,15 +265,15 @@ def render_summary(r: Result) -> tuple[str, list[float]]:
             _ok(start <= TARGET_START),
         ],
         ["  start -> snapshot read and decoded", f"{median([s.snapshot for s in r.starts]):.2f} s", "", ""],
-        ["  first sync (plan, rules, iptables-restore)", f"{sync:.2f} s", "", ""],
+        [f"  first sync (plan, {'layout' if nft else 'rules'}, {kernel_tool})", f"{sync:.2f} s", "", ""],
         [
-            "raw iptables-restore of the same transaction",
-            f"{raw:.2f} s ({r.cold.rules if r.cold else 0:,} rules)",
+            f"raw {kernel_tool} of the same transaction",
+            f"{raw:.2f} s ({r.cold.rules if r.cold else 0:,} {'elements' if nft else 'rules'})",
             "",
             "",
         ],
         [
-            "apply (first sync) / raw restore",
+            f"apply (first sync) / raw {kernel_tool}",
             f"{sync / raw:.2f}",
             f"<= {TARGET_APPLY_RATIO}",
             ratio_ok,
@@ -276,7 +291,7 @@ def render_summary(r: Result) -> tuple[str, list[float]]:
                 _ok(c.rss_after_mb <= TARGET_RSS_MB),
             ],
             [
-                f"churn CPU per 1,000 changes at {c.rate:g}/s (own + iptables children)",
+                f"churn CPU per 1,000 changes at {c.rate:g}/s (own + {children} children)",
                 f"{(c.usage.own + c.usage.children) * per1k:.0f} s "
                 f"({c.usage.own * per1k:.0f} + {c.usage.children * per1k:.0f})",
                 "report",
@@ -312,7 +327,7 @@ def render_stages(r: Result) -> str:
             f"{r.change.total:.3f} ({r.change.python:.3f})",
         ]
     )
-    rows.append(["rules (-A lines) in the transaction", f"{r.cold.rules:,}", f"{r.change.rules:,}"])
+    rows.append([f"{r.cold.unit} in the transaction", f"{r.cold.rules:,}", f"{r.change.rules:,}"])
     return report.table(
         ["stage (in-process replay)", "cold: first sync (s)", "one endpoint change (s)"], rows
     )
@@ -342,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 60)")
     p.add_argument("--profile", action="store_true", help="py-spy the agent during the churn")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    add_writer_option(p)
     args = p.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.changes = args.changes or (200 if args.quick else 1000)
@@ -367,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = (
             f"{args.services:,} Services x {args.endpoints} endpoints (+ probe); "
             f"{args.repeat} cold start(s); "
-            f"{args.changes:,} changes at {args.rate:g}/s; iptables-nft (the host's default)"
+            f"{args.changes:,} changes at {args.rate:g}/s; {WRITER_NOTES[args.writer]}"
         )
-        body = report.preamble("Cold start, memory and churn cost", started, note)
-        report.update_section("cold_start", f"{body}\n{text}\n")
+        title = f"Cold start, memory and churn cost, {WRITER_LABELS[args.writer]}"
+        body = report.preamble(title, started, note)
+        report.update_section(writer_section("cold_start", args.writer), f"{body}\n{text}\n")
     return 0
 
 

@@ -7,6 +7,7 @@ namespaces, so `Lab.down()` (always called, in a `finally`) removes it together 
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import json
@@ -190,9 +191,32 @@ class TimedAgent(AgentProcess):
         return self.wait_for(lambda e: e.get("event") == "sync" and predicate(e), timeout, after)
 
 
+# The agent's data planes (`[dataplane] writer`): every figure that runs the agent can be measured
+# with either. Each writer's figures get their own section of docs/benchmarks.md.
+WRITERS = ("restore", "nft")
+WRITER_LABELS = {"restore": "iptables-restore writer", "nft": "nftables writer"}
+WRITER_NOTES = {"restore": "iptables-nft (the host's default)", "nft": '`[dataplane] writer = "nft"`'}
+
+
+def add_writer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--writer",
+        default="restore",
+        choices=WRITERS,
+        help="the agent's data plane (`[dataplane] writer`): restore = iptables rules (default), "
+        "nft = its native nftables table",
+    )
+
+
+def writer_section(name: str, writer: str) -> str:
+    """The docs section a run writes: `name` for the iptables writer, `name_nft_writer` for nft."""
+    return name if writer == "restore" else f"{name}_nft_writer"
+
+
 def start_agent(lab: Lab, base: Path, **dataplane: object) -> TimedAgent:
     config = base / "flannel-lb.toml"
-    config.write_text(agent_config(lab.etcd_url, **dataplane))
+    keys: dict[str, Any] = dict(dataplane)  # `[dataplane]` keys (agent_config also takes `state_file`)
+    config.write_text(agent_config(lab.etcd_url, **keys))
     return TimedAgent(lab.namespace(LB_HOST), config, base / "agent.log").start()  # type: ignore[return-value]
 
 

@@ -3,7 +3,8 @@
 What is measured: for a probe Service (VIP:60000, the last rule of the dispatch chain) the time
 from the etcd write of its EndpointSlice to the moment a probe connection from the client sees the
 change: "add" gives the Service its endpoint (one nginx pod), so connections are established;
-"remove" takes it away, so the LB's REJECT refuses them. The client polls with one connection
+"remove" takes it away, so the LB refuses them (a TCP reset: the iptables writer's REJECT, or the
+nftables writer's `refuse` chain). The client polls with one connection
 every millisecond (`bench.probe`); a flip is timed at the start of the first try that saw it.
 Both directions are deterministic to observe, and both are one endpoint added or removed in one
 EndpointSlice write (what the EndpointSlice controller does when a pod turns ready or goes away).
@@ -11,10 +12,11 @@ EndpointSlice write (what the EndpointSlice controller does when a pod turns rea
 It runs at each scale (default 100 and 10,000 exposed Services with 10 endpoints each, plus the
 probe) with the agent's default config (`min_sync_interval` 0.02 s). Between changes it waits for the
 agent's `sync` log line of the change's revision, then 50-150 ms (random), so changes do not pile up.
-Also reported: the agent's own `seconds` per sync (plan + rules + iptables-restore), the rest being
-watch delivery, coalescing and the probe's resolution.
+Also reported: the agent's own `seconds` per sync (plan + rules + iptables-restore or nft -f), the
+rest being watch delivery, coalescing and the probe's resolution. `--writer nft` runs the agent with
+its nftables data plane (a partial sync is a few map element deletes/adds) instead of iptables.
 
-Run: sudo .venv/bin/python -m bench.convergence [--quick] [--changes 200] [--profile]
+Run: sudo .venv/bin/python -m bench.convergence [--quick] [--changes 200] [--profile] [--writer nft]
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from bench import profile, report
 from bench.common import (
     NGINX_PORT,
     VIP,
+    WRITER_LABELS,
+    WRITER_NOTES,
     BulkWriter,
     Prober,
     TimedAgent,
+    add_writer_option,
     bench_lab,
     bulk_services,
     log,
@@ -45,6 +50,7 @@ from bench.common import (
     start_nginx,
     stop_agent,
     workdir,
+    writer_section,
 )
 from bench.objects import BenchService, encoded, fake_endpoints, slice_object
 from flannel_lb.decode.kube import encode_protobuf
@@ -130,7 +136,13 @@ def run_scale(
 
 
 def run(
-    lab: Lab, base: Path, scales: Sequence[int], changes: int, per_service: int, with_profile: bool
+    lab: Lab,
+    base: Path,
+    scales: Sequence[int],
+    changes: int,
+    per_service: int,
+    with_profile: bool,
+    data_plane: str = "restore",
 ) -> dict[int, Changes]:
     for pod, _, _ in pods(lab):
         start_nginx(lab, pod, base)
@@ -140,7 +152,7 @@ def run(
     try:
         probe = BenchService("probe", VIP, PROBE_PORT, NGINX_PORT, real_endpoints(lab)[:1])
         writer.write(encoded(probe, 0))
-        agent = start_agent(lab, base)
+        agent = start_agent(lab, base, writer=data_plane)
         agent.wait_sync_where(lambda e: e.get("frontends") == 1, 60)
         results: dict[int, Changes] = {}
         have = 1
@@ -215,12 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--endpoints", type=int, default=10, help="endpoints per bulk Service (default 10)")
     p.add_argument("--profile", action="store_true", help="py-spy the agent during the changes")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    add_writer_option(p)
     args = p.parse_args(argv)
     scales = [int(x) for x in args.scales.split(",")] if args.scales else [100, 10000]
     changes = args.changes or (40 if args.quick else 200)
     started = report.now()
     with bench_lab("cv") as lab, workdir("cv") as base:
-        results = run(lab, base, scales, changes, args.endpoints, args.profile)
+        results = run(lab, base, scales, changes, args.endpoints, args.profile, args.writer)
     table, verdict = render(results)
     hot = render_hot(results)
     print(table)
@@ -230,10 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = (
             f"{', '.join(f'{n:,}' for n in scales)} exposed Services in total (the probe with one "
             f"endpoint, the others {args.endpoints} each); {changes} changes per scale; "
-            "iptables-nft (the host's default)"
+            f"{WRITER_NOTES[args.writer]}"
         )
-        body = report.preamble("Convergence (etcd write -> rule live)", started, note)
-        report.update_section("convergence", f"{body}\n{table}\n\n{verdict}\n\n{hot}\n")
+        title = f"Convergence (etcd write -> rule live), {WRITER_LABELS[args.writer]}"
+        body = report.preamble(title, started, note)
+        section = writer_section("convergence", args.writer)
+        report.update_section(section, f"{body}\n{table}\n\n{verdict}\n\n{hot}\n")
     return 0
 
 

@@ -11,7 +11,12 @@ How: one lab, one agent. The scale goes up (1 -> 1k -> 10k -> 30k) and back down
 step after the agent's sync reports N frontends; samples of the up and down passes are pooled (that
 cancels slow drift of the machine's load). Ratios are p50/p99 at N over p50/p99 at 1.
 
-Run: sudo .venv/bin/python -m bench.first_connection [--quick] [--backend nft|legacy]
+`--writer nft` runs the agent with its nftables data plane: dispatch is the `services` verdict map,
+one hash lookup whatever N (the probe and bulk-00000 are then just two elements of it). The
+alternative iptables layouts reuse the iptables writer's FLB-FE chains, so they are measured with
+`--writer restore` only.
+
+Run: sudo .venv/bin/python -m bench.first_connection [--quick] [--backend nft|legacy] [--writer nft]
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from bench import layouts, report
 from bench.common import (
     NGINX_PORT,
     VIP,
+    WRITER_LABELS,
     BulkWriter,
     Prober,
     TimedAgent,
+    add_writer_option,
     bench_lab,
     bulk_services,
     log,
@@ -41,6 +48,7 @@ from bench.common import (
     start_nginx,
     stop_agent,
     workdir,
+    writer_section,
 )
 from bench.objects import BenchService, encoded
 from flannel_lb.dataplane.options import DEFAULT_MARK
@@ -107,6 +115,11 @@ LEGEND = (
     " PREROUTING and OUTPUT). Without the guard every connection also pays two walks of the whole"
     " FLB-SERVICES chain for its vxlan packets (new UDP conntrack flows), whatever its own layout."
 )
+LEGEND_NFT = (
+    "Rows: `flannel-lb` = the agent's nftables table (`--writer nft`), probe VIP:60000; `first rule` ="
+    " bulk-00000 (VIP:20000). Both are elements of the `services` verdict map (one hash lookup for every"
+    " packet, flannel's vxlan packets included), so neither is a best or worst case."
+)
 
 
 def targets(n: int, with_layouts: bool) -> dict[str, tuple[str, int]]:
@@ -169,7 +182,7 @@ def measure(
 
 
 def run(
-    lab: Lab, base: Path, scales: Sequence[int], count: int, backend: str, alt: bool
+    lab: Lab, base: Path, scales: Sequence[int], count: int, backend: str, alt: bool, data_plane: str
 ) -> dict[int, Samples]:
     for pod, _, _ in pods(lab):
         start_nginx(lab, pod, base)
@@ -181,7 +194,7 @@ def run(
             layouts.add_addresses(lab)
         probe = BenchService("probe", VIP, PROBE_PORT, NGINX_PORT, real_endpoints(lab))
         writer.write(encoded(probe, 0))
-        agent = start_agent(lab, base, iptables_backend=backend)
+        agent = start_agent(lab, base, writer=data_plane, iptables_backend=backend)
         first = agent.wait_sync_where(lambda e: e.get("frontends") == 1, 60)
         scale = Scale(lab, writer, agent, last_sync=first)
         results = {n: Samples() for n in scales}
@@ -198,7 +211,7 @@ def run(
         prober.close()
 
 
-def render(results: dict[int, Samples], backend: str) -> tuple[str, str]:
+def render(results: dict[int, Samples], backend: str, data_plane: str = "restore") -> tuple[str, str]:
     """(table for the terminal and the doc: one row per layout, one column per N; verdict)."""
     base = results[min(results)]
     order = [FLB_LAST, FLB_FIRST, BUCKETS, NFT_MAP]
@@ -222,15 +235,17 @@ def render(results: dict[int, Samples], backend: str) -> tuple[str, str]:
     syncs = ", ".join(f"{n:,}: {median(s.sync_seconds):.2f} s" for n, s in sorted(results.items()))
     failed = sum(s.failed for s in results.values())
     legend = LEGEND if any(BUCKETS in label for label in labels) else LEGEND.split("; `buckets`")[0] + "."
+    if data_plane == "nft":
+        legend = LEGEND_NFT
     notes = (
         f"{legend}\n\nConnections per cell (N: count): {counts}. Agent sync when the scale changed (median): "
         f"{syncs}. Failed connections: {failed}. Ratios are to N=1 of the same row (the first rule's "
         "to the N=1 probe)."
     )
-    return table + "\n\n" + notes, _verdict(results, backend)
+    return table + "\n\n" + notes, _verdict(results, backend, data_plane)
 
 
-def _verdict(results: dict[int, Samples], backend: str) -> str:
+def _verdict(results: dict[int, Samples], backend: str, data_plane: str = "restore") -> str:
     if 10000 not in results:
         return "Target (10k/1 <= 1.2) not evaluated: this run did not reach 10k service-ports."
     base = results[min(results)]
@@ -242,7 +257,8 @@ def _verdict(results: dict[int, Samples], backend: str) -> str:
         r99 = percentile(results[10000].us[label], 99) / percentile(base.us[label], 99)
         met = r50 <= TARGET and r99 <= TARGET
         parts.append(f"{label}: {'met' if met else '**missed**'} (p50 {r50:.2f}, p99 {r99:.2f})")
-    head = f"Target 10k/1 <= {TARGET} (iptables-{backend}, probe = last dispatch entry): "
+    where = f"iptables-{backend}, probe = last dispatch entry" if data_plane == "restore" else "nft writer"
+    head = f"Target 10k/1 <= {TARGET} ({where}): "
     return head + "; ".join(parts) + "."
 
 
@@ -251,10 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="N = 1, 1k, 10k and 500 connections per pass")
     p.add_argument("--scales", help="comma-separated N (default 1,1000,10000,30000)")
     p.add_argument("--count", type=int, help="connections per scale and pass to each probe (default 2000)")
-    p.add_argument("--backend", default="nft", choices=["nft", "legacy"], help="iptables backend")
-    p.add_argument("--no-layouts", action="store_true", help="flannel-lb's layout only (no buckets/nft-map)")
+    p.add_argument("--backend", choices=["nft", "legacy"], help="iptables backend (default nft)")
+    p.add_argument(
+        "--layouts",
+        action=argparse.BooleanOptionalAction,
+        help="also the alternative layouts (buckets, nft-map; default with --writer restore only)",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    add_writer_option(p)
     args = p.parse_args(argv)
+    if args.writer == "nft" and (args.layouts or args.backend):
+        p.error("--layouts and --backend need the iptables writer (--writer restore)")
+    backend = args.backend or "nft"
+    alt = args.layouts if args.layouts is not None else args.writer == "restore"
     scales = (
         [int(x) for x in args.scales.split(",")]
         if args.scales
@@ -263,14 +288,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = args.count or (500 if args.quick else 2000)
     started = report.now()
     with bench_lab("fc") as lab, workdir("fc") as base:
-        results = run(lab, base, scales, count, args.backend, not args.no_layouts)
-    table, verdict = render(results, args.backend)
+        results = run(lab, base, scales, count, backend, alt, args.writer)
+    table, verdict = render(results, backend, args.writer)
     print(table)
     print(verdict)
     if not args.no_doc:
         note = f"N = {', '.join(f'{n:,}' for n in scales)}; {count} connections per pass and probe"
-        body = report.preamble(f"First-connection latency vs scale (iptables-{args.backend})", started, note)
-        report.update_section(f"first_connection_{args.backend}", f"{body}\n{table}\n\n{verdict}\n")
+        if args.writer == "restore":
+            title, section = f"iptables-{backend}", f"first_connection_{backend}"
+        else:
+            title, section = WRITER_LABELS[args.writer], writer_section("first_connection", args.writer)
+        body = report.preamble(f"First-connection latency vs scale ({title})", started, note)
+        report.update_section(section, f"{body}\n{table}\n\n{verdict}\n")
     return 0
 
 

@@ -9,14 +9,18 @@ etcd, timing each stage, and profiles the Python stages with cProfile. Two scena
           chain, read back the (empty) kernel as adopt mode does, one iptables-restore
   change  one EndpointSlice loses an endpoint afterwards: decode one value, re-plan one Service,
           build the rule set, diff against the last one, render, iptables-restore (partial sync)
+
+`replay_nft` does the same for the nftables writer (`writer = "nft"`): the agent's `NftWriter`, its
+two kernel calls (`nft -j list table`, `nft -f`) timed apart from its Python part (layout, diff, text).
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import pstats
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,13 +30,17 @@ from flannel_lb import wiring
 from flannel_lb.agent import dataplane_options
 from flannel_lb.cluster import ClusterState
 from flannel_lb.dataplane.changes import compute_changes
+from flannel_lb.dataplane.nft_writer import KernelTable, NftWriter
+from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.render import render_changes
 from flannel_lb.dataplane.restore import apply, cleanup, read_owned
 from flannel_lb.dataplane.rules import RuleSet, build_ruleset
-from flannel_lb.dataplane.tools import Tools, make_tools
+from flannel_lb.dataplane.tools import Tools, make_tools, run
+from flannel_lb.desired import Plan
 from flannel_lb.planner import Planner
 
 T = TypeVar("T")
+KERNEL_STAGES = ("kernel read", "iptables-restore", "nft -f")  # not Python: left out of `python`
 
 
 @dataclass
@@ -41,12 +49,13 @@ class Stages:
 
     seconds: dict[str, float] = field(default_factory=dict)
     hot: list[tuple[str, float, float]] = field(default_factory=list)  # (function, own s, cumulative s)
-    rules: int = 0  # restore lines ("-A ..." rules) in the transaction
+    rules: int = 0  # restore lines ("-A ..." rules) in the transaction; map elements with nft
     text: str = ""
+    unit: str = "rules (-A lines)"  # what `rules` counts
 
     @property
     def python(self) -> float:
-        return sum(v for k, v in self.seconds.items() if k not in ("kernel read", "iptables-restore"))
+        return sum(v for k, v in self.seconds.items() if k not in KERNEL_STAGES)
 
     @property
     def total(self) -> float:
@@ -164,6 +173,122 @@ def replay(
         return cold, one, raw
     finally:
         cleanup(tools, prefix)
+
+
+class _TimedNftWriter(NftWriter):
+    """The agent's nftables writer, with its kernel calls timed apart and kept out of the profile."""
+
+    def __init__(self, options: Options, netns: str) -> None:
+        super().__init__(options, netns=netns)
+        self.profiler: cProfile.Profile | None = None
+        self.kernel: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def _kernel_call(self, name: str) -> Iterator[None]:
+        if self.profiler is not None:
+            self.profiler.disable()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.kernel[name] = self.kernel.get(name, 0.0) + time.perf_counter() - t
+            if self.profiler is not None:
+                self.profiler.enable()
+
+    def read_kernel(self) -> KernelTable | None:
+        with self._kernel_call("kernel read"):
+            return super().read_kernel()
+
+    def _apply(self, text: str) -> None:
+        with self._kernel_call("nft -f"):
+            super()._apply(text)
+
+
+NFT_PYTHON = "nft layout, diff, text"
+
+
+@dataclass
+class NftPipeline:
+    """Like `Pipeline`, with the nftables writer: the first sync adopts (reads the kernel, finds no
+    table, sends the whole table), a change is a partial sync (element deletes and adds)."""
+
+    cfg: config_mod.Config
+    netns: str
+    profiled: bool = False
+    state: ClusterState = field(init=False)
+    planner: Planner = field(init=False)
+    writer: _TimedNftWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state = wiring.new_state(self.cfg)
+        self.planner = Planner(self.state, wiring.plan_settings(self.cfg))
+        self.writer = _TimedNftWriter(dataplane_options(self.cfg), self.netns)
+
+    def _sync(self, out: Stages, timed: _Timer, plan: Plan) -> None:
+        self.writer.profiler, self.writer.kernel = timed.profiler, {}
+        result = timed(NFT_PYTHON, lambda: self.writer.sync(plan))
+        out.seconds[NFT_PYTHON] -= sum(self.writer.kernel.values())
+        out.seconds.update(self.writer.kernel)
+        out.text = result.text
+        out.rules = sum(v for k, v in result.counts.items() if k.startswith("elements_"))
+        out.unit = "map elements added or deleted"
+
+    def cold(self, items: Sequence[tuple[str, bytes]], revision: int) -> Stages:
+        out = Stages()
+        prof = cProfile.Profile() if self.profiled else None
+        timed = _Timer(out, prof)
+        timed("decode snapshot", lambda: self.state.replace(((k, v, None) for k, v in items), revision))
+        plan = timed("plan", lambda: self.planner.plan(None))
+        self._sync(out, timed, plan)
+        out.hot = _top(prof) if prof else []
+        return out
+
+    def change(self, key: str, value: bytes) -> Stages:
+        out = Stages()
+        prof = cProfile.Profile() if self.profiled else None
+        timed = _Timer(out, prof)
+        change = timed("decode value", lambda: self.state.put(key, value))
+        plan = timed("plan", lambda: self.planner.plan(change))
+        self._sync(out, timed, plan)
+        out.hot = _top(prof) if prof else []
+        return out
+
+
+def replay_nft(
+    config: Path,
+    netns: str,
+    items: Sequence[tuple[str, bytes]],
+    revision: int,
+    change: tuple[str, bytes],
+) -> tuple[Stages, Stages, list[float]]:
+    """`replay` for `writer = "nft"`: (cold, change, raw `nft -f` seconds x3).
+
+    Raw: the cold transaction's exact text (`table ip flb`, `delete table`, the whole table) fed to
+    `nft -f` again, into a namespace without the table, three times.
+    """
+    cfg = config_mod.load(config)
+    remover = NftWriter(dataplane_options(cfg), netns=netns)
+    try:
+        remover.cleanup()
+        pipe = NftPipeline(cfg, netns)
+        cold = pipe.cold(items, revision)
+        one = pipe.change(*change)
+        remover.cleanup()
+        pipe = NftPipeline(cfg, netns, profiled=True)
+        cold.hot = pipe.cold(items, revision).hot
+        one.hot = pipe.change(*change).hot
+        raw = []
+        argv = ["ip", "netns", "exec", netns, "nft", "-f", "-"]
+        for _ in range(3):
+            remover.cleanup()
+            t = time.perf_counter()
+            proc = run(argv, input=cold.text, timeout=600)
+            raw.append(time.perf_counter() - t)
+            if proc.returncode != 0:
+                raise RuntimeError(f"raw nft -f failed: {proc.stderr.strip()[:500]}")
+        return cold, one, raw
+    finally:
+        remover.cleanup()
 
 
 def describe(stages: Stages) -> dict[str, Any]:

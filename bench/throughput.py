@@ -16,15 +16,20 @@ and four paths, all through the same LB namespace and the same nginx pods:
   haproxy       HAProxy 2.6 (`mode tcp`, roundrobin, same backends) listening on VIP:8081 in the LB
   flannel-lb nat only   a diagnostic: flannel-lb's rules with its filter table emptied (no
                 per-packet FORWARD jump and connmark match), to tell the nat part from the filter part
-The rule sets are swapped with `iptables-restore` (whole tables) and the LB's conntrack table is
-flushed between runs, so no run inherits another's connections; the agent is stopped after its
-sync (its rules stay) so it takes no CPU. The pods keep no TIME_WAIT sockets (`limit_time_wait`:
-behind NAT they stall reused ports for 1 s and made connection-per-request runs collapse). Other
+With `--writer nft` the agent programs its nftables table instead: `flannel-lb` is that table (`nft
+list table ip flb` after its sync, loaded back with `nft -f`; the iptables nat and filter tables as
+the agent left them, i.e. empty), every other path runs without it, and there is no "nat only" row
+(the table has no per-packet forward rule to leave out).
+The rule sets are swapped with `iptables-restore` (whole tables) and `nft -f` (the flb table replaced
+or deleted in one transaction), and the LB's conntrack table is flushed between runs, so no run
+inherits another's connections; the agent is stopped after its sync (its rules stay) so it takes no
+CPU. The pods keep no TIME_WAIT sockets (`limit_time_wait`: behind NAT they stall reused ports for
+1 s and made connection-per-request runs collapse). Other
 load on the machine moves throughput by tens of percent within a minute, so every path is
 measured in a pair with the hand-written rules, back to back, alternating which goes first; a
 ratio is the median over rounds of the per-pair ratios.
 
-Run: sudo .venv/bin/python -m bench.throughput [--quick]
+Run: sudo .venv/bin/python -m bench.throughput [--quick] [--writer nft]
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from bench import report
 from bench.common import (
     NGINX_PORT,
     VIP,
+    WRITER_LABELS,
     BulkWriter,
+    add_writer_option,
     bench_lab,
     log,
     median,
@@ -51,8 +58,11 @@ from bench.common import (
     stop_agent,
     wait_listening,
     workdir,
+    writer_section,
 )
 from bench.objects import BenchService, Endpoint, encoded
+from flannel_lb.dataplane.nft_layout import FAMILY, table_name
+from flannel_lb.dataplane.options import Options
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST
 from flannel_lb.lab.topology import CLIENT_IP, INFRA_NET, LB_INFRA_IP
@@ -62,7 +72,6 @@ HAPROXY_PORT = 8081
 REF = "hand-written"
 NAT_ONLY = "flannel-lb nat only"
 OTHERS = ("flannel-lb", NAT_ONLY, "direct", "haproxy")  # each measured in a pair with REF
-PATHS = (REF, *OTHERS)
 LOADS = ("keep-alive", "conn-per-request")
 TARGET = 0.95
 
@@ -156,26 +165,37 @@ EMPTY_NAT = [
 ]
 
 
-def load_rules(lab: Lab, text: str) -> None:
-    """Replace the LB's nat and filter tables with `text` (iptables-restore without --noflush)."""
+NFT_TABLE = f"{FAMILY} {table_name(Options().prefix)}"  # the nft writer's table: `ip flb`
+
+
+def load_rules(lab: Lab, text: str, nft: str = "") -> None:
+    """Replace the LB's nat and filter tables with `text` (iptables-restore without --noflush), and
+    its flb nftables table with `nft` (a `nft list table` text; "" = no table), in one `nft -f`."""
     lab.exec_in(LB_HOST, ["iptables-restore"], input=text + "\n", check=True, timeout=60)
+    replace = f"table {NFT_TABLE}\ndelete table {NFT_TABLE}\n{nft}"
+    lab.exec_in(LB_HOST, ["nft", "-f", "-"], input=replace, check=True, timeout=60)
 
 
-def flannel_lb_rules(lab: Lab, base: Path, backends: Sequence[str]) -> str:
-    """Let the agent program VIP:80 -> the pods, stop it (rules stay), return `iptables-save`."""
+def flannel_lb_rules(lab: Lab, base: Path, backends: Sequence[str], data_plane: str) -> tuple[str, str]:
+    """Let the agent program VIP:80 -> the pods, stop it (rules stay), return (`iptables-save`, its
+    nftables table as `nft list table` shows it; "" with the iptables writer)."""
     writer = BulkWriter(lab, base / "bulk.log")
     eps = tuple(Endpoint(ip, node) for _, node, ip in pods(lab))
     agent = None
     try:
         writer.write(encoded(BenchService("web", VIP, SERVICE_PORT, NGINX_PORT, eps), 0))
-        agent = start_agent(lab, base)
+        agent = start_agent(lab, base, writer=data_plane)
         agent.wait_sync_where(lambda e: e.get("frontends") == 1 and e.get("backends") == len(backends), 60)
     finally:
         stop_agent(agent, cleanup=False)
         writer.close()
-    saved = lab.exec_in(LB_HOST, ["iptables-save"], check=True).stdout
+    saved = with_all_tables(lab.exec_in(LB_HOST, ["iptables-save"], check=True).stdout)
     (base / "flannel-lb.rules").write_text(saved)
-    return saved
+    if data_plane != "nft":
+        return saved, ""
+    table = lab.exec_in(LB_HOST, ["nft", "list", "table", *NFT_TABLE.split()], check=True).stdout
+    (base / "flannel-lb.nft").write_text(table)
+    return saved, table
 
 
 def route_direct(lab: Lab) -> None:
@@ -225,6 +245,7 @@ def parse_wrk(out: str) -> tuple[float, int, int]:
 class Setup:
     lab: Lab
     rules: dict[str, str]  # path -> the nat/filter tables it runs with
+    nft: dict[str, str]  # path -> the flb nftables table it runs with ("": none)
     urls: dict[str, str]
     scripts: dict[str, Path | None]
 
@@ -237,7 +258,7 @@ def syn_retransmits(lab: Lab) -> int:
 
 
 def one_run(s: Setup, path: str, load: str, duration: int, connections: int) -> Run:
-    load_rules(s.lab, s.rules[path])
+    load_rules(s.lab, s.rules[path], s.nft.get(path, ""))
     s.lab.exec_in(LB_HOST, ["conntrack", "-F"], check=False)
     time.sleep(1)
     syn_retransmits(s.lab)
@@ -261,6 +282,17 @@ def limit_time_wait(lab: Lab, buckets: int = 0) -> None:
         lab.exec_in(pod, ["sysctl", "-q", "-w", f"net.ipv4.tcp_max_tw_buckets={buckets}"], check=True)
 
 
+def with_all_tables(saved: str) -> str:
+    """`saved` plus an empty nat and filter table for each one it lacks (with the nft writer the
+    iptables tables may not exist at all): iptables-restore flushes only the tables it is given, so
+    another path's rules must not survive into this one."""
+    out = [saved.rstrip("\n")] if saved.strip() else []
+    for name, empty in (("nat", EMPTY_NAT), ("filter", EMPTY_FILTER)):
+        if f"\n*{name}\n" not in f"\n{saved}":
+            out.append("\n".join(empty))
+    return "\n".join(out)
+
+
 def without_filter(saved: str) -> str:
     """flannel-lb's saved rules with its filter table emptied: only the nat part (a diagnostic)."""
     out, skip = [], False
@@ -275,15 +307,27 @@ def without_filter(saved: str) -> str:
     return "\n".join([*out, *EMPTY_FILTER])
 
 
+def compared(data_plane: str) -> tuple[str, ...]:
+    """The paths measured in pairs with the hand-written rules."""
+    return OTHERS if data_plane == "restore" else tuple(p for p in OTHERS if p != NAT_ONLY)
+
+
 def run(
-    lab: Lab, base: Path, rounds: int, duration: int, connections: int, keep_time_wait: bool
+    lab: Lab,
+    base: Path,
+    rounds: int,
+    duration: int,
+    connections: int,
+    keep_time_wait: bool,
+    data_plane: str = "restore",
 ) -> list[Pair]:
     if not keep_time_wait:
         limit_time_wait(lab)
     for pod, _, _ in pods(lab):
         start_nginx(lab, pod, base)
     backends = [ip for _, _, ip in pods(lab)]
-    flb = flannel_lb_rules(lab, base, backends)
+    flb, flb_nft = flannel_lb_rules(lab, base, backends, data_plane)
+    others = compared(data_plane)
     route_direct(lab)
     start_haproxy(lab, base, backends)
     lua = base / "direct.lua"
@@ -298,6 +342,7 @@ def run(
             "direct": empty,
             "haproxy": empty,
         },
+        nft={"flannel-lb": flb_nft},
         urls={
             "flannel-lb": f"http://{VIP}:{SERVICE_PORT}/",
             NAT_ONLY: f"http://{VIP}:{SERVICE_PORT}/",
@@ -307,17 +352,17 @@ def run(
         },
         scripts={"flannel-lb": None, NAT_ONLY: None, "hand-written": None, "direct": lua, "haproxy": None},
     )
-    for path in PATHS:  # warm-up, and a check that every path answers
+    for path in (REF, *others):  # warm-up, and a check that every path answers
         one_run(setup, path, "keep-alive", 1, connections)
     pairs: list[Pair] = []
     for r in range(rounds):
         for load in LOADS:
-            for i, path in enumerate(OTHERS):
+            for i, path in enumerate(others):
                 first_ref = (r + i) % 2 == 0  # alternate which of the pair runs first
                 order = [REF, path] if first_ref else [path, REF]
                 got = {p: one_run(setup, p, load, duration, connections) for p in order}
                 pairs.append(Pair(load, path, got[REF], got[path]))
-        done = pairs[-len(LOADS) * len(OTHERS) :]
+        done = pairs[-len(LOADS) * len(others) :]
         log(f"  round {r + 1}: " + ", ".join(f"{x.path}/{x.load} {x.ratio:.3f}" for x in done))
     return pairs
 
@@ -332,6 +377,8 @@ def render(pairs: list[Pair]) -> tuple[str, str]:
         rows.append(_row(load, REF, refs, [1.0]))
         for path in OTHERS:
             mine = [p for p in pairs if p.load == load and p.path == path]
+            if not mine:
+                continue
             rows.append(_row(load, path, [p.run for p in mine], [p.ratio for p in mine]))
     headers = [
         "load",
@@ -373,18 +420,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     p.add_argument("--keep-time-wait", action="store_true", help="do not limit the pods' TIME_WAIT sockets")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    add_writer_option(p)
     args = p.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 4)
     duration = args.duration or (4 if args.quick else 5)
     started = report.now()
     with bench_lab("tp") as lab, workdir("tp") as base:
-        results = run(lab, base, rounds, duration, args.connections, args.keep_time_wait)
+        results = run(lab, base, rounds, duration, args.connections, args.keep_time_wait, args.writer)
     table, verdict = render(results)
     print(table)
     print(verdict)
     if not args.no_doc:
         note = (
-            f"{rounds} rounds x {2 * len(OTHERS) * len(LOADS)} runs of {duration} s "
+            f"{rounds} rounds x {2 * len(compared(args.writer)) * len(LOADS)} runs of {duration} s "
             "(each path paired with a hand-written run), "
             f"wrk -t2 -c{args.connections}, 2 nginx pods (1 worker each) on 2 nodes; "
             f"client {CLIENT_IP}, VIP {VIP}; pods' TIME_WAIT "
@@ -394,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "disabled (tcp_max_tw_buckets=0, see bench/throughput.py)"
             )
         )
-        body = report.preamble("Throughput (HTTP requests/s)", started, note)
-        report.update_section("throughput", f"{body}\n{table}\n\n{verdict}\n")
+        body = report.preamble(f"Throughput (HTTP requests/s), {WRITER_LABELS[args.writer]}", started, note)
+        report.update_section(writer_section("throughput", args.writer), f"{body}\n{table}\n\n{verdict}\n")
     return 0
 
 
