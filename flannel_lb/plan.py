@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,22 +47,45 @@ class LeaseIndex:
                 self.expired[lease.subnet] = lease
             else:
                 self.by_subnet[lease.subnet] = lease
-        self._lengths = sorted({s.prefixlen for s in (*self.by_subnet, *self.expired)}, reverse=True)
+        self._live = _by_prefix(self.by_subnet)
+        self._gone = _by_prefix(self.expired)
 
-    def _lookup(
-        self, table: Mapping[ipaddress.IPv4Network, Lease], ip: ipaddress.IPv4Address
-    ) -> Lease | None:
-        for length in self._lengths:
-            lease = table.get(ipaddress.IPv4Network((int(ip) >> (32 - length) << (32 - length), length)))
-            if lease is not None:
-                return lease
+    def find(self, ip: int) -> Lease | None:
+        """The live lease whose subnet holds `ip` (an IPv4 address as an integer)."""
+        return _lookup(self._live, ip)
+
+    def find_expired(self, ip: int) -> Lease | None:
+        return _lookup(self._gone, ip)
+
+
+# Endpoint admission runs for every endpoint on every full re-plan (100k at 10k services): integers,
+# not ipaddress objects, make it ~10x cheaper.
+_Prefixes = list[tuple[int, dict[int, Lease]]]  # (host bits, {network >> host bits: lease}), longest first
+
+
+def _by_prefix(leases: Mapping[ipaddress.IPv4Network, Lease]) -> _Prefixes:
+    out: dict[int, dict[int, Lease]] = {}
+    for subnet, lease in leases.items():
+        host_bits = 32 - subnet.prefixlen
+        out.setdefault(host_bits, {})[int(subnet.network_address) >> host_bits] = lease
+    return sorted(out.items())
+
+
+def _lookup(table: _Prefixes, ip: int) -> Lease | None:
+    for host_bits, subnets in table:
+        lease = subnets.get(ip >> host_bits)
+        if lease is not None:
+            return lease
+    return None
+
+
+def ipv4_int(ip: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer; None if `ip` is anything else (inet_pton is as
+    strict as `ipaddress`: no shorthand, no leading zeros, no spaces)."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except (OSError, ValueError, TypeError):
         return None
-
-    def find(self, ip: ipaddress.IPv4Address) -> Lease | None:
-        return self._lookup(self.by_subnet, ip)
-
-    def find_expired(self, ip: ipaddress.IPv4Address) -> Lease | None:
-        return self._lookup(self.expired, ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +97,12 @@ class Admission:
     path_faults: Mapping[ipaddress.IPv4Network, str] = field(default_factory=dict)  # from netcheck
 
     def reason_to_exclude(self, ip: str) -> tuple[str | None, Lease | None]:
-        try:
-            addr = ipaddress.IPv4Address(ip)
-        except ValueError:
+        addr = ipv4_int(ip)
+        if addr is None:
             return f"{ip!r} is not an IPv4 address", None
         if self.network is None:
             return "the flannel network is unknown (no network config in etcd)", None
-        if addr not in self.network:
+        if addr & int(self.network.netmask) != int(self.network.network_address):
             return f"outside the flannel network {self.network}", None
         lease = self.leases.find(addr)
         if lease is None:
@@ -87,7 +110,7 @@ class Admission:
             if gone is not None:
                 return f"flannel lease {gone.subnet} (node {gone.public_ip}) has expired", None
             return "no live flannel lease covers this address (node gone or lease expired)", None
-        fault = self.path_faults.get(lease.subnet)
+        fault = self.path_faults.get(lease.subnet) if self.path_faults else None
         if fault:
             return f"no kernel path to lease {lease.subnet}: {fault}", lease
         return None, lease
