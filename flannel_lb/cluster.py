@@ -1,20 +1,36 @@
 """The cluster state: every etcd key flannel-lb cares about, decoded into typed records and indexed.
 
 It is fed a full snapshot (`replace`) and then watch events (`put`/`delete`). A value that cannot be
-decoded never evicts anything else: it is recorded as a `Problem` under its key, and the key's
-previous good record is dropped (the object as stored is not what we last understood).
+decoded never evicts anything else: it is recorded as a `Problem` under its key, and the key keeps
+its last good record (a broken update never takes down what worked).
 Each change reports which services it touches, so the planner can re-plan only those.
+
+Legacy Endpoints objects are decoded lazily. kube-apiserver stores one next to the EndpointSlices
+of nearly every Service, but they are only read for a Service without slices (`endpoint_groups`).
+So an Endpoints value is kept as raw bytes, undecoded and unchecked, while its Service has slices,
+and decoded as soon as it has none (when the value arrives, or when the Service's last slice goes).
+Once a key holds a decoded record, its later values are decoded as they arrive, even while the
+Service has slices, so a bad update keeps the last good value exactly as for every other kind.
+By design:
+  - an Endpoints value that is never needed costs no decoding and no decoded memory, and if it is
+    bad it is not reported (nothing reads it); it is reported once its Service needs it;
+  - a bad value that arrived while unneeded, for a key without a decoded record, has no last good
+    value to fall back on when its Service loses its slices (the values before it were never
+    decoded): the Service then has no endpoints and the problem is reported, rather than serving
+    endpoints from an arbitrarily old value.
+`ClusterState(lazy_endpoints=False)` decodes every value as it arrives instead.
 """
 
 from __future__ import annotations
 
+import gc
 import ipaddress
-from collections import defaultdict
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flannel_lb.decode import flannel, objects
-from flannel_lb.decode.kube import DecodeError, EncryptedValueError, UnsupportedKindError, decode_value
+from flannel_lb.decode.kube import DecodeError, EncryptedValueError, UnsupportedKindError, decode_used
 from flannel_lb.desired import Problem
 from flannel_lb.model import EndpointGroup, Lease, NetworkConfig, Node, Service
 
@@ -59,16 +75,21 @@ class KeyLayout:
         if not key.startswith(k):
             return None
         parts = key[len(k) :].split("/")
-        match parts:
+        match parts:  # (namespaces repeat in every key of the namespace: one copy of each is kept)
             case ["services", "specs", ns, name]:
-                return ("service", ns, name)
+                return ("service", sys.intern(ns), name)
             case ["services", "endpoints", ns, name]:
-                return ("endpoints", ns, name)
+                return ("endpoints", sys.intern(ns), name)
             case ["endpointslices", ns, name]:
-                return ("slice", ns, name)
+                return ("slice", sys.intern(ns), name)
             case ["minions", name]:
                 return ("node", "", name)
         return None
+
+
+def _digest(value: bytes, expires: float | None) -> int:
+    """What `replace` compares to skip unchanged values (one int per key, not a tuple)."""
+    return hash(value) if expires is None else hash((value, expires))
 
 
 @dataclass(slots=True)
@@ -100,8 +121,11 @@ class ClusterState:
         subnet_manager: str = "etcd",
         annotation_prefix: str = "flannel.alpha.coreos.com",
         configured_network: ipaddress.IPv4Network | None = None,
+        lazy_endpoints: bool = True,
     ) -> None:
+        """`lazy_endpoints=False` decodes (and reports) every Endpoints value as it arrives."""
         self.layout = layout or KeyLayout()
+        self.lazy_endpoints = lazy_endpoints
         self.subnet_manager = subnet_manager
         self.annotation_prefix = annotation_prefix
         self.configured_network = configured_network
@@ -113,11 +137,14 @@ class ClusterState:
         self.network_config: NetworkConfig | None = None
         self.problems: dict[str, Problem] = {}
         self._slices: dict[str, tuple[EndpointGroup, ...]] = {}  # key -> groups
-        self._endpoints: dict[str, tuple[EndpointGroup, ...]] = {}
-        self._slices_by_service: dict[ServiceRef, set[str]] = defaultdict(set)
+        self._endpoints: dict[str, tuple[EndpointGroup, ...]] = {}  # decoded Endpoints: key -> groups
+        self._endpoints_raw: dict[str, bytes] = {}  # Endpoints not decoded yet (their Service has slices)
+        self._slices_by_service: dict[ServiceRef, tuple[str, ...]] = {}  # sorted slice keys, never empty
         self._slice_owner: dict[str, ServiceRef] = {}
         self._key_problems: dict[str, list[Problem]] = {}  # warnings about otherwise usable objects
-        self._seen: dict[str, tuple[int, float | None]] = {}  # key -> digest of the value last put
+        self._seen: dict[str, int] = {}  # key -> digest of the value (and expiry) last put
+        self._unsettled: set[ServiceRef] = set()  # Services whose raw Endpoints may be needed now
+        self._batch = False  # inside `replace`: settle once at the end, when every slice is in
 
     # --- feeding ---------------------------------------------------------------------------------
 
@@ -130,12 +157,25 @@ class ClusterState:
         """
         change = Change(set())
         present = set()
-        for key, value, expires in items:
-            present.add(key)
-            if self._seen.get(key) != (hash(value), expires):
-                change.merge(self.put(key, value, expires=expires))
-        for key in [k for k in self._seen if k not in present]:
-            change.merge(self.delete(key))
+        self._batch = True
+        gc_was_enabled = gc.isenabled()
+        # A snapshot builds ~10 objects per endpoint, all long-lived, and no reference cycles: the
+        # cyclic collector would walk the growing heap again and again for nothing (a fifth of the
+        # load at 10k Services). It runs again, as before, once the snapshot is in.
+        gc.disable()
+        try:
+            for key, value, expires in items:
+                present.add(key)
+                if self._seen.get(key) != _digest(value, expires):
+                    change.merge(self.put(key, value, expires=expires))
+            for key in [k for k in self._seen if k not in present]:
+                change.merge(self.delete(key))
+            self._batch = False
+            change = self._settle(change)
+        finally:
+            self._batch = False
+            if gc_was_enabled:
+                gc.enable()
         self.revision = revision
         return change
 
@@ -149,7 +189,19 @@ class ClusterState:
         if where is None:
             return Change(set())
         kind, ns, name = where
-        self._seen[key] = (hash(value), expires)
+        self._seen[key] = _digest(value, expires)
+        if kind == "endpoints" and self.lazy_endpoints and key not in self._endpoints:
+            # Not decoded until its Service needs it (see the module docstring); what was said
+            # about the key's previous value no longer applies.
+            self.problems.pop(key, None)
+            self._key_problems.pop(key, None)
+            self._endpoints_raw[key] = value
+            self._unsettled.add((ns, name))
+            return self._settle(Change(set()))
+        return self._settle(self._store(key, kind, ns, name, value, expires))
+
+    def _store(self, key: str, kind: str, ns: str, name: str, value: bytes, expires: float | None) -> Change:
+        """Decode and install one value, or report it (keeping the key's last good record)."""
         try:
             record, warnings = self._parse(kind, name, value, expires, key)
         except EncryptedValueError as e:
@@ -179,7 +231,24 @@ class ClusterState:
         self._seen.pop(key, None)
         if where is None:
             return Change(set())
-        return self._forget(key, *where)
+        return self._settle(self._forget(key, *where))
+
+    def _settle(self, change: Change) -> Change:
+        """Decode the raw Endpoints of every Service that `change` (or a deferred put) left without
+        slices; inside `replace` this waits for the end of the snapshot."""
+        if self._batch:
+            return change
+        refs = self._unsettled | change.services if self._unsettled else change.services
+        self._unsettled = set()
+        for ref in [r for r in refs if r not in self._slices_by_service]:
+            key = self._endpoints_key(ref)
+            value = self._endpoints_raw.pop(key, None)
+            if value is not None:
+                change.merge(self._store(key, "endpoints", *ref, value, None))
+        return change
+
+    def _endpoints_key(self, ref: ServiceRef) -> str:
+        return f"{self.layout.kube_prefix.rstrip('/')}/services/endpoints/{ref[0]}/{ref[1]}"
 
     def _reject(self, key: str, reason: str, kind: str) -> Change:
         reason = _bounded(reason)
@@ -208,7 +277,7 @@ class ClusterState:
             return flannel.parse_network_config(value), []
         if kind == "lease":
             return flannel.parse_lease(name, value, expires=expires, key=key), []
-        obj = decode_value(value, managed_fields=False)  # managedFields are most of a real object
+        obj = decode_used(value)  # only what the converters read: managedFields are most of a real object
         expected = _EXPECTED_KIND[kind]
         if obj.get("kind") != expected:
             raise DecodeError(
@@ -228,6 +297,8 @@ class ClusterState:
             return Change(set(), everything=True)
         if kind == "service":
             assert isinstance(record, Service)
+            if record.name == name:
+                name = record.name  # the record's copy of the name, rather than a second one
             self.services[(ns, name)] = record
             return Change({(ns, name)})
         if kind == "node":
@@ -255,7 +326,8 @@ class ClusterState:
             return Change(set())
         owner = (ns, service)
         self._slice_owner[key] = owner
-        self._slices_by_service[owner].add(key)
+        keys = self._slices_by_service.get(owner, ())
+        self._slices_by_service[owner] = tuple(sorted((*keys, key)))  # (it was forgotten first)
         return Change({owner})
 
     def _forget(self, key: str, kind: str, ns: str, name: str) -> Change:
@@ -274,14 +346,17 @@ class ClusterState:
             return Change({(ns, name)})
         if kind == "endpoints":
             self._endpoints.pop(key, None)
+            self._endpoints_raw.pop(key, None)
             return Change({(ns, name)})
         self._slices.pop(key, None)
         owner = self._slice_owner.pop(key, None)
         if owner is None:
             return Change(set())
-        self._slices_by_service[owner].discard(key)
-        if not self._slices_by_service[owner]:
-            del self._slices_by_service[owner]
+        rest = tuple(k for k in self._slices_by_service.get(owner, ()) if k != key)
+        if rest:
+            self._slices_by_service[owner] = rest
+        else:
+            self._slices_by_service.pop(owner, None)
         return Change({owner})
 
     # --- reading ---------------------------------------------------------------------------------
@@ -307,10 +382,9 @@ class ClusterState:
         """The service's endpoints: from its EndpointSlices when it has any, else from Endpoints."""
         keys = self._slices_by_service.get(ref)
         if keys:
-            return tuple(g for k in sorted(keys) for g in self._slices[k]), "EndpointSlices"
-        ns, name = ref
-        key = f"{self.layout.kube_prefix.rstrip('/')}/services/endpoints/{ns}/{name}"
-        return self._endpoints.get(key, ()), "Endpoints"
+            return tuple(g for k in keys for g in self._slices[k]), "EndpointSlices"
+        # a Service without slices never has raw Endpoints left (`_settle`): they are decoded
+        return self._endpoints.get(self._endpoints_key(ref), ()), "Endpoints"
 
     def all_problems(self) -> list[Problem]:
         out = list(self.problems.values())
@@ -334,5 +408,5 @@ class ClusterState:
         ns, name = ref
         k = self.layout.kube_prefix.rstrip("/")
         keys = [f"{k}/services/specs/{ns}/{name}", f"{k}/services/endpoints/{ns}/{name}"]
-        keys += sorted(self._slices_by_service.get(ref, ()))
+        keys += self._slices_by_service.get(ref, ())
         return keys

@@ -68,7 +68,6 @@ class Endpoint:
     terminating: bool = False
     node_name: str = ""
     hostname: str = ""
-    target: str = ""  # the pod name from targetRef, for humans
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """Fuzz flannel-lb's input path: every byte string etcd could hand over must be decoded or refused cleanly.
 
 Targets (the first input byte picks one, the rest is its input):
-  0 `decode_value` (both with and without managedFields): a dict, or DecodeError
+  0 `decode_value` (both with and without managedFields) and `decode_used`: a dict, or DecodeError;
+    when the full decode succeeds, the converters give the same result from either
   1 `parse_network_config`: a NetworkConfig, or FlannelError
   2 `parse_lease` (key name and value split at the first newline): a Lease, or FlannelError
   3 the object converters (`objects.service/endpoint_slice/endpoints/node`) on any JSON document: a
@@ -44,14 +45,14 @@ try:  # as a script with atheris: instrument the project's modules for coverage 
     with atheris.instrument_imports(include=["flannel_lb"]):
         from flannel_lb.cluster import MAX_REASON, ClusterState
         from flannel_lb.decode import flannel, objects
-        from flannel_lb.decode.kube import DecodeError, decode_value, encode_protobuf
+        from flannel_lb.decode.kube import DecodeError, decode_used, decode_value, encode_protobuf
         from flannel_lb.plan import PlanSettings, compute_plan
     HAVE_ATHERIS = True
 except ImportError:
     HAVE_ATHERIS = False
     from flannel_lb.cluster import MAX_REASON, ClusterState
     from flannel_lb.decode import flannel, objects
-    from flannel_lb.decode.kube import DecodeError, decode_value, encode_protobuf
+    from flannel_lb.decode.kube import DecodeError, decode_used, decode_value, encode_protobuf
     from flannel_lb.plan import PlanSettings, compute_plan
 
 from tests import kube_objects as k
@@ -63,7 +64,7 @@ NETWORK = b'{"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan"}}'
 KEYS = (
     "/registry/services/specs/default/fuzz",
     "/registry/endpointslices/default/fuzz-1",
-    "/registry/services/endpoints/default/fuzz",
+    "/registry/services/endpoints/default/legacy",  # a Service without slices: its Endpoints are decoded
     "/registry/minions/node-fuzz",
     "/coreos.com/network/subnets/10.246.9.0-24",
     "/coreos.com/network/config",
@@ -74,6 +75,13 @@ CONVERTERS: tuple[Callable[[Any], objects.Converted], ...] = (
     objects.endpoints,
     objects.node,
 )
+
+OWN_CONVERTER: dict[Any, Callable[[Any], objects.Converted]] = {
+    "Service": objects.service,
+    "EndpointSlice": objects.endpoint_slice,
+    "Endpoints": objects.endpoints,
+    "Node": objects.node,
+}
 
 SEEDS: tuple[bytes, ...] = (
     encode_protobuf(
@@ -107,14 +115,29 @@ def _state() -> ClusterState:
 
 def _decode(value: bytes) -> None:
     try:
+        used = decode_used(value)  # skips what it does not read: may accept what the full decode refuses
+    except DecodeError:
+        used = None
+    try:
         obj = decode_value(value)
         decode_value(value, managed_fields=False)
     except DecodeError:
         outcomes["decode:refused"] += 1
         return
-    assert isinstance(obj, dict)
+    assert isinstance(obj, dict) and isinstance(used, dict)
     outcomes["decode:ok"] += 1
     _convert(obj)
+    convert = OWN_CONVERTER.get(obj.get("kind"))  # (another kind's converter reads other fields)
+    if convert is not None:
+        assert _outcome(convert, used) == _outcome(convert, obj)
+
+
+def _outcome(convert: Callable[[Any], objects.Converted], obj: Any) -> Any:
+    try:
+        converted = convert(obj)
+    except objects.ObjectError as e:
+        return str(e)
+    return converted.obj, converted.warnings
 
 
 def _convert(obj: Any) -> None:

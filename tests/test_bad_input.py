@@ -56,6 +56,7 @@ LB = "192.168.121.201"
 FLANNEL = "/coreos.com/network"
 SVC = "/registry/services/specs/default/"
 SLICES = "/registry/endpointslices/default/"
+EPS = "/registry/services/endpoints/default/"
 NETWORK = b'{"Network": "10.246.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
 LEASES = {"10.246.1.0-24": "10.245.1.3", "10.246.2.0-24": "10.245.1.4"}
 
@@ -143,6 +144,11 @@ def _bad_slice_doc() -> dict[str, Any]:
     doc = k.endpoint_slice("eps-object", "good-a", [], [("web", 8080, "TCP")])
     doc["endpoints"] = {"addresses": ["10.246.1.2"]}
     return doc
+
+
+def _check_unread_endpoints(plan: Plan) -> None:
+    """good-a is served from its EndpointSlice: its (bad) Endpoints value is never decoded nor reported."""
+    assert not [p for p in plan.problems if p.key == EPS + "good-a"], plan.problems
 
 
 def _check_lease_outside(plan: Plan) -> None:
@@ -310,6 +316,22 @@ CATALOG: list[Case] = [
         [(f"{FLANNEL}/subnets/10.99.1.0-24", "lease", "lies outside the flannel network 10.246.0.0/16")],
         _check_lease_outside,
         {f"{LB}:95/TCP": []},
+    ),
+    Case(
+        # v1 Endpoints are only read for Services without EndpointSlices (decoded lazily)
+        "endpoints-without-slices",
+        {
+            SVC + "legacy": _service_json("legacy", ports=[k.port(99, name="web")]),
+            EPS + "legacy": encode_protobuf(
+                k.endpoints("legacy", [("10.246.1.9", "node-1")], [("web", 8099, "TCP")])
+            ),
+            SVC + "legacy-bad": _service_json("legacy-bad", ports=[k.port(89, name="web")]),
+            EPS + "legacy-bad": b"k8s:enc:aescbc:v1:key1:\x8a\x01\x02ciphertext",
+            EPS + "good-a": b"k8s\x00\x0a\xff\xff\xff\xff\x0f\x12\x03abc",
+        },
+        [(EPS + "legacy-bad", "encrypted", "aescbc")],
+        _check_unread_endpoints,
+        {f"{LB}:99/TCP": [("10.246.1.9", 8099)], f"{LB}:89/TCP": []},
     ),
     Case(
         "duplicated-endpoints",

@@ -21,14 +21,31 @@ from flannel_lb.decode.kube import (
     EncodeError,
     EncryptedValueError,
     UnsupportedKindError,
+    decode_used,
     decode_value,
     detect,
     encode_protobuf,
     format_time,
     parse_time,
 )
-from flannel_lb.decode.kube_schema import KINDS, MAP_TYPES, MESSAGES, Field, parse_schema
-from flannel_lb.decode.wire import MAX_DEPTH, WireError, encode_varint, write_bytes_field, write_varint_field
+from flannel_lb.decode.kube_schema import (
+    KINDS,
+    MAP_TYPES,
+    MESSAGES,
+    USED,
+    USED_FIELDS,
+    Field,
+    parse_schema,
+    parse_used,
+)
+from flannel_lb.decode.wire import (
+    MAX_DEPTH,
+    WireError,
+    encode_varint,
+    iter_fields,
+    write_bytes_field,
+    write_varint_field,
+)
 
 # --- upstream fixtures (kubernetes/api testdata; team-only, never copied into the project) ------
 
@@ -571,3 +588,157 @@ def test_arbitrary_bodies_of_supported_kinds_only_raise_decode_error(
 ) -> None:
     with contextlib.suppress(DecodeError):
         assert isinstance(decode_value(_envelope(*api_kind, body)), dict)
+
+
+# --- decode_used: only the fields the converters read -----------------------------------------------
+
+
+def _prune(obj: Any, message: str, used: dict[str, frozenset[str]]) -> Any:
+    """`obj` (message `message` in its JSON form) cut down to the fields `used` keeps."""
+    fields = {f.name: f for f in MESSAGES[message].values()}
+    out = {}
+    for name, value in obj.items():
+        if name not in used[message]:
+            continue
+        field = fields[name]
+        if field.is_message and field.type not in MAP_TYPES:
+            value = (
+                [_prune(v, field.type, used) for v in value]
+                if field.repeated
+                else _prune(value, field.type, used)
+            )
+        out[name] = value
+    return out
+
+
+def _used_form(obj: dict[str, Any]) -> dict[str, Any]:
+    """What decode_used yields for a protobuf value whose decode_value is `obj`."""
+    top = KINDS[(obj["apiVersion"], obj["kind"])]
+    body = {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+    return {"kind": obj["kind"], "apiVersion": obj["apiVersion"], **_prune(body, top, USED_FIELDS[top])}
+
+
+@pytest.mark.parametrize("path", _fixture_params())
+def test_fixture_decode_used_is_the_full_decode_pruned(path: Path | None) -> None:
+    data, want = _load(path)
+    assert decode_used(data) == _used_form(want)
+    assert decode_used(base64.b64encode(data)) == _used_form(want)
+    json_value = path.with_suffix(".json").read_bytes() if path else b""
+    lean = {**want, "metadata": {k: v for k, v in want["metadata"].items() if k != "managedFields"}}
+    assert decode_used(json_value) == lean  # JSON values are returned whole
+
+
+@pytest.mark.parametrize("path", _fixture_params())
+def test_fixture_truncations_raise_in_decode_used_too(path: Path | None) -> None:
+    data, want = _load(path)
+    trailer = len(data) - 4
+    for size in range(len(data)):
+        try:
+            got = decode_used(data[:size])
+        except DecodeError:
+            continue
+        assert size in (trailer, trailer + 2), f"prefix of {size} bytes decoded"
+        assert got == _used_form(want)
+
+
+@pytest.mark.parametrize("api_kind", sorted(SUPPORTED_KINDS), ids=lambda k: f"{k[0]}:{k[1]}")
+@_ROUND_TRIP_SETTINGS
+@given(data=st.data())
+def test_decode_used_is_the_full_decode_pruned(api_kind: tuple[str, str], data: st.DataObject) -> None:
+    obj = data.draw(_objects(*api_kind))
+    assert decode_used(encode_protobuf(obj)) == _used_form(obj)
+
+
+def test_decode_used_steps_over_unread_fields_without_looking_inside() -> None:
+    # metadata.ownerReferences (13) and spec.selector (2) hold garbage; nothing reads them
+    meta = _message((1, b"web"), (13, b"\xff\xff\xff"))
+    spec = _message((2, b"\x0a"), (3, b"10.0.0.1"))
+    value = _envelope("v1", "Service", _message((1, meta), (2, spec)))
+    with pytest.raises(DecodeError, match="malformed protobuf v1 Service"):
+        decode_value(value)
+    assert decode_used(value) == {
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {"name": "web"},
+        "spec": {"clusterIP": "10.0.0.1"},
+    }
+    # ... but their bounds and wire types are still checked
+    overrun = _envelope("v1", "Service", _message((1, meta)) + b"\x12\x05\x12\x09ab")
+    with pytest.raises(DecodeError, match="overruns"):
+        decode_used(overrun)
+    wrong_type = _envelope("v1", "Service", _message((1, _message((13, 5)))))
+    with pytest.raises(DecodeError, match="ObjectMeta field 13 has unexpected wire type 0"):
+        decode_used(wrong_type)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("kind core.v1.Bogus", "bad or duplicate kind"),
+        ("kind core.v1.Service\n  core.v1.Service metadata", "keeps core.v1.Service.metadata but not"),
+        ("kind core.v1.Service\n  core.v1.Service metdata", "has no field"),
+        ("kind core.v1.Service\n  core.v1.Service spec\n  core.v1.Service status", "repeated message"),
+        ("  core.v1.Service spec", "before the first kind"),
+        ("kind core.v1.Node\n  core.v1.NodeSpec podCIDR", "does not list its own message"),
+    ],
+)
+def test_used_fields_parser_rejects_mistakes(text: str, reason: str) -> None:
+    assert parse_used(USED, MESSAGES) == USED_FIELDS
+    with pytest.raises(ValueError, match=reason):
+        parse_used(text, MESSAGES)
+
+
+@settings(max_examples=500)
+@given(
+    api_version=st.sampled_from(["v1", "discovery.k8s.io/v1", "", "x" * 130]),
+    kind=st.sampled_from(["Service", "EndpointSlice", "", "K" * 140]),
+    raw=st.binary(max_size=200),
+    trailer=st.sampled_from(
+        [b"", b"\x1a\x00\x22\x00", b"\x1a\x00", b"\x22\x00", b"\x1a\x01x", b"\x22\x02ab"]
+    ),
+    cut=st.integers(0, 400),
+    flip=st.tuples(st.integers(4, 400), st.integers(0, 255)),
+)
+def test_envelope_fast_path_agrees_with_the_field_loop(
+    api_version: str, kind: str, raw: bytes, trailer: bytes, cut: int, flip: tuple[int, int]
+) -> None:
+    type_meta = _message((1, api_version.encode()), (2, kind.encode()))
+    value = bytearray(kube.PROTO_PREFIX + _message((1, type_meta), (2, raw)) + trailer)
+    if flip[0] < len(value):
+        value[flip[0]] ^= flip[1]
+    for data in (bytes(value), bytes(value[: max(4, len(value) - cut)])):
+        outcomes = []
+        for read in (kube._read_envelope, kube._read_envelope_fields):
+            try:
+                outcomes.append(read(data))
+            except kube.WireError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1]
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0, 2]), st.binary(max_size=140)), max_size=3).map(
+        lambda fs: b"".join(_message((n, v if t == 2 else len(v))) for n, t, v in fs)
+    ),
+    st.integers(0, 3),
+)
+def test_map_entries_read_in_place_or_field_by_field_alike(entry: bytes, cut: int) -> None:
+    entry = entry[: len(entry) - cut] if cut < len(entry) else entry
+
+    def field_by_field() -> tuple[str, str]:
+        key = value = ""
+        for number, wire_type, payload in iter_fields(entry):
+            if wire_type == 2 and number in (1, 2):
+                assert isinstance(payload, bytes)
+                text = payload.decode("utf-8", "replace")
+                key, value = (text, value) if number == 1 else (key, text)
+        return key, value
+
+    outcomes = []
+    for read in (lambda: kube._map_entry(entry, 0, len(entry), False), field_by_field):
+        try:
+            outcomes.append(read())
+        except kube.WireError:
+            outcomes.append("WireError")
+    assert outcomes[0] == outcomes[1]

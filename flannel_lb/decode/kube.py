@@ -17,11 +17,10 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
-from flannel_lb.decode.kube_schema import KINDS, MAP_TYPES, MESSAGES, Field
+from flannel_lb.decode.kube_schema import KINDS, MAP_TYPES, MESSAGES, USED_FIELDS, Field
 from flannel_lb.decode.wire import (
     LEN,
     MASK64,
@@ -45,6 +44,7 @@ __all__ = [
     "Encoding",
     "EncryptedValueError",
     "UnsupportedKindError",
+    "decode_used",
     "decode_value",
     "detect",
     "encode_protobuf",
@@ -160,8 +160,9 @@ _SCALAR_KINDS: Final = frozenset({_K_INT32, _K_INT64, _K_BOOL, _K_STRING, _K_BYT
 
 # Op codes fold kind, repetition and omitempty into one number so the hot loop takes a single
 # branch per field. Length-delimited ops are <= _OP_LEN_OTHER; the *_OTHER ops take a slow path.
-_OP_STR, _OP_STR_ALL, _OP_STR_REP, _OP_MSG, _OP_MSG_REP, _OP_LEN_OTHER = 0, 1, 2, 3, 4, 5
-_OP_BOOL, _OP_BOOL_ALL, _OP_INT32, _OP_INT64, _OP_VARINT_OTHER = 6, 7, 8, 9, 10
+# The _SKIP ops are known fields a table leaves out (`decode_used`): stepped over, nothing built.
+_OP_STR, _OP_STR_ALL, _OP_STR_REP, _OP_MSG, _OP_MSG_REP, _OP_SKIP_LEN, _OP_LEN_OTHER = 0, 1, 2, 3, 4, 5, 6
+_OP_BOOL, _OP_BOOL_ALL, _OP_INT32, _OP_INT64, _OP_VARINT_OTHER, _OP_SKIP_VARINT = 7, 8, 9, 10, 11, 12
 
 # json name, op, sub-table (messages), extra: emit-zero flag for ints, (kind, repeated, emit zero)
 # for the *_OTHER ops.
@@ -193,23 +194,36 @@ def _op(kind: int, repeated: bool, emit_zero: bool) -> int:
     return _OP_INT32 if kind == _K_INT32 else _OP_INT64
 
 
-def _compile(name: str, memo: dict[str, _Table], omit: frozenset[tuple[str, int]]) -> _Table:
+def _compile(
+    name: str,
+    memo: dict[str, _Table],
+    omit: frozenset[tuple[str, int]],
+    used: Mapping[str, frozenset[str]] | None = None,
+) -> _Table:
+    """Compile `name` and the messages it leads to. `used` (message -> json names): only those fields
+    are decoded; the message's other fields stay known (a wrong wire type is still an error) but
+    are skipped by their length, and the messages they lead to are not compiled."""
     table = memo.get(name)
     if table is not None:
         return table
     table = memo[name] = _Table(name)  # registered before recursing, so cycles terminate
+    keep = None if used is None else used[name]
     for field in MESSAGES[name].values():
         if (name, field.number) in omit:
             continue  # left out of both dicts: skipped like an unknown field
         kind = _K_MESSAGE if field.is_message else _KIND_CODES[field.type]
-        sub = _compile(field.type, memo, omit) if field.is_message else None
+        wire_type = VARINT if kind <= _K_BOOL else LEN
+        table.numbers.add(field.number)
+        if keep is not None and field.name not in keep:
+            skip = _OP_SKIP_VARINT if wire_type == VARINT else _OP_SKIP_LEN
+            table.specs[field.number << 3 | wire_type] = (field.name, skip, None, None)
+            continue
+        sub = _compile(field.type, memo, omit, used) if field.is_message else None
         # Wrapped values that are JSON null (a zero Time) are dropped by the decoder returning None.
         emit_zero = kind not in _SCALAR_KINDS or field.pointer or field.keep_zero
         op = _op(kind, field.repeated, emit_zero)
         extra = emit_zero if op in (_OP_INT32, _OP_INT64) else (kind, field.repeated, emit_zero)
-        wire_type = VARINT if kind <= _K_BOOL else LEN
         table.specs[field.number << 3 | wire_type] = (field.name, op, sub, extra)
-        table.numbers.add(field.number)
     return table
 
 
@@ -218,8 +232,14 @@ def _compile_kinds(omit: frozenset[tuple[str, int]]) -> dict[tuple[str, str], _T
     return {api_kind: _compile(top, memo, omit) for api_kind, top in KINDS.items()}
 
 
+def _compile_used() -> dict[tuple[str, str], _Table]:
+    """One table set per kind: the kinds keep different ObjectMeta fields."""
+    return {api_kind: _compile(top, {}, frozenset(), USED_FIELDS[top]) for api_kind, top in KINDS.items()}
+
+
 _TABLES: Final = _compile_kinds(frozenset())
 _TABLES_NO_MANAGED: Final = _compile_kinds(frozenset({("meta.v1.ObjectMeta", 17)}))
+_TABLES_USED: Final = _compile_used()
 _TYPE_META: Final = _compile("runtime.TypeMeta", {}, frozenset())
 
 
@@ -233,9 +253,14 @@ def _decode(buf: bytes, pos: int, end: int, table: _Table, depth: int) -> dict[s
     out: dict[str, Any] = {}
     specs = table.specs
     while pos < end:
+        # Tags and lengths are varints, read inline when they take 1 or 2 bytes (fields up to 2047,
+        # lengths up to 16383): what nearly every field of a Kubernetes object takes.
         tag = buf[pos]
         if tag < 0x80:
             pos += 1
+        elif pos + 1 < end and buf[pos + 1] < 0x80:
+            tag = (tag & 0x7F) | buf[pos + 1] << 7
+            pos += 2
         else:
             tag, pos = read_varint(buf, pos, end)
         try:
@@ -243,12 +268,15 @@ def _decode(buf: bytes, pos: int, end: int, table: _Table, depth: int) -> dict[s
         except KeyError:
             pos = _skip_unknown(buf, pos, end, tag, table)
             continue
-        # Varint value or length prefix: both are a varint, read inline for the 1-byte case.
+        # Varint value or length prefix: both are a varint.
         if pos >= end:
             raise WireError(f"truncated {table.name}.{name} at offset {pos}")
         value = buf[pos]
         if value < 0x80:
             pos += 1
+        elif pos + 1 < end and buf[pos + 1] < 0x80:
+            value = (value & 0x7F) | buf[pos + 1] << 7
+            pos += 2
         else:
             value, pos = read_varint(buf, pos, end)
         if op <= _OP_LEN_OTHER:
@@ -263,13 +291,20 @@ def _decode(buf: bytes, pos: int, end: int, table: _Table, depth: int) -> dict[s
                     out[name] = buf[pos:stop].decode("utf-8", "replace")
             elif op == _OP_MSG:
                 out[name] = _decode(buf, pos, stop, sub, depth + 1)  # type: ignore[arg-type]
-            elif op == _OP_MSG_REP:
-                _append(out, name, _decode(buf, pos, stop, sub, depth + 1))  # type: ignore[arg-type]
-            elif op == _OP_STR_REP:
-                _append(out, name, buf[pos:stop].decode("utf-8", "replace"))
+            elif op in (_OP_MSG_REP, _OP_STR_REP):  # _append, inlined: the hottest ops
+                item: Any
+                if op == _OP_MSG_REP:
+                    item = _decode(buf, pos, stop, sub, depth + 1)  # type: ignore[arg-type]
+                else:
+                    item = buf[pos:stop].decode("utf-8", "replace")
+                items = out.get(name)
+                if items is None:
+                    out[name] = [item]
+                else:
+                    items.append(item)
             elif op == _OP_STR_ALL:
                 out[name] = buf[pos:stop].decode("utf-8", "replace")
-            else:
+            elif op != _OP_SKIP_LEN:
                 _decode_len_other(out, name, buf, pos, stop, extra)
             pos = stop
         elif op == _OP_BOOL_ALL:
@@ -277,6 +312,8 @@ def _decode(buf: bytes, pos: int, end: int, table: _Table, depth: int) -> dict[s
         elif op == _OP_BOOL:
             if value:
                 out[name] = True
+        elif op == _OP_SKIP_VARINT:
+            pass
         elif op == _OP_VARINT_OTHER:
             _decode_varint_other(out, name, value, extra)
         else:
@@ -346,6 +383,20 @@ def _string_field(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
 
 
 def _map_entry(buf: bytes, pos: int, end: int, quantity: bool) -> tuple[str, Any]:
+    # The usual entry, key then string value with 1-byte lengths, read in place; the loop below
+    # gives the same for it and handles everything else.
+    if not quantity and end - pos >= 4 and buf[pos] == 0x0A and buf[pos + 1] < 0x80:
+        key_end = pos + 2 + buf[pos + 1]
+        if (
+            key_end + 2 <= end
+            and buf[key_end] == 0x12
+            and buf[key_end + 1] < 0x80
+            and key_end + 2 + buf[key_end + 1] == end
+        ):
+            return (
+                buf[pos + 2 : key_end].decode("utf-8", "replace"),
+                buf[key_end + 2 : end].decode("utf-8", "replace"),
+            )
     key = ""
     value = "0" if quantity else ""  # a missing Quantity is the zero quantity, printed "0"
     while pos < end:
@@ -446,16 +497,49 @@ def _intorstring(buf: bytes, pos: int, end: int) -> int | str:
     raise WireError(f"IntOrString before offset {end} has impossible type {type_}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Envelope:
+class _Envelope(NamedTuple):
     api_version: str
     kind: str
     raw_start: int
     raw_stop: int
 
 
+# What kube-apiserver writes after ``raw``: empty contentEncoding and contentType (or nothing).
+_PLAIN_TRAILERS: Final = (b"\x1a\x00\x22\x00", b"", b"\x1a\x00", b"\x22\x00")
+
+
 def _read_envelope(data: bytes) -> _Envelope:
     """Parse the runtime.Unknown after the 4-byte prefix without copying ``raw``."""
+    end = len(data)
+    # The layout kube-apiserver writes (typeMeta with short apiVersion and kind, raw, the empty
+    # trailer) read in place; anything else takes the general loop below, which gives the same
+    # result for this layout.
+    if end > 10 and data[4] == 0x0A and data[5] < 0x80 and data[6] == 0x0A and 0 < data[7] < 0x80:
+        type_end = 6 + data[5]
+        version_end = 8 + data[7]
+        if (
+            version_end + 2 < type_end < end
+            and data[version_end] == 0x12
+            and data[version_end + 1] < 0x80
+            and version_end + 2 + data[version_end + 1] == type_end
+            and data[type_end] == 0x12
+        ):
+            try:
+                length, start = read_varint(data, type_end + 1, end)
+            except WireError:
+                return _read_envelope_fields(data)  # which says what is wrong
+            if start + length <= end and data[start + length :] in _PLAIN_TRAILERS:
+                return _Envelope(
+                    data[8:version_end].decode("utf-8", "replace"),
+                    data[version_end + 2 : type_end].decode("utf-8", "replace"),
+                    start,
+                    start + length,
+                )
+    return _read_envelope_fields(data)
+
+
+def _read_envelope_fields(data: bytes) -> _Envelope:
+    """`_read_envelope` for any layout: field by field, the last of a repeated field wins."""
     pos, end = len(PROTO_PREFIX), len(data)
     type_meta: dict[str, Any] = {}
     raw: tuple[int, int] | None = None
@@ -542,9 +626,29 @@ def decode_value(value: bytes, *, managed_fields: bool = True) -> dict[str, Any]
     ``managed_fields=False`` leaves out ``metadata.managedFields``, the costliest part to decode and
     useless to flannel-lb. Raises :class:`DecodeError` (or a subclass), never anything else.
     """
+    return _decode_value(value, _TABLES if managed_fields else _TABLES_NO_MANAGED, managed_fields)
+
+
+def decode_used(value: bytes) -> dict[str, Any]:
+    """:func:`decode_value` (``managed_fields=False``) for flannel-lb's own use: the fields the object
+    converters (:mod:`flannel_lb.decode.objects`) read, and nothing else.
+
+    A protobuf value keeps only the fields listed in :data:`~flannel_lb.decode.kube_schema.USED`;
+    every other field is stepped over by its length, without building anything for it or looking
+    inside, so a malformed field that nothing reads is not an error (its bounds and wire type still
+    are). JSON values are returned whole, as :func:`decode_value` returns them (less managedFields).
+    The converters give the same records for both forms. Raises :class:`DecodeError` like
+    :func:`decode_value`.
+    """
+    return _decode_value(value, _TABLES_USED, False)
+
+
+def _decode_value(
+    value: bytes, tables: Mapping[tuple[str, str], _Table], managed_fields: bool
+) -> dict[str, Any]:
     encoding, data = _classify(value if isinstance(value, bytes) else bytes(value))
     if encoding == "protobuf":
-        return _decode_protobuf(data, _TABLES if managed_fields else _TABLES_NO_MANAGED)
+        return _decode_protobuf(data, tables)
     if encoding == "json":
         obj = _decode_json(data)
         if not managed_fields:

@@ -422,3 +422,97 @@ def parse_schema(text: str) -> dict[str, dict[int, Field]]:
 
 MESSAGES: dict[str, dict[int, Field]] = parse_schema(SCHEMA)
 """Message name -> field number -> Field."""
+
+
+# What flannel_lb.decode.objects reads, per top-level message (a kind): `<message> <jsonName>...`.
+# `kube.decode_used` decodes only these fields and skips every other one by its length, without
+# building anything for it or looking inside (managedFields, ownerReferences, targetRef, selector,
+# status.conditions, a Node's images, ...). Every message a kept field leads to must be listed.
+# Keep in step with objects.py: a field read there but missing here would silently read as absent.
+USED = """
+kind core.v1.Service
+  meta.v1.ObjectMeta             name namespace uid creationTimestamp labels annotations
+  core.v1.Service                metadata spec status
+  core.v1.ServiceSpec            ports clusterIP type externalIPs sessionAffinity loadBalancerIP
+                                 externalTrafficPolicy sessionAffinityConfig clusterIPs
+  core.v1.ServicePort            name protocol port targetPort nodePort
+  core.v1.SessionAffinityConfig  clientIP
+  core.v1.ClientIPConfig         timeoutSeconds
+  core.v1.ServiceStatus          loadBalancer
+  core.v1.LoadBalancerStatus     ingress
+  core.v1.LoadBalancerIngress    ip
+
+kind core.v1.Endpoints
+  meta.v1.ObjectMeta             name namespace
+  core.v1.Endpoints              metadata subsets
+  core.v1.EndpointSubset         addresses notReadyAddresses ports
+  core.v1.EndpointAddress        ip hostname nodeName
+  core.v1.EndpointPort           name port protocol
+
+kind core.v1.Node
+  meta.v1.ObjectMeta             name annotations
+  core.v1.Node                   metadata spec status
+  core.v1.NodeSpec               podCIDR unschedulable podCIDRs
+  core.v1.NodeStatus             addresses
+  core.v1.NodeAddress            type address
+
+kind discovery.v1.EndpointSlice
+  meta.v1.ObjectMeta             name namespace labels
+  discovery.v1.EndpointSlice     metadata endpoints ports addressType
+  discovery.v1.Endpoint          addresses conditions hostname nodeName
+  discovery.v1.EndpointConditions  ready serving terminating
+  discovery.v1.EndpointPort      name protocol port
+
+kind discovery.v1beta1.EndpointSlice
+  meta.v1.ObjectMeta             name namespace labels
+  discovery.v1beta1.EndpointSlice  metadata endpoints ports addressType
+  discovery.v1beta1.Endpoint     addresses conditions hostname topology nodeName
+  discovery.v1.EndpointConditions  ready serving terminating
+  discovery.v1.EndpointPort      name protocol port
+"""
+
+
+def parse_used(text: str, messages: dict[str, dict[int, Field]]) -> dict[str, dict[str, frozenset[str]]]:
+    """Parse USED: top-level message -> message -> json names kept; raise ValueError on any mistake."""
+    out: dict[str, dict[str, frozenset[str]]] = {}
+    current: dict[str, frozenset[str]] | None = None
+    last = ""
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0]
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "kind":
+            if len(words) != 2 or words[1] in out or words[1] not in messages:
+                raise ValueError(f"used fields line {lineno}: bad or duplicate kind {line.strip()!r}")
+            current = out[words[1]] = {}
+            last = ""
+            continue
+        if current is None:
+            raise ValueError(f"used fields line {lineno}: fields before the first kind")
+        if "." not in words[0] and last:
+            current[last] = current[last] | frozenset(words)  # field names only: a continuation line
+        elif words[0] in current or words[0] not in messages:
+            raise ValueError(f"used fields line {lineno}: unknown or repeated message {words[0]!r}")
+        else:
+            last = words[0]
+            current[last] = frozenset(words[1:])
+        names = {f.name for f in messages[last].values()}
+        if not current[last] <= names:
+            unknown = sorted(current[last] - names)
+            raise ValueError(f"used fields line {lineno}: {last} has no field(s) {', '.join(unknown)}")
+    for top, kept in out.items():
+        if top not in kept:
+            raise ValueError(f"used fields: kind {top} does not list its own message")
+        for message, fields in kept.items():
+            for field in messages[message].values():
+                if field.name in fields and field.is_message and field.type not in kept:
+                    raise ValueError(f"used fields: {top} keeps {message}.{field.name} but not {field.type}")
+    for top in KINDS.values():
+        if top not in out:
+            raise ValueError(f"used fields: no entry for kind {top}")
+    return out
+
+
+USED_FIELDS: dict[str, dict[str, frozenset[str]]] = parse_used(USED, MESSAGES)
+"""Top-level message -> message -> json names of the fields flannel-lb's converters read."""

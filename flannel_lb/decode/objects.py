@@ -2,14 +2,24 @@
 
 One converter per kind, shared by protobuf and JSON values. Input is untrusted: a wrong type raises
 ObjectError; a single bad port or address is dropped and reported, so the rest of the object is used.
+
+The records are what the agent keeps for every Service and endpoint, so they are kept small: strings
+that repeat across objects (namespaces, node names, port names, protocols) are interned, identical
+port lists of EndpointSlices are shared, and an address string that is already a canonical IPv4
+address is kept as it is. The fields read here are listed in `kube_schema.USED`, which
+`kube.decode_used` decodes (and nothing else).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from flannel_lb.model import (
@@ -25,6 +35,16 @@ from flannel_lb.model import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# kubectl apply's copy of the whole object: often the largest annotation, never read (the exposure
+# policy's annotation must be "true", which this JSON document never is), so it is not kept.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+# The strings ipaddress.IPv4Address accepts (four decimal octets, no leading zeros) are exactly the
+# canonical ones, so a match is its own normal form. ASCII digits only, as ipaddress requires.
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_is_ipv4 = _IPV4.fullmatch
 
 
 class ObjectError(ValueError):
@@ -37,6 +57,11 @@ class Converted:
     warnings: list[str] = field(default_factory=list)
 
 
+def _intern(text: str) -> str:
+    """One shared copy of a string that repeats across objects (str subclasses cannot be interned)."""
+    return sys.intern(text) if type(text) is str else text
+
+
 def _path(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -44,7 +69,7 @@ def _path(where: str, key: str) -> str:
 def _map(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     v = parent.get(key)
     if v is None:
-        return {}
+        return _EMPTY
     if not isinstance(v, Mapping):
         raise ObjectError(f"{_path(where, key)} must be an object, got {type(v).__name__}")
     return v
@@ -68,11 +93,14 @@ def _str(parent: Mapping[str, Any], key: str, where: str, default: str = "") -> 
     return v
 
 
-def _strmap(parent: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+def _strmap(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, str]:
+    """A string map, copied (or a shared empty one): keys are interned, they repeat across objects."""
     m = _map(parent, key, where)
+    if not m:
+        return _EMPTY
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
         raise ObjectError(f"{_path(where, key)} must map strings to strings")
-    return dict(m)
+    return {_intern(k): v for k, v in m.items()}
 
 
 def _int(v: Any) -> int | None:
@@ -90,12 +118,19 @@ def _timestamp(v: Any) -> float | None:
 
 def _metadata(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, str]:
     meta = _map(obj, "metadata", "")
-    return meta, _str(meta, "namespace", "metadata"), _str(meta, "name", "metadata")
+    return meta, _intern(_str(meta, "namespace", "metadata")), _str(meta, "name", "metadata")
+
+
+def _interned(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(map(_intern, values)) if values else ()
 
 
 def _ipv4_list(values: list[Any], where: str, warnings: list[str]) -> tuple[str, ...]:
     out = []
     for v in values:
+        if type(v) is str and _is_ipv4(v):
+            out.append(v)  # already canonical: no need to build an IPv4Address and a new string
+            continue
         if not isinstance(v, str):
             warnings.append(f"{where}: {v!r} is not an IP address string; ignored")
             continue
@@ -119,8 +154,8 @@ def service(obj: Mapping[str, Any]) -> Converted:
         where = f"spec.ports[{i}]"
         if not isinstance(p, Mapping):
             raise ObjectError(f"{where} must be an object")
-        port_name = _str(p, "name", where)
-        protocol = _str(p, "protocol", where, "TCP") or "TCP"
+        port_name = _intern(_str(p, "name", where))
+        protocol = _intern(_str(p, "protocol", where, "TCP") or "TCP")
         port = _int(p.get("port"))
         label = f"{where} ({port_name or '-'})"
         if protocol not in PROTOCOLS:
@@ -148,25 +183,39 @@ def service(obj: Mapping[str, Any]) -> Converted:
     ]
     cluster_ips = _list(spec, "clusterIPs", "spec") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
     lb_ip = _str(spec, "loadBalancerIP", "spec")
+    # (evaluated in the order of the fields, so an object with several faults reports the same one)
+    uid = _str(meta, "uid", "metadata")
+    created = _timestamp(meta.get("creationTimestamp"))
+    type_ = _intern(_str(spec, "type", "spec", "ClusterIP") or "ClusterIP")
+    # the LB's own addresses are claimed by every exposed Service: one copy each
+    external_ips = _interned(_ipv4_list(_list(spec, "externalIPs", "spec"), "spec.externalIPs", warnings))
+    load_balancer_ip = (
+        _intern((_ipv4_list([lb_ip], "spec.loadBalancerIP", warnings) or ("",))[0]) if lb_ip else ""
+    )
+    ingress_ips = _interned(_ipv4_list(ingress, "status.loadBalancer.ingress", warnings))
+    session_affinity = _intern(_str(spec, "sessionAffinity", "spec", "None") or "None")
+    external_traffic_policy = _intern(_str(spec, "externalTrafficPolicy", "spec"))
+    labels = _strmap(meta, "labels", "metadata")
+    annotations = _strmap(meta, "annotations", "metadata")
+    if LAST_APPLIED in annotations:
+        annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     return Converted(
         Service(
             namespace=ns,
             name=name,
-            uid=_str(meta, "uid", "metadata"),
-            created=_timestamp(meta.get("creationTimestamp")),
-            type=_str(spec, "type", "spec", "ClusterIP") or "ClusterIP",
+            uid=uid,
+            created=created,
+            type=type_,
             cluster_ips=tuple(c for c in cluster_ips if isinstance(c, str)),
-            external_ips=_ipv4_list(_list(spec, "externalIPs", "spec"), "spec.externalIPs", warnings),
-            load_balancer_ip=(_ipv4_list([lb_ip], "spec.loadBalancerIP", warnings) or ("",))[0]
-            if lb_ip
-            else "",
-            ingress_ips=_ipv4_list(ingress, "status.loadBalancer.ingress", warnings),
+            external_ips=external_ips,
+            load_balancer_ip=load_balancer_ip,
+            ingress_ips=ingress_ips,
             ports=tuple(ports),
-            session_affinity=_str(spec, "sessionAffinity", "spec", "None") or "None",
+            session_affinity=session_affinity,
             affinity_timeout=timeout,
-            external_traffic_policy=_str(spec, "externalTrafficPolicy", "spec"),
-            labels=_strmap(meta, "labels", "metadata"),
-            annotations=_strmap(meta, "annotations", "metadata"),
+            external_traffic_policy=external_traffic_policy,
+            labels=labels,
+            annotations=annotations,
         ),
         warnings,
     )
@@ -181,44 +230,82 @@ def _endpoint_ports(items: list[Any], where: str, warnings: list[str]) -> tuple[
         if port is not None and not 1 <= port <= 65535:
             warnings.append(f"{where}[{i}]: port {port} is not in 1-65535; ignored")
             continue
-        out.append(EndpointPort(_str(p, "name", where), port, _str(p, "protocol", where, "TCP") or "TCP"))
-    return tuple(out)
+        name = _intern(_str(p, "name", where))
+        out.append(EndpointPort(name, port, _intern(_str(p, "protocol", where, "TCP") or "TCP")))
+    return _shared_ports(tuple(out))
 
 
-def _target_name(ref: Any) -> str:
-    return ref.get("name", "") if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) else ""
+@lru_cache(maxsize=1024)
+def _shared_ports(ports: tuple[EndpointPort, ...]) -> tuple[EndpointPort, ...]:
+    """The first equal port list seen: the slices of most Services carry the same few lists."""
+    return ports
+
+
+def _slice_endpoint(e: Any, where: str, address_type: str, warnings: list[str]) -> Endpoint:
+    if not isinstance(e, Mapping):
+        raise ObjectError(f"{where} must be an object")
+    cond = _map(e, "conditions", where)
+    ready = cond.get("ready") is not False  # nil ready means ready (discovery/v1 types.go)
+    serving = cond.get("serving") if isinstance(cond.get("serving"), bool) else ready
+    terminating = cond.get("terminating") is True
+    topology = _strmap(e, "topology", where)  # v1beta1 before 1.20 kept the node here
+    node = _str(e, "nodeName", where) or topology.get("kubernetes.io/hostname", "")
+    addresses = _list(e, "addresses", where)
+    if address_type == "IPv4":
+        addresses = list(_ipv4_list(addresses, f"{where}.addresses", warnings))
+    return Endpoint(
+        addresses=tuple(a for a in addresses if isinstance(a, str)),
+        ready=ready,
+        serving=bool(serving),
+        terminating=terminating,
+        node_name=_intern(node),
+        hostname=_str(e, "hostname", where),
+    )
+
+
+def _plain_slice_endpoint(e: Any, ipv4: bool) -> Endpoint | None:
+    """`_slice_endpoint` for the usual shape (plain types, canonical addresses, no v1beta1 topology),
+    without building paths for messages that are not needed; None for anything else, which then
+    takes the careful path (and gets its warnings or its error there)."""
+    if type(e) is not dict:
+        return None
+    cond = e.get("conditions")
+    if cond is None:
+        ready = serving = True
+        terminating = False
+    elif type(cond) is dict:
+        ready = cond.get("ready") is not False
+        serving = cond.get("serving", ready)
+        if type(serving) is not bool:
+            serving = ready
+        terminating = cond.get("terminating") is True
+    else:
+        return None
+    node = e.get("nodeName", "")
+    hostname = e.get("hostname", "")
+    addresses = e.get("addresses")
+    if type(node) is not str or type(hostname) is not str or type(addresses) is not list or "topology" in e:
+        return None  # (an explicit null nodeName or hostname, too)
+    if ipv4:
+        for a in addresses:
+            if type(a) is not str or not _is_ipv4(a):
+                return None
+        addrs = tuple(addresses)
+    else:
+        addrs = tuple(a for a in addresses if isinstance(a, str))
+    return Endpoint(addrs, ready, serving, terminating, _intern(node), hostname)
 
 
 def endpoint_slice(obj: Mapping[str, Any]) -> Converted:
     meta, ns, name = _metadata(obj)
     labels = _strmap(meta, "labels", "metadata")
     warnings: list[str] = []
-    address_type = _str(obj, "addressType", "", "IPv4")
+    address_type = _intern(_str(obj, "addressType", "", "IPv4"))
+    ipv4 = address_type == "IPv4"
     endpoints = []
     for i, e in enumerate(_list(obj, "endpoints", "")):
-        where = f"endpoints[{i}]"
-        if not isinstance(e, Mapping):
-            raise ObjectError(f"{where} must be an object")
-        cond = _map(e, "conditions", where)
-        ready = cond.get("ready") is not False  # nil ready means ready (discovery/v1 types.go)
-        serving = cond.get("serving") if isinstance(cond.get("serving"), bool) else ready
-        terminating = cond.get("terminating") is True
-        topology = _strmap(e, "topology", where)  # v1beta1 before 1.20 kept the node here
-        node = _str(e, "nodeName", where) or topology.get("kubernetes.io/hostname", "")
-        addresses = _list(e, "addresses", where)
-        if address_type == "IPv4":
-            addresses = list(_ipv4_list(addresses, f"{where}.addresses", warnings))
-        endpoints.append(
-            Endpoint(
-                addresses=tuple(a for a in addresses if isinstance(a, str)),
-                ready=ready,
-                serving=bool(serving),
-                terminating=terminating,
-                node_name=node,
-                hostname=_str(e, "hostname", where),
-                target=_target_name(e.get("targetRef")),
-            )
-        )
+        ep = _plain_slice_endpoint(e, ipv4)
+        endpoints.append(ep or _slice_endpoint(e, f"endpoints[{i}]", address_type, warnings))
     group = EndpointGroup(
         namespace=ns,
         service=labels.get(SERVICE_NAME_LABEL, ""),
@@ -228,6 +315,33 @@ def endpoint_slice(obj: Mapping[str, Any]) -> Converted:
         endpoints=tuple(endpoints),
     )
     return Converted((group,), warnings)
+
+
+def _address(a: Any, ready: bool, where: str, j: int, key: str, warnings: list[str]) -> Endpoint | None:
+    if not isinstance(a, Mapping):
+        raise ObjectError(f"{where}.{key}[{j}] must be an object")
+    ips = _ipv4_list([a.get("ip")], f"{where}.{key}[{j}].ip", warnings)
+    if not ips:
+        return None
+    return Endpoint(
+        addresses=ips,
+        ready=ready,
+        serving=ready,
+        node_name=_intern(_str(a, "nodeName", where)),
+        hostname=_str(a, "hostname", where),
+    )
+
+
+def _plain_address(a: Any, ready: bool) -> Endpoint | None:
+    """`_address` for the usual shape (see `_plain_slice_endpoint`); None: take the careful path."""
+    if type(a) is not dict:
+        return None
+    ip = a.get("ip")
+    node = a.get("nodeName", "")
+    hostname = a.get("hostname", "")
+    if type(ip) is not str or type(node) is not str or type(hostname) is not str or not _is_ipv4(ip):
+        return None
+    return Endpoint((ip,), ready, ready, False, _intern(node), hostname)
 
 
 def endpoints(obj: Mapping[str, Any]) -> Converted:
@@ -242,20 +356,9 @@ def endpoints(obj: Mapping[str, Any]) -> Converted:
         eps = []
         for key, ready in (("addresses", True), ("notReadyAddresses", False)):
             for j, a in enumerate(_list(subset, key, where)):
-                if not isinstance(a, Mapping):
-                    raise ObjectError(f"{where}.{key}[{j}] must be an object")
-                ips = _ipv4_list([a.get("ip")], f"{where}.{key}[{j}].ip", warnings)
-                if ips:
-                    eps.append(
-                        Endpoint(
-                            addresses=ips,
-                            ready=ready,
-                            serving=ready,
-                            node_name=_str(a, "nodeName", where),
-                            hostname=_str(a, "hostname", where),
-                            target=_target_name(a.get("targetRef")),
-                        )
-                    )
+                ep = _plain_address(a, ready) or _address(a, ready, where, j, key, warnings)
+                if ep is not None:
+                    eps.append(ep)
         groups.append(
             EndpointGroup(
                 namespace=ns,
