@@ -362,14 +362,17 @@ class Agent:
                 self.metrics.conntrack_deleted.inc(cleared.deleted + cleared.unnatted)
             except Exception as e:
                 log.warning("conntrack_cleanup_failed", error=repr(e))
+        backends, excluded = _tally(plan)
         self._record(plan, result, kind, time.perf_counter() - started, now - since if change else None)
+        self.metrics.backends.set(backends)
+        self._record_excluded(excluded)
         log.info(
             "sync",
             mode=result.mode,
             revision=plan.revision,
             frontends=len(plan.frontends),
-            backends=sum(len(f.backends) for f in plan.frontends),
-            excluded=sum(len(f.excluded) for f in plan.frontends),
+            backends=backends,
+            excluded=sum(excluded.values()),
             problems=len(plan.problems),
             conflicts=len(plan.conflicts),
             changed=result.summary(),
@@ -385,6 +388,11 @@ class Agent:
             self._ready_sent = True
             self.notifier.ready(f"serving {len(plan.frontends)} frontends")
         return result
+
+    def _record_excluded(self, reasons: dict[str, int]) -> None:
+        self.metrics.excluded.clear()
+        for label, n in reasons.items():
+            self.metrics.excluded.labels(label).set(n)
 
     def _report_held(self, plan: Plan) -> None:
         held, was = set(self.planner.held), self._held
@@ -405,17 +413,8 @@ class Agent:
             m.programming_seconds.observe(latency)
         m.last_sync.set(time.time())
         m.frontends.set(len(plan.frontends))
-        m.backends.set(sum(len(f.backends) for f in plan.frontends))
         m.conflicts.set(len(plan.conflicts))
         m.denied.set(len(plan.denied))
-        reasons: dict[str, int] = {}
-        for f in plan.frontends:
-            for e in f.excluded:
-                label = _reason_label(e.reason)
-                reasons[label] = reasons.get(label, 0) + 1
-        m.excluded.clear()
-        for label, n in reasons.items():
-            m.excluded.labels(label).set(n)
         kinds: dict[str, int] = {}
         for p in plan.problems:
             kinds[p.kind] = kinds.get(p.kind, 0) + 1
@@ -433,6 +432,18 @@ class Agent:
         if result is None:
             raise RuntimeError("the sync failed; see the log for iptables' message")
         return result
+
+
+def _tally(plan: Plan) -> tuple[int, dict[str, int]]:
+    """Backends over all frontends, and excluded endpoints by reason label: one pass over the plan."""
+    backends = 0
+    reasons: dict[str, int] = {}
+    for f in plan.frontends:
+        backends += len(f.backends)
+        for e in f.excluded:
+            label = _reason_label(e.reason)
+            reasons[label] = reasons.get(label, 0) + 1
+    return backends, reasons
 
 
 _REASON_LABELS = (

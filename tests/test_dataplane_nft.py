@@ -227,12 +227,29 @@ def test_failed_transaction_changes_nothing_and_next_sync_is_full(lab: Lab, base
     assert w.sync(make_plan(3)).mode == "partial"
 
 
+def test_adopted_table_keeps_its_leftover_balance_chains(lab: Lab, baseline: list[str]) -> None:
+    w = writer(lab)
+    w.sync(make_plan())  # balance-3-*
+    w.sync(make_plan(2, web=("pod1", "pod2")))  # adds balance-2-tcp; balance-3-tcp stays unused
+    restarted = writer(lab)
+    assert restarted.sync(make_plan(2, web=("pod1", "pod2"))).mode == "adopt"
+    back = restarted.sync(make_plan(3))  # balance-3-tcp is there already: elements only
+    assert back.mode == "partial" and "chain ip flb balance" not in back.text
+    assert "rule ip flb balance" not in back.text
+    assert not restarted.drift(restarted.read_kernel(), restarted.builder.build(make_plan(3)))
+    assert set(lab.client("tcp", LB, 80, 30)) == set(PODS)
+
+
 def test_layout_builder_reuses_unchanged_frontends() -> None:
     builder = LayoutBuilder(Options())
     plan = make_plan()
     first = builder.build(plan)
     changed = Frontend(LB, 53, "UDP", "default/dns", "dns", backends=backends("pod1", port=UDP_PORT))
-    second = builder.build(Plan(2, (*[f for f in plan.frontends if f.port != 53], changed)))
+    second = builder.build(Plan(2, tuple(changed if f.port == 53 else f for f in plan.frontends)))
     reused = [k for k, e in second.frontends.items() if first.frontends.get(k) is e]
     assert sorted(reused) == sorted(k for k in first.frontends if k != (LB, 53, "UDP"))
     assert second.frontends[(LB, 53, "UDP")] != first.frontends[(LB, 53, "UDP")]
+    assert second.changed == {(LB, 53, "UDP")} and second.base is first
+    third = builder.build(Plan(3, plan.frontends[1:]))  # a frontend went: rebuilt, entries reused
+    assert third.changed is None and (LB, 80, "TCP") not in third.frontends
+    assert third.frontends[(LB, 8080, "TCP")] is second.frontends[(LB, 8080, "TCP")]

@@ -46,19 +46,24 @@ class Entries:
     """What one frontend contributes to the table."""
 
     elements: tuple[tuple[str, str, str], ...] = ()  # (map or set, key, value; "" for sets)
-    objects: tuple[
-        tuple[str, tuple[str, ...]], ...
-    ] = ()  # own chains/sets: (name, nft commands), in creation order
+    # own chains/sets (affinity): (name, nft commands), in creation order
+    objects: tuple[tuple[str, tuple[str, ...]], ...] = ()
     balance: tuple[int, str] | None = None  # the shared balance chain it jumps to: (k, proto)
     skipped: tuple[tuple[str, str], ...] = ()  # (what, why) the layout cannot express
 
 
 @dataclass(slots=True)
 class Layout:
-    """The whole table's variable part: every frontend's entries, keyed by (address, port, protocol)."""
+    """The whole table's variable part: every frontend's entries, keyed by (address, port, protocol).
+
+    `changed` names the keys whose entries differ from the previous layout the builder made (None:
+    unknown, compare everything), so a sync's delta costs O(changed frontends).
+    """
 
     frontends: dict[FrontendKey, Entries] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    changed: set[FrontendKey] | None = None
+    base: Layout | None = None  # the layout `changed` is relative to
 
     def balance_chains(self) -> set[tuple[int, str]]:
         return {e.balance for e in self.frontends.values() if e.balance is not None}
@@ -66,8 +71,8 @@ class Layout:
     def elements(self) -> set[tuple[str, str, str]]:
         return {el for e in self.frontends.values() for el in e.elements}
 
-    def object_names(self) -> set[str]:
-        return {name for e in self.frontends.values() for name, _ in e.objects}
+    def skipped(self) -> list[tuple[str, str]]:
+        return [*self.duplicates, *(s for e in self.frontends.values() for s in e.skipped)]
 
 
 def endpoint_map(proto: str) -> str:
@@ -83,32 +88,58 @@ def frontend_key_text(address: str, proto: str, port: int) -> str:
 
 
 class LayoutBuilder:
-    """Builds a Layout from a Plan, reusing the entries of every Frontend object it has seen before."""
+    """Builds a Layout from a Plan, reusing the entries of every Frontend object it has seen before.
+
+    The planner keeps unchanged Frontend objects identical and in place, so when the new plan lines
+    up with the last one key by key, only the positions holding new objects are rebuilt.
+    """
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self._memo: dict[FrontendKey, tuple[Frontend, Entries]] = {}
+        self._last: tuple[tuple[Frontend, ...], Layout] | None = None
 
     def build(self, plan: Plan) -> Layout:
+        layout = self._update(plan.frontends) if self._last is not None else None
+        if layout is None:
+            layout = self._full(plan.frontends)
+        self._last = (plan.frontends, layout)
+        return layout
+
+    def _full(self, frontends: tuple[Frontend, ...]) -> Layout:
+        known = {f.key: (f, e) for f, e in self._pairs()}
         layout = Layout()
-        memo: dict[FrontendKey, tuple[Frontend, Entries]] = {}
-        for f in plan.frontends:
-            key = f.key
-            if key in layout.frontends:
-                layout.skipped.append(
-                    (f.label, "duplicate frontend (address, port, protocol); the first one is used")
-                )
+        for f in frontends:
+            if f.key in layout.frontends:
+                why = "duplicate frontend (address, port, protocol); the first one is used"
+                layout.duplicates.append((f.label, why))
                 continue
-            cached = self._memo.get(key)
-            entries = (
+            cached = known.get(f.key)
+            layout.frontends[f.key] = (
                 cached[1] if cached is not None and cached[0] is f else frontend_entries(f, self.options)
             )
-            memo[key] = (f, entries)
-            layout.skipped += entries.skipped
-            if entries.elements or entries.objects:
-                layout.frontends[key] = entries
-        self._memo = memo
         return layout
+
+    def _update(self, frontends: tuple[Frontend, ...]) -> Layout | None:
+        assert self._last is not None
+        before, last = self._last
+        if len(before) != len(frontends) or len(last.frontends) != len(before):
+            return None  # services came or went (or duplicates): rebuild, reusing what it can
+        entries = dict(last.frontends)
+        changed: set[FrontendKey] = set()
+        for old, new in zip(before, frontends, strict=True):
+            if old is new:
+                continue
+            if old.key != new.key:
+                return None
+            entries[new.key] = frontend_entries(new, self.options)
+            changed.add(new.key)
+        return Layout(entries, [], changed, last)
+
+    def _pairs(self) -> list[tuple[Frontend, Entries]]:
+        if self._last is None:
+            return []
+        before, last = self._last
+        return [(f, last.frontends[f.key]) for f in before if f.key in last.frontends]
 
 
 def frontend_entries(f: Frontend, opts: Options) -> Entries:

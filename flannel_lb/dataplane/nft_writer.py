@@ -18,11 +18,12 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flannel_lb.dataplane import nft_layout as nl
+from flannel_lb.dataplane.nft_layout import FrontendKey
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
 from flannel_lb.dataplane.writer import Mode
@@ -70,6 +71,8 @@ class NftWriter:
         self._current: nl.Layout | None = None  # what the kernel holds, as far as this writer knows
         self._need_full = False
         self.last_drift: list[str] = []  # why the last adopt/verify replaced the table
+        self._balance: set[tuple[int, str]] = set()  # balance chains in the kernel (unused ones stay)
+        self._staged_balance: set[tuple[int, str]] = set()
         self._genid: int | None = None  # the ruleset generation right after our last commit or read
         self.verify_reads = 0  # read-backs done by adopt/verify (the generation check avoids most)
 
@@ -106,8 +109,11 @@ class NftWriter:
                 return ("verify", *self._delta_text(self._current, desired), desired)  # nobody else committed
             self._genid = self.generation()  # before the read: a commit during it shows up next time
             self.verify_reads += 1
-            drift = self.drift(self.read_kernel(), desired)
+            kernel = self.read_kernel()
+            drift = self.drift(kernel, desired)
             if not drift:
+                assert kernel is not None
+                self._staged_balance = _balance_chains(kernel)  # used ones and leftovers alike
                 return mode, "", {}, desired
             self.last_drift = drift
             return (mode, *self._full_text(desired), desired)
@@ -116,6 +122,7 @@ class NftWriter:
     def sync(self, plan: Plan, *, full: bool = False, verify: bool = False) -> NftSyncResult:
         """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
         start = time.perf_counter()
+        self._staged_balance = set()
         mode, text, counts, desired = self.plan(plan, full=full, verify=verify)
         if text:
             before = self.generation()
@@ -128,6 +135,12 @@ class NftWriter:
             # Exactly one commit in between (ours): the kernel holds what we think. Anything else:
             # someone committed too, and the next verify must read the table back.
             self._genid = after if after == (before + 1) & 0xFFFFFFFF else None
+        if "tables_replaced" in counts:
+            self._balance = desired.balance_chains()
+        elif mode == "partial" or self._current is not None:
+            self._balance |= self._staged_balance
+        else:
+            self._balance = self._staged_balance  # adopted as it is: what the listing showed
         self._current, self._need_full = desired, False
         return NftSyncResult(mode, counts, text, time.perf_counter() - start)
 
@@ -160,19 +173,23 @@ class NftWriter:
         delete: list[tuple[str, str, str]] = []
         new_objects: list[tuple[str, tuple[str, ...]]] = []
         gone_objects: list[str] = []
-        for key, entries in new.frontends.items():
-            before = old.frontends.get(key)
-            if before is entries:
+        if new.changed is not None and new.base is old:
+            keys: Iterable[FrontendKey] = new.changed  # the builder knows what changed since `old`
+        else:
+            keys = new.frontends.keys() | old.frontends.keys()
+        needed: set[tuple[int, str]] = set()
+        for key in keys:
+            before, after = old.frontends.get(key), new.frontends.get(key)
+            if before is after:
                 continue
-            _diff(before, entries, add, delete, new_objects, gone_objects)
-        for key, entries in old.frontends.items():
-            if key not in new.frontends:
-                _diff(entries, None, add, delete, new_objects, gone_objects)
+            _diff(before, after, add, delete, new_objects, gone_objects)
+            if after is not None and after.balance is not None and after.balance not in self._balance:
+                needed.add(after.balance)
         if not (add or delete or new_objects or gone_objects):
             return "", {}
         table, lines = self.table, list[str]()
-        have = old.balance_chains()
-        for k, proto in sorted(new.balance_chains() - have):
+        self._staged_balance = needed  # present in the kernel once this text is applied
+        for k, proto in sorted(needed):
             lines += nl.balance_chain_commands(k, proto, self._options)
         for _, commands in new_objects:
             lines += commands
@@ -306,6 +323,15 @@ def _diff(
     new_names = {name for name, _ in new.objects} if new else set()
     new_objects += [(name, cmds) for name, cmds in (new.objects if new else ()) if name not in old_names]
     gone_objects += [name for name, _ in (old.objects if old else ()) if name not in new_names]
+
+
+def _balance_chains(kernel: KernelTable) -> set[tuple[int, str]]:
+    out = set()
+    for name in kernel.chains:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "balance" and parts[1].isdigit():
+            out.add((int(parts[1]), parts[2]))
+    return out
 
 
 def _set_names(layout: nl.Layout) -> set[str]:
