@@ -27,7 +27,7 @@ from flannel_lb import config as config_mod
 from flannel_lb import conntrack_limits, holdover, wiring
 from flannel_lb.cluster import Change, ClusterState
 from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
-from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.options import Options, overlay_udp_port
 from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport
 from flannel_lb.dataplane.writer import Writer
 from flannel_lb.desired import Plan
@@ -63,13 +63,16 @@ class _SourceDone:
     error: BaseException | None
 
 
-def dataplane_options(cfg: config_mod.Config) -> Options:
+def dataplane_options(cfg: config_mod.Config, network: NetworkConfig | None = None) -> Options:
+    """The data plane's options from the config, and flannel's overlay port from its network config."""
     d = cfg.dataplane
     return Options(
         prefix=d.chain_prefix,
         masquerade=d.masquerade,
         random_fully=d.random_fully,
         snat_pool=d.snat_addresses,
+        overlay_udp_port=overlay_udp_port(network.backend_type, network.port) if network else None,
+        forward_accept="auto" if d.forward_accept == "auto" else "always",
     )
 
 
@@ -314,7 +317,7 @@ class Agent:
             )
         self.cfg = cfg
         self.planner.settings = wiring.plan_settings(cfg)
-        self.options = self.dataplane.options = dataplane_options(cfg)
+        self.options = self.dataplane.options = dataplane_options(cfg, self.state.network_config)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", path=cfg.path)
         self._mark(None)
@@ -327,6 +330,9 @@ class Agent:
         started = time.perf_counter()
         plan = self.planner.plan(change if change is not None else Change(set()))
         kind = "full" if full else "partial"
+        options = dataplane_options(self.cfg, self.state.network_config)
+        if options != self.options:  # a reload, or flannel's network config (its overlay port) changed
+            self.options = self.dataplane.options = options
         try:
             # the periodic resync reads the kernel back and rewrites only what drifted
             result = self.dataplane.sync(plan, verify=full)

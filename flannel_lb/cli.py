@@ -161,7 +161,8 @@ def _desired(cfg: config_mod.Config) -> Any:
     from flannel_lb.agent import dataplane_options
     from flannel_lb.dataplane.rules import build_ruleset
 
-    return build_ruleset(_live_planner(cfg).plan(), dataplane_options(cfg))
+    planner = _live_planner(cfg)
+    return build_ruleset(planner.plan(), dataplane_options(cfg, planner.state.network_config))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -179,9 +180,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         sys.stdout.write(render(_desired(cfg), None, full=True))
         return EXIT_OK
     else:
+        planner = _live_planner(cfg)
         plane = make_dataplane(cfg)
+        plane.options = dataplane_options(cfg, planner.state.network_config)
         try:
-            text = plane.render(_live_planner(cfg).plan())
+            text = plane.render(planner.plan())
         finally:
             plane.close()
     sys.stdout.write(

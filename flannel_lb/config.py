@@ -81,6 +81,7 @@ class DataplaneConfig:
     full_resync_interval: float = 10.0  # seconds: repairs drift (someone flushed an owned chain)
     conntrack_cleanup: bool = True
     manage_ip_forward: bool = True  # turn on net.ipv4.ip_forward at start (DNATed packets are forwarded)
+    forward_accept: str = "always"  # or "auto": the FORWARD accept only while FORWARD could drop (iptables)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             full_resync_interval=dp.get("full_resync_interval", float, 10.0, _positive),
             conntrack_cleanup=dp.get("conntrack_cleanup", bool, True),
             manage_ip_forward=dp.get("manage_ip_forward", bool, True),
+            forward_accept=dp.get("forward_accept", str, "always", _one_of("always", "auto")),
         ),
         conntrack=ConntrackConfig(
             manage=ct.get("manage", bool, False),

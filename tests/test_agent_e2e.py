@@ -289,6 +289,11 @@ def test_sync_once_and_render(lab: Lab, tmp_path: Path) -> None:
     assert "sync:" in once.stdout
     try:
         assert traffic(lab, "http", f"{VIP}:80", count=20)["failed"] == 0
+        # flannel's vxlan packets (the lab's network config: vxlan, port 8472) skip the dispatch chains
+        save = iptables_save(lab)
+        comment = '-m comment --comment "flannel-lb: skip flannel overlay packets"'
+        guard = f"-p udp {comment} -m udp --dport 8472 -j RETURN"
+        assert f"-A FLB-SERVICES {guard}" in save and f"-A FLB-LOCAL {guard}" in save, save
         again = lab.exec_in(LB_HOST, agent.argv("render")[4:], check=True).stdout
         assert "the next sync changes nothing" in again
         diff = lab.exec_in(LB_HOST, agent.argv("diff")[4:], check=False)

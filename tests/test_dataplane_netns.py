@@ -11,6 +11,7 @@ to 10.246.90.1) makes it work. Everything happens inside namespaces created here
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -29,8 +30,9 @@ import pytest
 from flannel_lb.dataplane.changes import compute_changes
 from flannel_lb.dataplane.conntrack import ConntrackCounts, clear_stale, stale_flows
 from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.plane import IptablesPlane
 from flannel_lb.dataplane.restore import RestoreError, RestoreWriter, diff
-from flannel_lb.dataplane.rules import Chain, Rule, RuleSet, build_ruleset
+from flannel_lb.dataplane.rules import Chain, Rule, RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.savefile import foreign_lines, parse_save
 from flannel_lb.dataplane.writer import Writer
 from flannel_lb.desired import Affinity, Backend, Frontend, Plan
@@ -412,20 +414,20 @@ def test_partial_sync_rewrites_only_the_changed_frontend(setup: Setup) -> None:
     old_fe, new_fe = _fe(before, f"{LB}:53/UDP"), _fe(after, f"{LB}:53/UDP")
     assert result.mode == "partial" and old_fe != new_fe
     declared = {ln[1:].split()[0] for ln in result.text.splitlines() if ln.startswith(":")}
-    assert declared == {"FLB-SERVICES", "FLB-LOCAL", "FLB-POSTROUTING", new_fe, old_fe}
+    assert declared == {"FLB-SERVICES", new_fe, old_fe}
     assert f"-X {old_fe}" in result.text.splitlines() and "*filter" not in result.text
     assert diff(after, lab_tools(lab)) == ""
     assert foreign_lines(lab.save(), "FLB-") == foreign_lines(lab.baseline, "FLB-")
     assert set(lab.client("udp", LB, 53, 30)) == {"pod1", "pod3"}
 
     # Drift: someone empties an owned chain. Memory-based syncs cannot see it; a verify sync repairs
-    # exactly that chain (plus its table's dispatch chains) from a read-back of the kernel.
+    # exactly that chain from a read-back of the kernel.
     web = _fe(after, f"{LB}:80/TCP")
     lab.iptables(f"-t nat -F {web}")
     assert not w.sync(after).applied
     repair = w.sync(after, verify=True)
     assert repair.mode == "verify"
-    assert {c.name for c in repair.changes.write} == {"FLB-SERVICES", "FLB-LOCAL", "FLB-POSTROUTING", web}
+    assert {c.name for c in repair.changes.write} == {web}
     assert set(lab.client("tcp", LB, 80, 30)) == set(PODS)
 
 
@@ -464,9 +466,77 @@ def test_restart_adopts_rules_without_a_flush(setup: Setup) -> None:
     assert result.mode == "adopt"
     assert result.changes.delete == (("nat", "FLB-FE-STALE00000000000"),)
     assert len(result.changes.del_jumps) == 2 and len(result.changes.add_jumps) == 1  # one copy, at the top
-    assert not [c for c in result.changes.write if c.role != "dispatch"]
+    assert result.changes.write == ()  # nothing else differs: nothing else is rewritten
     assert _packets(lab, web) >= hits
     assert compute_changes(rs, again.read_owned()).empty
+
+
+def test_two_level_dispatch_and_the_overlay_guard_in_the_kernel(setup: Setup) -> None:
+    lab, w = setup.lab, setup.new_writer()
+    opts = Options(bucket_size=4, overlay_udp_port=8472)  # small buckets: a few dozen frontends suffice
+    pods = backends("pod1", "pod2", "pod3")
+    many = tuple(Frontend(LB, 10000 + 7 * i, "TCP", f"default/many{i}", backends=pods) for i in range(24))
+    local = tuple(
+        Frontend(f"10.96.1.{i + 1}", 80, "TCP", f"default/cip{i}", backends=pods[:1], kind="cluster-ip")
+        for i in range(6)
+    )
+    empty = tuple(Frontend(LB, 83 + i, "TCP", f"default/none{i}") for i in range(6))
+    builder = RuleBuilder()
+    rs = builder.build(make_plan(extra=many + local + empty), opts)
+    buckets = {c.name.split("-")[1] for c in rs.chains if c.role == "bucket"}
+    assert buckets == {"SVC", "LCL", "REJ"}
+    w.sync(rs)
+    assert compute_changes(rs, w.read_owned()).empty  # the kernel prints every bucket rule back as built
+    for port in (80, 8080, 10000, 10000 + 7 * 12, 10000 + 7 * 23):
+        assert lab.client("tcp", LB, port, 1)[0] in PODS, port
+    assert set(lab.client("udp", LB, 53, 10)) <= set(PODS)
+    assert lab.client("tcp", LB, 81, 1, 1.0) == ["!refused"]  # through a REJECT bucket, past the DROP
+    assert lab.run_client("lb", "tcp", "10.96.1.4", 80, 1, 2.0) == ["pod1"]
+    assert lab.run_client("lb", "tcp", "10.96.0.10", 80, 1, 2.0)[0] in PODS  # flat: 1 cluster-ip in LOCAL
+    # flannel's vxlan port: returned by the first rule, before any dispatch
+    lab.client("udp", LB, 8472, 2, 0.3)
+    guard = [ln for ln in lab.save(counters=True).splitlines() if "FLB-SERVICES" in ln and "-j RETURN" in ln]
+    assert len(guard) == 1 and int(guard[0][1:].split(":", 1)[0]) >= 2, guard
+
+    changed = dataclasses.replace(many[10], backends=backends("pod2"))
+    after = builder.build(make_plan(2, extra=(*many[:10], changed, *many[11:], *local, *empty)), opts)
+    result = w.sync(after)
+    bucket = next(c.name for c in after.chains if c.role == "bucket" and _fe(after, changed.label) in str(c))
+    declared = {ln[1:].split()[0] for ln in result.text.splitlines() if ln.startswith(":")}
+    assert declared == {bucket, _fe(after, changed.label), _fe(rs, changed.label)}
+    assert lab.client("tcp", LB, changed.port, 3) == ["pod2"] * 3
+    assert compute_changes(after, w.read_owned()).empty
+
+
+def test_forward_accept_auto_follows_the_forward_chain(lab_nft: Lab) -> None:
+    """FORWARD that accepts everything needs no per-packet accept; a Docker-style DROP brings it back."""
+    lab = lab_nft
+    plane = IptablesPlane(RestoreWriter(backend="nft", netns=lab.lb), Options(forward_accept="auto"))
+    lab.iptables("-D FORWARD -s 10.99.0.0/16 -j ACCEPT")
+    lab.iptables("-P FORWARD ACCEPT")
+    try:
+        plane.sync(make_plan())
+        assert plane.forward_filtered is False and "-j FLB-FORWARD" not in lab.save()
+        auto = build_ruleset(make_plan(), Options(forward_accept="auto"))
+        assert diff(auto, lab_tools(lab)) == ""  # `flannel-lb diff`: optional there
+        # With "always" (the default) the jump is required whatever FORWARD does: diff says it is missing.
+        assert "-j FLB-FORWARD" in diff(build_ruleset(make_plan()), lab_tools(lab))
+        assert set(lab.client("tcp", LB, 80, 20)) == set(PODS)
+
+        lab.iptables("-P FORWARD DROP")
+        assert lab.client("tcp", LB, 80, 1, 0.5) == ["!timeout"]  # until the next verifying sync...
+        repaired = plane.sync(make_plan(), verify=True)
+        assert [j.chain for j in repaired.changes.add_jumps] == ["FORWARD"]
+        assert set(lab.client("tcp", LB, 80, 20)) == set(PODS)
+        lab.iptables("-P FORWARD ACCEPT")
+        assert not plane.sync(make_plan(), verify=True).applied  # ...and then it stays
+        assert "-j FLB-FORWARD" in lab.save() and diff(auto, lab_tools(lab)) == ""
+    finally:
+        plane.cleanup()
+        plane.close()
+        lab.iptables("-P FORWARD DROP")
+        lab.iptables("-A FORWARD -s 10.99.0.0/16 -j ACCEPT")
+    assert normalized_save(lab.save()) == normalized_save(lab.baseline)
 
 
 def test_failed_transaction_reports_the_line_and_next_sync_is_full(lab_nft: Lab) -> None:

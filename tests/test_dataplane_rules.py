@@ -137,17 +137,11 @@ def test_affinity_endpoint_chains_survive_changes_to_other_backends() -> None:
     assert seps_before < seps_after  # recent lists (named after them) keep their clients
     changes = compute_changes(after, before)
     written = {c.name for c in changes.write}
-    assert written == {
-        "FLB-SERVICES",
-        "FLB-LOCAL",
-        "FLB-POSTROUTING",
-        fe_chain(after, dns3),
-        *(seps_after - seps_before),
-    }
+    assert written == {"FLB-SERVICES", fe_chain(after, dns3), *(seps_after - seps_before)}
     assert changes.delete == (("nat", fe_chain(before, DNS)),)
 
 
-def test_partial_sync_writes_changed_frontends_and_the_dispatch_chains_of_that_table() -> None:
+def test_partial_sync_writes_changed_frontends_and_the_dispatch_chain_that_jumps_to_them() -> None:
     before = build_ruleset(Plan(1, (WEB, DNS, EMPTY)))
     assert compute_changes(before, before).empty
     web2 = Frontend(
@@ -157,9 +151,7 @@ def test_partial_sync_writes_changed_frontends_and_the_dispatch_chains_of_that_t
     text = render(after, before)
     declared = [ln for ln in text.splitlines() if ln.startswith(":")]
     assert declared == [
-        ":FLB-SERVICES - [0:0]",
-        ":FLB-LOCAL - [0:0]",
-        ":FLB-POSTROUTING - [0:0]",
+        ":FLB-SERVICES - [0:0]",  # FLB-LOCAL and FLB-POSTROUTING are unchanged: left alone
         f":{fe_chain(after, web2)} - [0:0]",
         f":{fe_chain(before, WEB)} - [0:0]",  # emptied, then removed below in the same transaction
     ]
@@ -173,9 +165,7 @@ def test_a_frontend_losing_its_backends_moves_to_the_reject_chain() -> None:
     before = build_ruleset(Plan(1, (WEB,)))
     gone = Frontend(WEB.address, WEB.port, WEB.protocol, WEB.service, WEB.port_name)
     changes = compute_changes(build_ruleset(Plan(2, (gone,))), before)
-    assert {c.name for c in changes.write} == {
-        "FLB-FORWARD", "FLB-REJECT", "FLB-LOCAL-REJECT", "FLB-SERVICES", "FLB-LOCAL", "FLB-POSTROUTING"
-    }  # fmt: skip
+    assert {c.name for c in changes.write} == {"FLB-REJECT", "FLB-SERVICES"}
     reject = next(c for c in changes.write if c.name == "FLB-REJECT")
     assert reject.rules[0].target == ("REJECT", "--reject-with", "tcp-reset")
     udp = build_ruleset(Plan(1, (Frontend(LB, 53, "UDP", "a/b"),))).get("filter", "FLB-REJECT")
@@ -286,7 +276,7 @@ def test_adopting_the_kernels_rules_changes_nothing() -> None:
     assert changes.delete == (("nat", "FLB-FE-OLD"),)
     assert [j.chain for j in changes.del_jumps] == ["PREROUTING", "PREROUTING"]
     assert [j.chain for j in changes.add_jumps] == ["PREROUTING"]
-    assert {c.name for c in changes.write} == {"FLB-SERVICES", "FLB-LOCAL", "FLB-POSTROUTING"}
+    assert changes.write == ()
 
 
 def test_cleanup_text_removes_jumps_before_chains() -> None:

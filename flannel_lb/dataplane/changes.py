@@ -1,8 +1,10 @@
 """What a sync has to do to turn the kernel's owned chains into the desired ones (pure).
 
-Partial sync (kube-proxy's MinimizeIPTablesRestore): per-frontend chains whose content is unchanged are
-left out, so a sync costs O(changed frontends) plus the dispatch chains, and unchanged chains keep their
-counters. Dispatch chains of a table are rewritten whenever anything in that table changes.
+Partial sync (kube-proxy's MinimizeIPTablesRestore): only chains whose content differs are written, so
+unchanged chains keep their counters and a sync costs O(changed frontends): their FE/SEP chains and the
+dispatch chain that jumps to them (at scale, one bucket chain of the two-level dispatch). Comparing is
+cheap for what did not change: `RuleBuilder` hands back the very Chain objects of the previous RuleSet,
+and identical objects are never compared rule by rule.
 """
 
 from __future__ import annotations
@@ -48,29 +50,31 @@ def compute_changes(desired: RuleSet, current: RuleSet | None, *, full: bool = F
     """
     if current is None:
         return Changes(write=desired.chains, add_jumps=desired.jumps, full=True)
-    wanted = {(c.table, c.name) for c in desired.chains}
-    delete = tuple((c.table, c.name) for c in current.chains if (c.table, c.name) not in wanted)
+    if current is desired and not full:
+        return Changes()
+    wanted = desired.index
+    delete = tuple(name for name in current.index if name not in wanted)
     add_jumps, del_jumps = _jump_changes(desired.jumps, current.jumps)
     if full:
         return Changes(desired.chains, delete, add_jumps, del_jumps, full=True)
-
-    differs = {(c.table, c.name) for c in desired.chains if _differs(c, current)}
-    # A missing or extra jump alone is fixed with -I/-D: it does not make the table's chains stale.
-    touched = {t for t, _ in differs} | {t for t, _ in delete}
-    write = tuple(
-        c
-        for c in desired.chains
-        if (c.table, c.name) in differs or (c.role == "dispatch" and c.table in touched)
-    )
+    # A missing or extra jump alone is fixed with -I/-D: it does not make any chain stale.
+    have = current.index
+    write = tuple(c for c in desired.chains if _differs(c, have.get((c.table, c.name))))
     return Changes(write, delete, add_jumps, del_jumps)
 
 
-def _differs(chain: Chain, current: RuleSet) -> bool:
-    old = current.get(chain.table, chain.name)
+def _differs(chain: Chain, old: Chain | None) -> bool:
     if old is None:
         return True
-    # Plain equality is the common case (the last applied RuleSet); normalising is for kernel read-backs.
-    return old.rules != chain.rules and old.key() != chain.key()
+    if old is chain or old.rules is chain.rules:  # what RuleBuilder reused: nothing to compare
+        return False
+    if len(old.rules) != len(chain.rules):
+        return True
+    # Rule by rule: identical objects (a chain RuleBuilder refilled, e.g. a bucket or a flat dispatch
+    # chain with one new rule) cost nothing, equal ones little; normalising is for kernel read-backs.
+    return any(
+        a is not b and a != b and a.key() != b.key() for a, b in zip(old.rules, chain.rules, strict=True)
+    )
 
 
 def _jump_changes(

@@ -36,6 +36,11 @@ KEY = "ip daddr . meta l4proto . th dport"
 FrontendKey = tuple[str, int, str]
 
 
+def shaping(opts: Options) -> tuple[object, ...]:
+    """The options the nftables table depends on (the rest only shape the iptables layout)."""
+    return (opts.prefix, opts.mark, opts.masquerade, opts.random_fully, opts.snat_pool, opts.reject_empty)
+
+
 def table_name(prefix: str) -> str:
     """`FLB-` -> `flb`: the table carries the same owner name as the iptables chains."""
     return prefix.rstrip("-_").lower() or "flb"

@@ -90,9 +90,11 @@ class NftWriter:
 
     @options.setter
     def options(self, options: Options) -> None:
-        if options != self._options:  # another skeleton or balance rule: rebuild and replace the table
+        if nl.shaping(options) != nl.shaping(self._options):  # another skeleton or balance rule
             self._options, self.builder = options, nl.LayoutBuilder(options)
-            self._need_full = True
+            self._need_full = True  # rebuild and replace the table
+        else:
+            self._options = options  # iptables-only knobs (buckets, overlay guard, FORWARD accept)
 
     # --- syncing ------------------------------------------------------------------------------------
 

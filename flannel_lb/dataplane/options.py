@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Literal
 
 # kube-proxy marks packets with 0x4000 (masquerade) and 0x8000 (drop); Calico takes 0xffff0000, Cilium
 # 0x0f00 and Weave 0x20000/0x40000. flannel-lb marks the *connection* (ctmark), a separate space from
@@ -24,6 +25,16 @@ class Options:
     snat_pool: tuple[str, ...] = ()  # SNAT to these IPv4 addresses instead of MASQUERADE
     reject_empty: bool = True  # refuse connections to frontends without backends (else: time out)
     comments: bool = True  # `-m comment` on dispatch and frontend rules (readable iptables-save)
+    # flannel's own UDP port (vxlan 8472, udp 8285; None for host-gw): its packets skip the dispatch chains
+    overlay_udp_port: int | None = None
+    # a dispatch chain with more entries is split into bucket chains of at most this many (0: never)
+    bucket_size: int = 128
+    # the filter FORWARD -> FLB-FORWARD (ctmark ACCEPT) jump: "always", or "auto": only while FORWARD could
+    # drop flannel-lb's flows (policy DROP or other rules, seen in the kernel's read-back). It costs every
+    # forwarded packet two rule evaluations (~5% keep-alive throughput) where nothing needs it; "auto"
+    # saves that but leaves a window (until the next verifying sync) when a firewall turns FORWARD to
+    # DROP later, e.g. Docker starting after the agent. Safety first: "always" by default.
+    forward_accept: Literal["auto", "always"] = "always"
 
     def __post_init__(self) -> None:
         if not (1 <= len(self.prefix) <= MAX_PREFIX) or not all(
@@ -37,8 +48,27 @@ class Options:
                 raise ValueError(f"snat_pool address {a!r} is not IPv4")
         if len(set(self.snat_pool)) != len(self.snat_pool):
             raise ValueError("snat_pool has duplicate addresses")
+        if self.forward_accept not in ("auto", "always"):
+            raise ValueError(f"forward_accept {self.forward_accept!r}: must be 'auto' or 'always'")
+        if self.bucket_size < 0:
+            raise ValueError(f"bucket_size {self.bucket_size}: must be 0 (no buckets) or more")
+        if self.overlay_udp_port is not None and not 0 < self.overlay_udp_port < 65536:
+            raise ValueError(f"overlay_udp_port {self.overlay_udp_port}: must be a UDP port (1-65535)")
 
     @property
     def mark_match(self) -> str:
         """`value/mask` for the connmark match and the CONNMARK target (as iptables-save prints it)."""
         return f"{self.mark:#x}/{self.mark:#x}"
+
+
+# flannel's defaults (backend/vxlan: 8472, the Linux kernel's pre-IANA port; backend/udp: 8285)
+OVERLAY_DEFAULT_PORTS = {"vxlan": 8472, "udp": 8285}
+
+
+def overlay_udp_port(backend_type: str, port: int = 0) -> int | None:
+    """The UDP port flannel's overlay uses for a network config's Backend (Type, Port; 0 = default), or
+    None for backends that do not encapsulate in UDP on a fixed port (host-gw, ipip, ...)."""
+    default = OVERLAY_DEFAULT_PORTS.get(backend_type)
+    if default is None:
+        return None
+    return port if 0 < port < 65536 else default

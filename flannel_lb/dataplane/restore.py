@@ -11,7 +11,7 @@ import re
 
 from flannel_lb.dataplane.changes import Changes
 from flannel_lb.dataplane.render import render, render_changes
-from flannel_lb.dataplane.rules import TABLES, RuleSet
+from flannel_lb.dataplane.rules import TABLES, RuleSet, without_forward_jump
 from flannel_lb.dataplane.savefile import parse_save, quote
 from flannel_lb.dataplane.tools import Tools, make_tools, run
 from flannel_lb.dataplane.writer import SyncState
@@ -83,6 +83,9 @@ def read_owned(tools: Tools, prefix: str) -> RuleSet:
 def diff(desired: RuleSet, tools: Tools) -> str:
     """A unified diff from the kernel's owned chains to `desired` ("" when they match)."""
     current = read_owned(tools, desired.prefix)
+    if desired.forward_auto and current.forward_filtered is False:
+        # FORWARD accepts everything: flannel-lb's accept there is optional (kept once it was needed)
+        desired, current = without_forward_jump(desired), without_forward_jump(current)
     lines = difflib.unified_diff(_listing(current), _listing(desired), "kernel", "desired", lineterm="", n=1)
     return "\n".join(lines)
 

@@ -12,20 +12,47 @@ Layout (prefix `FLB-`):
     filter INPUT    -> FLB-REJECT        REJECT new connections to frontends without backends
     filter OUTPUT   -> FLB-LOCAL-REJECT  same for cluster-ip frontends, then -> FLB-REJECT
     filter FORWARD  -> FLB-FORWARD       ACCEPT both directions of connections carrying the ctmark
+                                         (forward_accept = "auto": only while FORWARD could drop them)
+
+Overlay guard: with `Options.overlay_udp_port` (flannel's vxlan/udp port), FLB-SERVICES and FLB-LOCAL
+start with `-p udp -m udp --dport PORT -j RETURN`. Every new connection through the LB also starts two
+UDP flows of flannel's own encapsulation (out via nat OUTPUT, back via nat PREROUTING), which can never
+match a frontend; without the guard each walks the whole dispatch. Left out (with a `skipped` entry)
+when a UDP frontend uses that port.
+
+Two-level dispatch: iptables evaluates a chain rule by rule, so a flat FLB-SERVICES costs a new
+connection up to N rule evaluations. A dispatch chain (FLB-SERVICES, FLB-LOCAL, FLB-REJECT,
+FLB-LOCAL-REJECT) with more than `Options.bucket_size` entries (128) holds instead one jump per bucket:
+
+    FLB-SERVICES    -d 10.96.16.0/20 -> FLB-SVC-0A6010000000-20        (an address block), or
+                    -d ADDR/32 -p tcp --dport 20480:20991 -> FLB-SVC-C0A879C95000-39   (one address,
+                    an aligned port block; one rule per protocol present)
+    FLB-SVC-...     the entries of that bucket, as in the flat chain
+
+The buckets are the leaves of a binary trie over (address << 16 | port) that splits a node of more than
+bucket_size entries at the highest bit its entries differ in (`bucket_leaves`): a few hundred root
+rules plus at most 128 bucket rules at 10k frontends, whether they share one address or each have
+their own. The boundaries depend only on the entries, and a leaf's prefix only on its parent's split, so
+adding, changing or removing a frontend rewrites the one bucket it falls in (and the root only when a
+bucket splits or merges). Bucket chains are named after the root (SVC, LCL, REJ, LRJ), the prefix in hex
+and its length. Small setups (<= bucket_size entries) keep the flat chain.
 
 FE/SEP chain names hash everything their content depends on: an unchanged frontend keeps its chain
 (and its counters: a partial sync leaves it out), a changed one gets a new chain and the old is deleted.
+`RuleBuilder` memoises each frontend's chains between syncs (`build_ruleset` is its pure reference).
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import dataclasses
 import functools
 import hashlib
 import ipaddress
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -44,8 +71,11 @@ LAYOUT_VERSION = "1"
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 COMMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._:/=,+@-")
 MAX_COMMENT = 255  # xt_comment keeps 256 bytes including the NUL
+BUCKET_TAGS = ("SVC-", "LCL-", "REJ-", "LRJ-")  # bucket chains of SERVICES, LOCAL, REJECT, LOCAL-REJECT
 
-Role = Literal["dispatch", "frontend", "endpoint"]
+DUPLICATE = "duplicate frontend (address, port, protocol); the first one is used"
+
+Role = Literal["dispatch", "bucket", "frontend", "endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +154,11 @@ class RuleSet:
     jumps: tuple[Jump, ...] = ()
     frontend_chains: tuple[tuple[str, str], ...] = ()  # (frontend label, its nat FE chain)
     skipped: tuple[tuple[str, str], ...] = ()  # (what, why): plan entries the iptables layout cannot express
+    # Read back from a kernel only: whether filter FORWARD could drop flannel-lb's flows (policy DROP, or
+    # rules other than flannel-lb's jump); None when not known.
+    forward_filtered: bool | None = field(default=None, compare=False)
+    # Built with forward_accept = "auto": the FORWARD jump is optional where FORWARD accepts everything.
+    forward_auto: bool = field(default=False, compare=False)
     _index: dict[tuple[str, str], Chain] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +167,11 @@ class RuleSet:
 
     def get(self, table: str, name: str) -> Chain | None:
         return self._index.get((table, name))
+
+    @property
+    def index(self) -> Mapping[tuple[str, str], Chain]:
+        """(table, name) -> chain, in the order of `chains`."""
+        return self._index
 
     def table(self, table: str) -> tuple[Chain, ...]:
         return tuple(c for c in self.chains if c.table == table)
@@ -218,60 +258,294 @@ def statistic(n: int, i: int) -> tuple[str, ...]:
     return ("-m", "statistic", "--mode", "random", "--probability", probability(n, i))
 
 
-def build_ruleset(plan: Plan, options: Options | None = None) -> RuleSet:
-    """All chains and jumps for `plan`: pure, deterministic (frontends sorted by address/protocol/port)."""
+SERVICES_SLOT, LOCAL_SLOT, REJECT_SLOT, LOCAL_REJECT_SLOT = range(4)  # the dispatch chains, in _assemble
+_ORDER = operator.attrgetter("order")  # sorts usable parts (whose order is never None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What one Frontend contributes: pure in the frontend and the options (RuleBuilder memoises it)."""
+
+    frontend: Frontend  # as given in the plan (the memo's identity check)
+    problems: tuple[tuple[str, str], ...] = ()  # unusable frontend, or ignored affinity (plan order)
+    order: tuple[int, str, int] | None = None  # (address as int, protocol, port); None: unusable
+    key: tuple[str, int, str] = ("", 0, "")
+    label: str = ""
+    udp_port: int = 0  # its port if it is a UDP frontend (the overlay guard must not shadow it)
+    slot: int = -1  # the dispatch chain it goes into (a *_SLOT), -1: none (no backends, no reject)
+    entry: tuple[int, str, Rule] | None = None  # (address << 16 | port, protocol, its dispatch rule)
+    chains: tuple[Chain, ...] = ()  # FE chain first, then SEP chains (frontends with backends)
+    fe: tuple[str, str] | None = None  # (label, FE chain name) for RuleSet.frontend_chains
+    backend_problems: tuple[tuple[str, str], ...] = ()
+
+
+def _frontend_part(f: Frontend, opts: Options, names: Names) -> _Part:
+    problem = frontend_problem(f)
+    if problem:
+        return _Part(f, problems=((f.label, problem),))
+    problems: tuple[tuple[str, str], ...] = ()
+    given = f
+    if f.affinity is not None and (f.affinity.mode != "ClientIP" or f.affinity.timeout <= 0):
+        problems = ((f.label, f"affinity {f.affinity.mode!r}/{f.affinity.timeout}s ignored: not ClientIP"),)
+        f = dataclasses.replace(f, affinity=None)
+    local = f.kind == "cluster-ip"
+    proto = PROTOCOLS[f.protocol]
+    address = int(ipaddress.IPv4Address(f.address))
+    dst = ("-d", f"{f.address}/32", "-p", proto, "-m", proto, "--dport", str(f.port))
+    comment = _service_comment(f) if opts.comments else ""
+    skipped: list[tuple[str, str]] = []
+    backends = usable_backends(f, skipped)
+    chains: tuple[Chain, ...] = ()
+    rule: Rule | None = None
+    slot = -1
+    if backends:
+        chains = tuple(_frontend_chains(f, backends, opts, names))
+        rule = Rule(dst, (chains[0].name,), comment)
+        slot = LOCAL_SLOT if local else SERVICES_SLOT
+    elif opts.reject_empty:
+        how = "tcp-reset" if proto == "tcp" else "icmp-port-unreachable"
+        rule = Rule(dst, ("REJECT", "--reject-with", how), comment)
+        slot = LOCAL_REJECT_SLOT if local else REJECT_SLOT
+    return _Part(
+        given,
+        problems,
+        (address, f.protocol, f.port),
+        f.key,
+        f.label,
+        f.port if proto == "udp" else 0,
+        slot,
+        None if rule is None else (address << 16 | f.port, f.protocol, rule),
+        chains,
+        (f.label, chains[0].name) if chains else None,
+        tuple(skipped),
+    )
+
+
+def build_ruleset(plan: Plan, options: Options | None = None, *, forward_filtered: bool = True) -> RuleSet:
+    """All chains and jumps for `plan`: pure, deterministic (frontends sorted by address/protocol/port).
+
+    `forward_filtered`: whether the kernel's filter FORWARD could drop flannel-lb's flows; with
+    `forward_accept = "auto"` the FORWARD -> FLB-FORWARD jump is installed only then. The reference for
+    `RuleBuilder`, which returns the same RuleSet while reusing unchanged frontends' work.
+    """
     opts = options or Options()
     names = Names(opts.prefix)
-    dispatch: dict[str, list[Rule]] = {names.services: [], names.local: []}
-    rejects: dict[str, list[Rule]] = {names.reject: [], names.local_reject: []}
+    parts = [_frontend_part(f, opts, names) for f in plan.frontends]
+    unique = len({f.key for f in plan.frontends}) == len(parts)
+    return _assemble(parts, opts, names, unique=unique, forward=_forward_jump(opts, forward_filtered))
+
+
+class RuleBuilder:
+    """`build_ruleset` that remembers each Frontend's chains between calls.
+
+    The planner hands over the very same (immutable) Frontend object for every service an update did not
+    touch, so a sync at 10k frontends rebuilds only the changed ones: the memo is keyed by the frontend's
+    (address, port, protocol) and reused when it holds the same object (or an equal one). It keeps only the
+    frontends of the last plan, and starts over when an option that shapes frontend chains changes (not
+    for SNAT, buckets, the overlay port or the FORWARD jump). The result always equals
+    `build_ruleset(plan, options)`; only the work differs.
+    """
+
+    def __init__(self) -> None:
+        self._shape: tuple[object, ...] = ()
+        self._names = Names(Options().prefix)
+        self._memo: dict[tuple[str, int, str], _Part] = {}
+        self.reused = 0  # frontends taken from the memo by the last build (for tests and metrics)
+
+    def build(self, plan: Plan, options: Options | None = None, *, forward_filtered: bool = True) -> RuleSet:
+        opts = options or Options()
+        shape = _part_options(opts)
+        if shape != self._shape:
+            self._shape, self._names, self._memo = shape, Names(opts.prefix), {}
+        names, old = self._names, self._memo
+        memo: dict[tuple[str, int, str], _Part] = {}
+        parts: list[_Part] = []
+        reused = 0
+        for f in plan.frontends:
+            key = f.key
+            part = old.get(key)
+            if part is not None and (part.frontend is f or part.frontend == f):
+                reused += 1
+            else:
+                part = _frontend_part(f, opts, names)
+            memo[key] = part
+            parts.append(part)
+        self._memo, self.reused = memo, reused
+        forward = _forward_jump(opts, forward_filtered)
+        return _assemble(parts, opts, names, unique=len(memo) == len(parts), forward=forward)
+
+    def clear(self) -> None:
+        self._shape, self._memo = (), {}
+
+
+def _part_options(opts: Options) -> tuple[object, ...]:
+    """The options `_frontend_part` depends on (keep in step with it and `_frontend_chains`)."""
+    return (opts.prefix, opts.mark, opts.comments, opts.reject_empty)
+
+
+def _forward_jump(opts: Options, forward_filtered: bool) -> bool:
+    return opts.forward_accept == "always" or forward_filtered
+
+
+def _assemble(parts: list[_Part], opts: Options, names: Names, *, unique: bool, forward: bool) -> RuleSet:
+    """The RuleSet from every frontend's part, in plan order (`unique`: no two share a key; `forward`:
+    install the FORWARD -> FLB-FORWARD jump)."""
+    skipped: list[tuple[str, str]] = []
+    usable: list[_Part] = []
+    for part in parts:
+        if part.problems:
+            skipped += part.problems
+        if part.order is not None:
+            usable.append(part)
+    usable.sort(key=_ORDER)
+    entries: tuple[list[tuple[int, str, Rule]], ...] = ([], [], [], [])  # per *_SLOT
     per_frontend: list[Chain] = []
     frontend_chains: list[tuple[str, str]] = []
-    skipped: list[tuple[str, str]] = []
     seen: set[tuple[str, int, str]] = set()
+    overlay_conflict = ""
+    overlay = opts.overlay_udp_port
+    for part in usable:
+        if not unique:
+            if part.key in seen:
+                skipped.append((part.label, DUPLICATE))
+                continue
+            seen.add(part.key)
+        if part.backend_problems:
+            skipped += part.backend_problems
+        if part.udp_port and part.udp_port == overlay and not overlay_conflict:
+            overlay_conflict = part.label
+        if part.entry is not None:
+            entries[part.slot].append(part.entry)
+        if part.fe is not None:
+            per_frontend += part.chains
+            frontend_chains.append(part.fe)
 
-    for f in _usable_frontends(plan.frontends, skipped):
-        if f.key in seen:
-            skipped.append((f.label, "duplicate frontend (address, port, protocol); the first one is used"))
-            continue
-        seen.add(f.key)
-        local = f.kind == "cluster-ip"
-        proto = PROTOCOLS[f.protocol]
-        dst = ("-d", f"{f.address}/32", "-p", proto, "-m", proto, "--dport", str(f.port))
-        comment = _service_comment(f) if opts.comments else ""
-        backends = usable_backends(f, skipped)
-        if backends:
-            chains = _frontend_chains(f, backends, opts, names)
-            per_frontend += chains
-            frontend_chains.append((f.label, chains[0].name))
-            dispatch[names.local if local else names.services].append(Rule(dst, (chains[0].name,), comment))
-        elif opts.reject_empty:
-            how = "tcp-reset" if proto == "tcp" else "icmp-port-unreachable"
-            reject = Rule(dst, ("REJECT", "--reject-with", how), comment)
-            rejects[names.local_reject if local else names.reject].append(reject)
+    guard: tuple[Rule, ...] = ()
+    if opts.overlay_udp_port is not None:
+        if overlay_conflict:
+            skipped.append(
+                (
+                    f"overlay guard udp/{opts.overlay_udp_port}",
+                    f"not installed: UDP frontend {overlay_conflict} uses flannel's overlay port, so "
+                    "flannel's own packets walk the dispatch chains",
+                )
+            )
+        else:
+            guard = (_overlay_guard(opts),)
 
     mark = ("-m", "connmark", "--mark", opts.mark_match)
+    services, services_buckets = _dispatch(NAT, "SVC", entries[SERVICES_SLOT], opts)
+    local, local_buckets = _dispatch(NAT, "LCL", entries[LOCAL_SLOT], opts)
+    reject, reject_buckets = _dispatch(FILTER, "REJ", entries[REJECT_SLOT], opts)
+    local_reject, local_reject_buckets = _dispatch(FILTER, "LRJ", entries[LOCAL_REJECT_SLOT], opts)
     fixed = (
         Chain(FILTER, names.forward, (Rule(mark, ("ACCEPT",), "flannel-lb DNATed connections"),)),
-        Chain(FILTER, names.reject, tuple(rejects[names.reject])),
-        Chain(FILTER, names.local_reject, (*rejects[names.local_reject], Rule((), (names.reject,)))),
-        Chain(NAT, names.services, tuple(dispatch[names.services])),
-        Chain(NAT, names.local, (*dispatch[names.local], Rule((), (names.services,)))),
+        Chain(FILTER, names.reject, reject),
+        Chain(FILTER, names.local_reject, (*local_reject, Rule((), (names.reject,)))),
+        Chain(NAT, names.services, (*guard, *services)),
+        Chain(NAT, names.local, (*guard, *local, Rule((), (names.services,)))),
         Chain(NAT, names.postrouting, _snat_rules(mark, opts)),
     )
     return RuleSet(
         prefix=opts.prefix,
-        chains=(*fixed, *per_frontend),
-        jumps=_jumps(names),
+        chains=(
+            *fixed,
+            *reject_buckets,
+            *local_reject_buckets,
+            *services_buckets,
+            *local_buckets,
+            *per_frontend,
+        ),
+        jumps=_jumps(names, forward=forward),
         frontend_chains=tuple(frontend_chains),
         skipped=tuple(skipped),
+        forward_auto=opts.forward_accept == "auto",
     )
 
 
-def _jumps(names: Names) -> tuple[Jump, ...]:
+def _overlay_guard(opts: Options) -> Rule:
+    port = str(opts.overlay_udp_port)
+    comment = "flannel-lb: skip flannel overlay packets" if opts.comments else ""
+    return Rule(("-p", "udp", "-m", "udp", "--dport", port), ("RETURN",), comment)
+
+
+def _dispatch(
+    table: str, tag: str, entries: list[tuple[int, str, Rule]], opts: Options
+) -> tuple[tuple[Rule, ...], tuple[Chain, ...]]:
+    """A dispatch chain's rules: the entries themselves (flat), or with more than `opts.bucket_size`
+    entries one jump per bucket chain (two-level dispatch; see the module docstring), and those chains."""
+    if not opts.bucket_size or len(entries) <= opts.bucket_size:
+        return tuple(rule for _, _, rule in entries), ()
+    entries = sorted(entries, key=lambda e: e[0])  # stable: protocols stay in order per address:port
+    keys = [k for k, _, _ in entries]
+    rules: list[Rule] = []
+    chains: list[Chain] = []
+    for lo, hi, prefix, length in bucket_leaves(keys, opts.bucket_size):
+        name = f"{opts.prefix}{tag}-{prefix:012X}-{length}"
+        chains.append(Chain(table, name, tuple(rule for _, _, rule in entries[lo:hi]), "bucket"))
+        address = str(ipaddress.IPv4Address(prefix >> 16))
+        if length <= 32:
+            comment = f"bucket {address}/{length}" if opts.comments else ""
+            rules.append(Rule(("-d", f"{address}/{length}"), (name,), comment))
+            continue
+        first = prefix & 0xFFFF
+        last = first | ((1 << (48 - length)) - 1)
+        comment = f"bucket {address} ports {first}-{last}" if opts.comments else ""
+        for protocol in sorted({p for _, p, _ in entries[lo:hi]}):
+            p = PROTOCOLS[protocol]
+            dst = ("-d", f"{address}/32", "-p", p, "-m", p, "--dport", f"{first}:{last}")
+            rules.append(Rule(dst, (name,), comment))
+    return tuple(rules), tuple(chains)
+
+
+def bucket_leaves(keys: Sequence[int], size: int) -> list[tuple[int, int, int, int]]:
+    """The buckets of sorted 48-bit keys (address << 16 | port): (start, stop, prefix, prefix length).
+
+    A binary trie over the key bits, path-compressed, where a node with more than `size` keys splits at
+    the highest bit its keys differ in: the leaves are disjoint prefixes (an address block, or one address
+    and an aligned port block), in key order, each with at most `size` keys (unless they all share one
+    address:port). A leaf's prefix length is fixed by its parent's split bit, not by its own keys, so
+    adding or removing a key changes only the leaf it falls in (or splits/merges that one subtree).
+    """
+    out: list[tuple[int, int, int, int]] = []
+
+    def visit(lo: int, hi: int, length: int) -> None:
+        if hi - lo <= size or keys[lo] == keys[hi - 1]:
+            shift = 48 - length
+            out.append((lo, hi, keys[lo] >> shift << shift, length))
+            return
+        bit = (keys[lo] ^ keys[hi - 1]).bit_length() - 1  # the highest differing bit (from the right)
+        mid = bisect.bisect_left(keys, keys[hi - 1] >> bit << bit, lo, hi)
+        visit(lo, mid, 48 - bit)
+        visit(mid, hi, 48 - bit)
+
+    if keys:
+        visit(0, len(keys), 0)
+    return out
+
+
+def with_forward_jump(rs: RuleSet, forward: bool) -> RuleSet:
+    """`rs` with (or without) the filter FORWARD -> FLB-FORWARD jump."""
+    return _with_jumps(rs, _jumps(Names(rs.prefix), forward=forward))
+
+
+def without_forward_jump(rs: RuleSet) -> RuleSet:
+    """`rs` without any filter FORWARD jump (kernel read-backs too)."""
+    return _with_jumps(rs, tuple(j for j in rs.jumps if not (j.table == FILTER and j.chain == "FORWARD")))
+
+
+def _with_jumps(rs: RuleSet, jumps: tuple[Jump, ...]) -> RuleSet:
+    return RuleSet(
+        rs.prefix, rs.chains, jumps, rs.frontend_chains, rs.skipped, rs.forward_filtered, rs.forward_auto
+    )
+
+
+def _jumps(names: Names, *, forward: bool = True) -> tuple[Jump, ...]:
     new = ("-m", "conntrack", "--ctstate", "NEW")
+    accept = Jump(FILTER, "FORWARD", Rule((), (names.forward,), "flannel-lb DNATed connections"))
     return (
         Jump(FILTER, "INPUT", Rule(new, (names.reject,), "flannel-lb frontends without backends")),
-        Jump(FILTER, "FORWARD", Rule((), (names.forward,), "flannel-lb DNATed connections")),
+        *((accept,) if forward else ()),
         Jump(FILTER, "OUTPUT", Rule(new, (names.local_reject,), "flannel-lb frontends without backends")),
         Jump(NAT, "PREROUTING", Rule((), (names.services,), "flannel-lb frontends")),
         Jump(NAT, "OUTPUT", Rule((), (names.local,), "flannel-lb frontends")),
@@ -330,22 +604,6 @@ def _snat_rules(mark: tuple[str, ...], opts: Options) -> tuple[Rule, ...]:
 
 def _service_comment(f: Frontend) -> str:
     return clean_comment(f"{f.service}:{f.port_name}" if f.port_name else f.service)
-
-
-def _usable_frontends(frontends: Iterable[Frontend], skipped: list[tuple[str, str]]) -> list[Frontend]:
-    usable: list[tuple[tuple[int, str, int], Frontend]] = []
-    for f in frontends:
-        reason = frontend_problem(f)
-        if reason:
-            skipped.append((f.label, reason))
-            continue
-        if f.affinity is not None and (f.affinity.mode != "ClientIP" or f.affinity.timeout <= 0):
-            skipped.append(
-                (f.label, f"affinity {f.affinity.mode!r}/{f.affinity.timeout}s ignored: not ClientIP")
-            )
-            f = dataclasses.replace(f, affinity=None)
-        usable.append(((int(ipaddress.IPv4Address(f.address)), f.protocol, f.port), f))
-    return [f for _, f in sorted(usable, key=lambda t: t[0])]
 
 
 def frontend_problem(f: Frontend) -> str:

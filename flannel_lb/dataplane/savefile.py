@@ -5,10 +5,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from flannel_lb.dataplane.rules import BUILTIN_CHAINS, TABLES, Chain, Jump, Role, Rule, RuleSet
+from flannel_lb.dataplane.rules import (
+    BUCKET_TAGS,
+    BUILTIN_CHAINS,
+    FILTER,
+    TABLES,
+    Chain,
+    Jump,
+    Role,
+    Rule,
+    RuleSet,
+)
 
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
+_PLAIN = re.compile(r"[A-Za-z0-9_./:,=+@!-]+")  # tokens iptables-restore reads back without quotes
 
 
 def split_line(line: str) -> list[str]:
@@ -23,7 +34,7 @@ def split_line(line: str) -> list[str]:
 
 def quote(token: str) -> str:
     """A token as iptables-restore reads it back."""
-    if token and all(c.isalnum() or c in "-_./:,=+@!" for c in token):
+    if _PLAIN.fullmatch(token):
         return token
     return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -33,6 +44,8 @@ def role_of(name: str, prefix: str) -> Role:
         return "frontend"
     if name.startswith(prefix + "SEP-"):
         return "endpoint"
+    if name[len(prefix) :].startswith(BUCKET_TAGS):
+        return "bucket"
     return "dispatch"
 
 
@@ -52,16 +65,23 @@ def _lines(text: str) -> Iterator[tuple[str, str]]:
 
 
 def parse_save(text: str, prefix: str) -> RuleSet:
-    """The chains named `prefix*` in nat and filter, and builtin-chain rules jumping to them."""
+    """The chains named `prefix*` in nat and filter, and builtin-chain rules jumping to them.
+
+    Also whether filter FORWARD could drop flannel-lb's flows (`RuleSet.forward_filtered`): its policy is
+    DROP, or it holds rules other than flannel-lb's jumps (no filter table: it cannot).
+    """
     chains: dict[tuple[str, str], list[Rule]] = {}
     jumps: list[Jump] = []
+    forward_filtered = False
     for table, line in _lines(text):
         if table not in TABLES:
             continue
         if line.startswith(":"):
-            name = line[1:].split(None, 1)[0]
+            name, _, rest = line[1:].partition(" ")
             if name.startswith(prefix):
                 chains.setdefault((table, name), [])
+            elif table == FILTER and name == "FORWARD" and rest.split()[:1] != ["ACCEPT"]:
+                forward_filtered = True
             continue
         tokens = split_line(line)
         if tokens and tokens[0].startswith("["):  # iptables-save -c
@@ -75,10 +95,13 @@ def parse_save(text: str, prefix: str) -> RuleSet:
             rule = Rule.from_args(tokens[2:])
             if rule.jump.startswith(prefix):
                 jumps.append(Jump(table, chain, rule))
+            elif table == FILTER and chain == "FORWARD":
+                forward_filtered = True
     return RuleSet(
         prefix=prefix,
         chains=tuple(Chain(t, n, tuple(rules), role_of(n, prefix)) for (t, n), rules in chains.items()),
         jumps=tuple(jumps),
+        forward_filtered=forward_filtered,
     )
 
 

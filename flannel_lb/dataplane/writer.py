@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -60,6 +61,10 @@ class SyncState(ABC):
         self._prefix = prefix
         self._current: RuleSet | None = None  # what the kernel holds, as far as this writer knows
         self._need_full = False
+        self.forward_filtered: bool | None = None  # from the last read-back (see RuleSet.forward_filtered)
+        # Called with the desired RuleSet right after each read-back of the kernel (adopt, verify, full);
+        # returns what to apply instead (IptablesPlane: the FORWARD jump as that read-back requires).
+        self.settle: Callable[[RuleSet], RuleSet] | None = None
 
     @property
     def prefix(self) -> str:
@@ -86,13 +91,25 @@ class SyncState(ABC):
         kernel holds instead of with memory, and rewrite only what differs: repairs drift (someone
         flushed or edited an owned chain) at the cost of one iptables-save, not of a full rewrite.
         """
+        mode, changes, _ = self._plan(desired, full=full, verify=verify)
+        return mode, changes
+
+    def _plan(self, desired: RuleSet, *, full: bool, verify: bool) -> tuple[Mode, Changes, RuleSet]:
         if desired.prefix != self._prefix:
             raise ValueError(f"rule set prefix {desired.prefix!r} != writer prefix {self._prefix!r}")
         if full or self._need_full:
-            return "full", compute_changes(desired, self.read_owned(), full=True)
+            kernel, desired = self._read_back(desired)
+            return "full", compute_changes(desired, kernel, full=True), desired
         if verify or self._current is None:
-            return ("verify" if verify else "adopt"), compute_changes(desired, self.read_owned())
-        return "partial", compute_changes(desired, self._current)
+            kernel, desired = self._read_back(desired)
+            return ("verify" if verify else "adopt"), compute_changes(desired, kernel), desired
+        return "partial", compute_changes(desired, self._current), desired
+
+    def _read_back(self, desired: RuleSet) -> tuple[RuleSet, RuleSet]:
+        kernel = self.read_owned()
+        if kernel.forward_filtered is not None:
+            self.forward_filtered = kernel.forward_filtered
+        return kernel, (desired if self.settle is None else self.settle(desired))
 
     def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str:
         """The exact restore text the next sync would apply ("" if nothing would change)."""
@@ -101,7 +118,7 @@ class SyncState(ABC):
     def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> SyncResult:
         """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
         start = time.perf_counter()
-        mode, changes = self.plan(desired, full=full, verify=verify)
+        mode, changes, desired = self._plan(desired, full=full, verify=verify)
         text = render_changes(changes)
         if not changes.empty:
             try:
