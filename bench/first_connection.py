@@ -271,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--layouts",
         action=argparse.BooleanOptionalAction,
-        help="also the alternative layouts (buckets, nft-map; default with --writer restore only)",
+        help="also the pre-bucket prototype layouts (flat-chain era; off by default: the agent's own"
+        " iptables layout is bucketed now, and the nft map is --writer nft)",
     )
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     add_writer_option(p)
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.writer == "nft" and (args.layouts or args.backend):
         p.error("--layouts and --backend need the iptables writer (--writer restore)")
     backend = args.backend or "nft"
-    alt = args.layouts if args.layouts is not None else args.writer == "restore"
+    alt = bool(args.layouts)
     scales = (
         [int(x) for x in args.scales.split(",")]
         if args.scales
