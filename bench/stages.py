@@ -34,7 +34,7 @@ from flannel_lb.dataplane.nft_writer import KernelTable, NftWriter
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.render import render_changes
 from flannel_lb.dataplane.restore import apply, cleanup, read_owned
-from flannel_lb.dataplane.rules import RuleSet, build_ruleset
+from flannel_lb.dataplane.rules import RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.tools import Tools, make_tools, run
 from flannel_lb.desired import Plan
 from flannel_lb.planner import Planner
@@ -100,10 +100,15 @@ class Pipeline:
     state: ClusterState = field(init=False)
     planner: Planner = field(init=False)
     current: RuleSet | None = None
+    builder: RuleBuilder = field(init=False)
 
     def __post_init__(self) -> None:
         self.state = wiring.new_state(self.cfg)
         self.planner = Planner(self.state, wiring.plan_settings(self.cfg))
+        self.builder = RuleBuilder()  # as the agent's IptablesPlane: kept across syncs
+
+    def _build(self, plan: Plan) -> RuleSet:
+        return self.builder.build(plan, dataplane_options(self.cfg, self.state.network_config))
 
     def cold(self, items: Sequence[tuple[str, bytes]], revision: int) -> Stages:
         out = Stages()
@@ -111,7 +116,7 @@ class Pipeline:
         timed = _Timer(out, prof)
         timed("decode snapshot", lambda: self.state.replace(((k, v, None) for k, v in items), revision))
         plan = timed("plan", lambda: self.planner.plan(None))
-        desired = timed("build_ruleset", lambda: build_ruleset(plan, dataplane_options(self.cfg)))
+        desired = timed("build_ruleset", lambda: self._build(plan))
         prefix = self.cfg.dataplane.chain_prefix
         kernel = timed("kernel read", lambda: read_owned(self.tools, prefix), python=False)
         changes = timed("compute_changes", lambda: compute_changes(desired, kernel))
@@ -128,7 +133,7 @@ class Pipeline:
         timed = _Timer(out, prof)
         change = timed("decode value", lambda: self.state.put(key, value))
         plan = timed("plan", lambda: self.planner.plan(change))
-        desired = timed("build_ruleset", lambda: build_ruleset(plan, dataplane_options(self.cfg)))
+        desired = timed("build_ruleset", lambda: self._build(plan))
         changes = timed("compute_changes", lambda: compute_changes(desired, self.current))
         text = timed("render", lambda: render_changes(changes))
         timed("iptables-restore", lambda: apply(text, self.tools), python=False)
