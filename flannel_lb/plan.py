@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from flannel_lb.desired import (
     Problem,
     ServiceVerdict,
 )
+from flannel_lb.ipv4 import ipv4_int
 from flannel_lb.model import Endpoint, EndpointGroup, Lease, Service, ServicePort
 from flannel_lb.policy import ExposurePolicy
 
@@ -77,15 +77,6 @@ def _lookup(table: _Prefixes, ip: int) -> Lease | None:
         if lease is not None:
             return lease
     return None
-
-
-def ipv4_int(ip: str) -> int | None:
-    """A dotted-quad IPv4 address as an integer; None if `ip` is anything else (inet_pton is as
-    strict as `ipaddress`: no shorthand, no leading zeros, no spaces)."""
-    try:
-        return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from typing import Literal
 
 from flannel_lb.dataplane.options import Options
 from flannel_lb.desired import Backend, Frontend, Plan
+from flannel_lb.ipv4 import ipv4_int
 
 NAT = "nat"
 FILTER = "filter"
@@ -626,11 +627,7 @@ def usable_backends(f: Frontend, skipped: list[tuple[str, str]]) -> list[Backend
     out: list[Backend] = []
     seen: set[tuple[str, int]] = set()
     for b in f.backends:
-        try:
-            ok = ipaddress.ip_address(b.ip).version == 4 and 0 < b.port < 65536
-        except ValueError:
-            ok = False
-        if not ok:
+        if ipv4_int(b.ip) is None or not 0 < b.port < 65536:
             skipped.append((f"{f.label} -> {b.ip}:{b.port}", "backend is not an IPv4 address:port"))
         elif (b.ip, b.port) not in seen:
             seen.add((b.ip, b.port))
