@@ -250,6 +250,8 @@ def test_layout_builder_reuses_unchanged_frontends() -> None:
     assert sorted(reused) == sorted(k for k in first.frontends if k != (LB, 53, "UDP"))
     assert second.frontends[(LB, 53, "UDP")] != first.frontends[(LB, 53, "UDP")]
     assert second.changed == {(LB, 53, "UDP")} and second.base is first
+    again = builder.build(Plan(3, tuple(changed if f.port == 53 else f for f in plan.frontends)))
+    assert again.changed == set() and again.base is second and second.base is None  # no history chain
     third = builder.build(Plan(3, plan.frontends[1:]))  # a frontend went: rebuilt, entries reused
     assert third.changed is None and (LB, 80, "TCP") not in third.frontends
     assert third.frontends[(LB, 8080, "TCP")] is second.frontends[(LB, 8080, "TCP")]

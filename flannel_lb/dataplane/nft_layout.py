@@ -138,6 +138,7 @@ class LayoutBuilder:
                 return None
             entries[new.key] = frontend_entries(new, self.options)
             changed.add(new.key)
+        last.base = None  # one step of history is all a delta needs: no chain of 10k-entry dicts
         return Layout(entries, [], changed, last)
 
     def _pairs(self) -> list[tuple[Frontend, Entries]]:
