@@ -34,7 +34,7 @@ from flannel_lb.dataplane.plane import IptablesPlane
 from flannel_lb.dataplane.restore import RestoreError, RestoreWriter, diff
 from flannel_lb.dataplane.rules import Chain, Rule, RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.savefile import foreign_lines, parse_save
-from flannel_lb.dataplane.writer import Writer
+from flannel_lb.dataplane.writer import SyncState, Writer
 from flannel_lb.desired import Affinity, Backend, Frontend, Plan
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 
@@ -429,6 +429,18 @@ def test_partial_sync_rewrites_only_the_changed_frontend(setup: Setup) -> None:
     assert repair.mode == "verify"
     assert {c.name for c in repair.changes.write} == {web}
     assert set(lab.client("tcp", LB, 80, 30)) == set(PODS)
+    # Nobody committed since the repair: with iptables-nft the next verify trusts the nf_tables
+    # generation and reads nothing back; x_tables (legacy) has no generation, so it reads again.
+    assert isinstance(w, SyncState)
+    reads = w.read_backs
+    assert not w.sync(after, verify=True).applied
+    assert w.read_backs == reads + (0 if lab.backend == "nft" else 1)
+    lab.iptables("-t nat -A OTHER-NAT -p tcp --dport 9998 -j DNAT --to-destination 10.9.9.8")
+    try:  # someone else's commit: read back again
+        assert not w.sync(after, verify=True).applied
+        assert w.read_backs == reads + (1 if lab.backend == "nft" else 2)
+    finally:
+        lab.iptables("-t nat -D OTHER-NAT -p tcp --dport 9998 -j DNAT --to-destination 10.9.9.8")
 
 
 def test_restart_adopts_rules_without_a_flush(setup: Setup) -> None:

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from flannel_lb.dataplane import nft_layout as nl
+from flannel_lb.dataplane.generation import read_generation
 from flannel_lb.dataplane.nft_layout import FrontendKey
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
 from flannel_lb.dataplane.writer import Mode
 from flannel_lb.desired import Plan
-from flannel_lb.netcheck import open_netlink
 
 _ERROR_LINE = re.compile(r"^/dev/stdin:(\d+):", re.MULTILINE)
 
@@ -276,36 +274,6 @@ class NftWriter:
 
     def close(self) -> None:
         self._current = None
-
-
-NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, NFT_MSG_NEWGEN, NFTA_GEN_ID = 10, 16, 15, 1
-NETLINK_NETFILTER, NLM_F_REQUEST, NLMSG_ERROR = 12, 1, 2
-
-
-def read_generation(netns: str | None = None) -> int:
-    """nf_tables' generation id in `netns`: it changes with every committed transaction."""
-    sock = open_netlink(netns, protocol=NETLINK_NETFILTER)
-    try:
-        sock.settimeout(5)
-        header = struct.pack("=IHHII", 20, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, NLM_F_REQUEST, 1, 0)
-        sock.send(header + struct.pack("=BBH", socket.AF_UNSPEC, 0, 0))
-        data = sock.recv(65536)
-    finally:
-        sock.close()
-    length, kind = struct.unpack_from("=IH", data)
-    if kind == NLMSG_ERROR:
-        (err,) = struct.unpack_from("=i", data, 16)
-        raise NftError(f"NFT_MSG_GETGEN failed: errno {-err}")
-    if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN:
-        raise NftError(f"NFT_MSG_GETGEN: unexpected netlink message type {kind:#x}")
-    at = 16 + 4  # nlmsghdr, nfgenmsg; then attributes
-    while at + 4 <= length:
-        size, attr = struct.unpack_from("=HH", data, at)
-        if attr & 0x3FFF == NFTA_GEN_ID and size >= 8:
-            (gen,) = struct.unpack_from(">I", data, at + 4)
-            return int(gen)
-        at += (size + 3) & ~3
-    raise NftError("NFT_MSG_GETGEN: no generation id in the answer")
 
 
 def _diff(

@@ -10,6 +10,7 @@ import difflib
 import re
 
 from flannel_lb.dataplane.changes import Changes
+from flannel_lb.dataplane.generation import GenerationError, read_generation
 from flannel_lb.dataplane.render import render, render_changes
 from flannel_lb.dataplane.rules import TABLES, RuleSet, without_forward_jump
 from flannel_lb.dataplane.savefile import parse_save, quote
@@ -120,6 +121,14 @@ class RestoreWriter(SyncState):
 
     def read_owned(self) -> RuleSet:
         return read_owned(self.tools, self._prefix)
+
+    def generation(self) -> int | None:
+        if self.tools.backend != "nft":
+            return None  # x_tables has no generation to trust
+        try:
+            return read_generation(self.tools.netns)
+        except (OSError, GenerationError):
+            return None
 
     def diff(self, desired: RuleSet) -> str:
         return diff(desired, self.tools)

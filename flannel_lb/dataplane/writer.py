@@ -65,6 +65,8 @@ class SyncState(ABC):
         # Called with the desired RuleSet right after each read-back of the kernel (adopt, verify, full);
         # returns what to apply instead (IptablesPlane: the FORWARD jump as that read-back requires).
         self.settle: Callable[[RuleSet], RuleSet] | None = None
+        self._genid: int | None = None  # nf_tables generation at our last commit or read-back
+        self.read_backs = 0  # kernel reads done by adopt/verify/full (the generation check avoids most)
 
     @property
     def prefix(self) -> str:
@@ -72,6 +74,11 @@ class SyncState(ABC):
 
     @abstractmethod
     def read_owned(self) -> RuleSet: ...
+
+    def generation(self) -> int | None:
+        """The kernel's nf_tables generation (see `generation.py`), or None where there is none to
+        trust (iptables-legacy): then every verify reads the kernel back."""
+        return None
 
     @abstractmethod
     def _commit(self, changes: Changes, text: str) -> None: ...
@@ -100,12 +107,22 @@ class SyncState(ABC):
         if full or self._need_full:
             kernel, desired = self._read_back(desired)
             return "full", compute_changes(desired, kernel, full=True), desired
+        if (
+            verify
+            and self._current is not None
+            and self._genid is not None
+            and self._genid == self.generation()
+        ):
+            # Nobody committed since our last commit or read-back: the kernel holds what we remember.
+            return "verify", compute_changes(desired, self._current), desired
         if verify or self._current is None:
             kernel, desired = self._read_back(desired)
             return ("verify" if verify else "adopt"), compute_changes(desired, kernel), desired
         return "partial", compute_changes(desired, self._current), desired
 
     def _read_back(self, desired: RuleSet) -> tuple[RuleSet, RuleSet]:
+        self._genid = self.generation()  # before the read: a commit during it shows up next time
+        self.read_backs += 1
         kernel = self.read_owned()
         if kernel.forward_filtered is not None:
             self.forward_filtered = kernel.forward_filtered
@@ -121,14 +138,20 @@ class SyncState(ABC):
         mode, changes, desired = self._plan(desired, full=full, verify=verify)
         text = render_changes(changes)
         if not changes.empty:
+            before = self.generation()
             try:
                 self._commit(changes, text)
             except BaseException:
-                self._current, self._need_full = None, True
+                self._current, self._need_full, self._genid = None, True, None
                 raise
+            after = self.generation()
+            # Exactly one commit in between (ours): memory and kernel agree. Else someone else
+            # committed too, and the next verify reads the kernel back.
+            ours = before is not None and after == (before + 1) & 0xFFFFFFFF
+            self._genid = after if ours else None
         self._current, self._need_full = desired, False
         return SyncResult(mode, changes, text, time.perf_counter() - start)
 
     def forget(self) -> None:
         """Make the next sync a full one."""
-        self._current, self._need_full = None, True
+        self._current, self._need_full, self._genid = None, True, None
