@@ -441,6 +441,13 @@ def test_partial_sync_rewrites_only_the_changed_frontend(setup: Setup) -> None:
         assert w.read_backs == reads + (1 if lab.backend == "nft" else 2)
     finally:
         lab.iptables("-t nat -D OTHER-NAT -p tcp --dport 9998 -j DNAT --to-destination 10.9.9.8")
+    # A change in both tables (web loses its pods: a REJECT in filter, a dispatch change in nat) is two
+    # commits, both ours: still no read-back.
+    empty = build_ruleset(make_plan(3, web=(), dns=("pod1", "pod3")))
+    assert w.sync(empty).changes.tables() == ("filter", "nat")
+    reads = w.read_backs
+    assert not w.sync(empty, verify=True).applied
+    assert w.read_backs == reads + (0 if lab.backend == "nft" else 1)
 
 
 def test_restart_adopts_rules_without_a_flush(setup: Setup) -> None:

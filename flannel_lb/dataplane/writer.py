@@ -145,9 +145,11 @@ class SyncState(ABC):
                 self._current, self._need_full, self._genid = None, True, None
                 raise
             after = self.generation()
-            # Exactly one commit in between (ours): memory and kernel agree. Else someone else
-            # committed too, and the next verify reads the kernel back.
-            ours = before is not None and after == (before + 1) & 0xFFFFFFFF
+            # Only our commits in between (one per table: iptables-restore commits each `*table`
+            # section on its own): memory and kernel agree. Else someone else committed too, and the
+            # next verify reads the kernel back.
+            commits = max(1, len(changes.tables()))
+            ours = before is not None and after == (before + commits) & 0xFFFFFFFF
             self._genid = after if ours else None
         self._current, self._need_full = desired, False
         return SyncResult(mode, changes, text, time.perf_counter() - start)
