@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from bench.objects import BenchService, Endpoint
 from flannel_lb.lab.lab import Lab
@@ -165,25 +165,8 @@ def wait_listening(lab: Lab, host: str, ip: str, port: int, timeout: float = 10.
 class TimedAgent(AgentProcess):
     """`flannel-lb run` in the LB namespace; every log event gets `_t`, its arrival (monotonic) time."""
 
-    def _read(self, stream: IO[bytes] | None) -> None:
-        assert stream is not None
-        sink = self.log_path.open("ab") if self.log_path else None
-        try:
-            for raw in stream:
-                t = time.monotonic()
-                if sink:
-                    sink.write(raw)
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    event = {"event": "raw", "line": raw.decode(errors="replace").rstrip()}
-                event["_t"] = t
-                with self._cond:
-                    self.events.append(event)
-                    self._cond.notify_all()
-        finally:
-            if sink:
-                sink.close()
+    def _stamp(self, event: dict[str, Any], arrived: float) -> None:
+        event["_t"] = arrived
 
     def wait_sync_where(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float, after: int = 0

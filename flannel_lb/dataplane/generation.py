@@ -46,3 +46,11 @@ def read_generation(netns: str | None = None) -> int:
             return int(gen)
         at += (size + 3) & ~3
     raise GenerationError("NFT_MSG_GETGEN: no generation id in the answer")
+
+
+def after_own_commits(before: int | None, after: int | None, commits: int = 1) -> int | None:
+    """`after` if the generation moved by exactly our `commits` (nobody else committed in between, so
+    memory and kernel agree), else None: the next verify must read the kernel back."""
+    if before is None or after is None or after != (before + commits) & 0xFFFFFFFF:
+        return None
+    return after

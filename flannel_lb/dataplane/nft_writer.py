@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flannel_lb.dataplane import nft_layout as nl
-from flannel_lb.dataplane.generation import read_generation
+from flannel_lb.dataplane.generation import after_own_commits, read_generation
 from flannel_lb.dataplane.nft_layout import FrontendKey
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
@@ -131,10 +131,7 @@ class NftWriter:
             except BaseException:
                 self._current, self._need_full, self._genid = None, True, None
                 raise
-            after = self.generation()
-            # Exactly one commit in between (ours): the kernel holds what we think. Anything else:
-            # someone committed too, and the next verify must read the table back.
-            self._genid = after if after == (before + 1) & 0xFFFFFFFF else None
+            self._genid = after_own_commits(before, self.generation())  # `nft -f`: one commit
         if "tables_replaced" in counts:
             self._balance = desired.balance_chains()
         elif mode == "partial" or self._current is not None:

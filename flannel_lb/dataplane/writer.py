@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from flannel_lb.dataplane.changes import Changes, compute_changes
+from flannel_lb.dataplane.generation import after_own_commits
 from flannel_lb.dataplane.render import render_changes
 from flannel_lb.dataplane.rules import RuleSet
 
@@ -144,13 +145,8 @@ class SyncState(ABC):
             except BaseException:
                 self._current, self._need_full, self._genid = None, True, None
                 raise
-            after = self.generation()
-            # Only our commits in between (one per table: iptables-restore commits each `*table`
-            # section on its own): memory and kernel agree. Else someone else committed too, and the
-            # next verify reads the kernel back.
-            commits = max(1, len(changes.tables()))
-            ours = before is not None and after == (before + commits) & 0xFFFFFFFF
-            self._genid = after if ours else None
+            # iptables-restore commits each `*table` section on its own: one commit per table
+            self._genid = after_own_commits(before, self.generation(), max(1, len(changes.tables())))
         self._current, self._need_full = desired, False
         return SyncResult(mode, changes, text, time.perf_counter() - start)
 

@@ -77,6 +77,7 @@ class AgentProcess:
         sink = self.log_path.open("ab") if self.log_path else None
         try:
             for raw in stream:
+                arrived = time.monotonic()
                 if sink:
                     sink.write(raw)
                     sink.flush()
@@ -84,12 +85,16 @@ class AgentProcess:
                     event = json.loads(raw)
                 except ValueError:
                     event = {"event": "raw", "line": raw.decode(errors="replace").rstrip()}
+                self._stamp(event, arrived)
                 with self._cond:
                     self.events.append(event)
                     self._cond.notify_all()
         finally:
             if sink:
                 sink.close()
+
+    def _stamp(self, event: dict[str, Any], arrived: float) -> None:
+        """A hook for subclasses (the benchmarks record each event's arrival time)."""
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0, after: int = 0
