@@ -33,6 +33,7 @@ from flannel_lb.decode import flannel, objects
 from flannel_lb.decode.kube import DecodeError, EncryptedValueError, UnsupportedKindError, decode_used
 from flannel_lb.desired import Problem
 from flannel_lb.model import EndpointGroup, Lease, NetworkConfig, Node, Service
+from flannel_lb.packed import PackedValues
 
 ServiceRef = tuple[str, str]  # (namespace, name)
 
@@ -138,7 +139,7 @@ class ClusterState:
         self.problems: dict[str, Problem] = {}
         self._slices: dict[str, tuple[EndpointGroup, ...]] = {}  # key -> groups
         self._endpoints: dict[str, tuple[EndpointGroup, ...]] = {}  # decoded Endpoints: key -> groups
-        self._endpoints_raw: dict[str, bytes] = {}  # Endpoints not decoded yet (their Service has slices)
+        self._endpoints_raw = PackedValues()  # Endpoints not decoded yet (their Service has slices)
         self._slices_by_service: dict[ServiceRef, tuple[str, ...]] = {}  # sorted slice keys, never empty
         self._slice_owner: dict[str, ServiceRef] = {}
         self._key_problems: dict[str, list[Problem]] = {}  # warnings about otherwise usable objects
@@ -195,7 +196,7 @@ class ClusterState:
             # about the key's previous value no longer applies.
             self.problems.pop(key, None)
             self._key_problems.pop(key, None)
-            self._endpoints_raw[key] = value
+            self._endpoints_raw.put(key, value)
             self._unsettled.add((ns, name))
             return self._settle(Change(set()))
         return self._settle(self._store(key, kind, ns, name, value, expires))
@@ -242,7 +243,7 @@ class ClusterState:
         self._unsettled = set()
         for ref in [r for r in refs if r not in self._slices_by_service]:
             key = self._endpoints_key(ref)
-            value = self._endpoints_raw.pop(key, None)
+            value = self._endpoints_raw.pop(key)
             if value is not None:
                 change.merge(self._store(key, "endpoints", *ref, value, None))
         return change
@@ -346,7 +347,7 @@ class ClusterState:
             return Change({(ns, name)})
         if kind == "endpoints":
             self._endpoints.pop(key, None)
-            self._endpoints_raw.pop(key, None)
+            self._endpoints_raw.pop(key)
             return Change({(ns, name)})
         self._slices.pop(key, None)
         owner = self._slice_owner.pop(key, None)

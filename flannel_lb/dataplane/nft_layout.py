@@ -48,13 +48,30 @@ def table_name(prefix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Entries:
-    """What one frontend contributes to the table."""
+    """What one frontend contributes to the table.
 
-    elements: tuple[tuple[str, str, str], ...] = ()  # (map or set, key, value; "" for sets)
+    Endpoint-map elements are kept as the Backend objects the plan already holds and spelled out only
+    when a sync needs them: at 100k endpoints their text would be the largest thing the agent keeps.
+    """
+
+    head: tuple[tuple[str, str, str], ...] = ()  # dispatch or reject: (map or set, key, value; "" for sets)
     # own chains/sets (affinity): (name, nft commands), in creation order
     objects: tuple[tuple[str, tuple[str, ...]], ...] = ()
     balance: tuple[int, str] | None = None  # the shared balance chain it jumps to: (k, proto)
     skipped: tuple[tuple[str, str], ...] = ()  # (what, why) the layout cannot express
+    address: str = ""  # the frontend's address and port: the endpoint elements' key prefix
+    port: int = 0
+    backends: tuple[Backend, ...] = ()  # endpoint index i -> backends[i] in `endpoints-<proto>`
+
+    @property
+    def elements(self) -> tuple[tuple[str, str, str], ...]:
+        """(map or set, key, value) for every element this frontend owns."""
+        if not self.backends:
+            return self.head
+        assert self.balance is not None
+        name, prefix = endpoint_map(self.balance[1]), f"{self.address} . {self.port} . "
+        endpoints = ((name, f"{prefix}{i}", f"{b.ip} . {b.port}") for i, b in enumerate(self.backends))
+        return (*self.head, *endpoints)
 
 
 @dataclass(slots=True)
@@ -169,12 +186,9 @@ def frontend_entries(f: Frontend, opts: Options) -> Entries:
     if f.affinity is not None:
         skipped.append((f.label, f"affinity {f.affinity.mode!r}/{f.affinity.timeout}s ignored: not ClientIP"))
     k = len(backends)
-    elements = [(dispatch_map, key, f"goto {balance_chain(k, proto)}")]
-    endpoints = endpoint_map(proto)
-    elements += [
-        (endpoints, f"{f.address} . {f.port} . {i}", f"{b.ip} . {b.port}") for i, b in enumerate(backends)
-    ]
-    return Entries(tuple(elements), balance=(k, proto), skipped=tuple(skipped))
+    dispatch = ((dispatch_map, key, f"goto {balance_chain(k, proto)}"),)
+    kept = f.backends if k == len(f.backends) else tuple(backends)  # usually all of them: share the tuple
+    return Entries(dispatch, (), (k, proto), tuple(skipped), f.address, f.port, kept)
 
 
 def _affinity_objects(

@@ -259,6 +259,12 @@ def statistic(n: int, i: int) -> tuple[str, ...]:
     return ("-m", "statistic", "--mode", "random", "--probability", probability(n, i))
 
 
+@functools.lru_cache(maxsize=4096)
+def _dnat_matches(proto: str, n: int, i: int) -> tuple[str, ...]:
+    """Shared by every DNAT rule with the same protocol and position: 100k rules, a few hundred tuples."""
+    return ("-p", proto, *statistic(n, i))
+
+
 SERVICES_SLOT, LOCAL_SLOT, REJECT_SLOT, LOCAL_REJECT_SLOT = range(4)  # the dispatch chains, in _assemble
 _ORDER = operator.attrgetter("order")  # sorts usable parts (whose order is never None)
 
@@ -579,10 +585,10 @@ def _frontend_chains(f: Frontend, backends: Sequence[Backend], opts: Options, na
             dnat = Rule(remember, ("DNAT", "--to-destination", f"{b.ip}:{b.port}"))
             chains.append(Chain(NAT, sep, (dnat,), "endpoint"))
     else:
-        for i, b in enumerate(backends):
-            rules.append(
-                Rule(("-p", proto, *statistic(n, i)), ("DNAT", "--to-destination", f"{b.ip}:{b.port}"))
-            )
+        rules += [
+            Rule(_dnat_matches(proto, n, i), ("DNAT", "--to-destination", f"{b.ip}:{b.port}"))
+            for i, b in enumerate(backends)
+        ]
     return [Chain(NAT, fe, tuple(rules), "frontend"), *chains]
 
 
