@@ -399,6 +399,7 @@ def test_overlay_guard_comes_first_and_yields_to_a_frontend_on_that_port() -> No
 def test_overlay_port_follows_flannels_backend() -> None:
     assert overlay_udp_port("vxlan") == 8472 and overlay_udp_port("vxlan", 4789) == 4789
     assert overlay_udp_port("udp") == 8285 and overlay_udp_port("udp", 9000) == 9000
+    assert overlay_udp_port("wireguard") == 51820 and overlay_udp_port("wireguard", 51000) == 51000
     assert overlay_udp_port("host-gw") is None and overlay_udp_port("ipip", 5) is None
 
 

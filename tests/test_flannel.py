@@ -22,6 +22,19 @@ def test_network_config_defaults_as_flannel_applies_them() -> None:
     assert cfg.backend_type == "udp"  # flannel's code (not its docs) defaults to udp
 
 
+def test_wireguard_backend_port_is_its_listen_port() -> None:
+    wg = flannel.parse_network_config(
+        b'{"Network": "10.5.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": 51000, "Port": 1}}'
+    )
+    assert (wg.backend_type, wg.port) == ("wireguard", 51000)
+    default = flannel.parse_network_config(b'{"Network": "10.5.0.0/16", "Backend": {"Type": "wireguard"}}')
+    assert default.port == 0  # flannel's default (51820) is applied where the port is used
+    with pytest.raises(flannel.FlannelError, match="ListenPort must be an integer"):
+        flannel.parse_network_config(
+            b'{"Network": "10.5.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": "x"}}'
+        )
+
+
 def test_small_network_subnet_len_is_prefix_plus_two() -> None:
     assert flannel.parse_network_config(b'{"Network": "10.0.0.0/24"}').subnet_len == 26
 

@@ -61,8 +61,9 @@ class Options:
         return f"{self.mark:#x}/{self.mark:#x}"
 
 
-# flannel's defaults (backend/vxlan: 8472, the Linux kernel's pre-IANA port; backend/udp: 8285)
-OVERLAY_DEFAULT_PORTS = {"vxlan": 8472, "udp": 8285}
+# flannel's defaults (backend/vxlan: 8472, the Linux kernel's pre-IANA port; backend/udp: 8285;
+# backend/wireguard: ListenPort 51820 for its IPv4 device)
+OVERLAY_DEFAULT_PORTS = {"vxlan": 8472, "udp": 8285, "wireguard": 51820}
 
 
 def overlay_udp_port(backend_type: str, port: int = 0) -> int | None:

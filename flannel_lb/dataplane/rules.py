@@ -14,11 +14,11 @@ Layout (prefix `FLB-`):
     filter FORWARD  -> FLB-FORWARD       ACCEPT both directions of connections carrying the ctmark
                                          (forward_accept = "auto": only while FORWARD could drop them)
 
-Overlay guard: with `Options.overlay_udp_port` (flannel's vxlan/udp port), FLB-SERVICES and FLB-LOCAL
-start with `-p udp -m udp --dport PORT -j RETURN`. Every new connection through the LB also starts two
-UDP flows of flannel's own encapsulation (out via nat OUTPUT, back via nat PREROUTING), which can never
-match a frontend; without the guard each walks the whole dispatch. Left out (with a `skipped` entry)
-when a UDP frontend uses that port.
+Overlay guard: with `Options.overlay_udp_port` (flannel's vxlan, udp or wireguard port), FLB-SERVICES
+and FLB-LOCAL start with `-p udp -m udp --dport PORT -j RETURN`. Every new connection through the LB
+also starts two UDP flows of flannel's own encapsulation (out via nat OUTPUT, back via nat
+PREROUTING), which can never match a frontend; without the guard each walks the whole dispatch. Left
+out (with a `skipped` entry) when a UDP frontend uses that port.
 
 Two-level dispatch: iptables evaluates a chain rule by rule, so a flat FLB-SERVICES costs a new
 connection up to N rule evaluations. A dispatch chain (FLB-SERVICES, FLB-LOCAL, FLB-REJECT,

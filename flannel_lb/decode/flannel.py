@@ -89,7 +89,10 @@ def parse_network_config(value: bytes | str) -> NetworkConfig:
         subnet_max=subnet_max,
         backend_type=backend_type,
         vni=_int(backend, "VNI", 1, "network config Backend"),
-        port=_int(backend, "Port", 0, "network config Backend"),
+        # The backend's UDP port: vxlan and udp call it Port, wireguard ListenPort (0 = the default).
+        port=_int(
+            backend, "ListenPort" if backend_type == "wireguard" else "Port", 0, "network config Backend"
+        ),
         ipv6_network=ipv6,
     )
 
