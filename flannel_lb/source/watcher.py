@@ -237,15 +237,19 @@ class ClusterSource:
                         exc = outcome.exception()
                         why = exc.describe() if isinstance(exc, _AllEndpointsFailed) else repr(exc)
                         yield Status(False, why, None, attempt.retry_state.attempt_number)
-                gen, snap = opened[0]
+                gen, snap = opened.pop()
+                revision = snap.revision
                 if snap is not resume:
                     with self._counter_lock:
                         self._relists += 1
                     yield snap
+                # This frame lives as long as the connection: it must not keep the snapshot's values
+                # (30 MB at 10k Services) once the consumer has them.
+                del snap
                 resume = None  # after any failure only a full re-list is safe
                 yield Status(True, "", gen.endpoint.url)
                 opened_at = time.monotonic()
-                reason = yield from self._pump(gen, q, stop, snap.revision)
+                reason = yield from self._pump(gen, q, stop, revision)
                 gen.close()
                 gen = None
                 if reason is None:
