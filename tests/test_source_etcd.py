@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -212,6 +214,24 @@ def test_watch_delivers_puts_and_deletes_in_order(etcd: EtcdServer, consume: Cal
     revisions = [e.revision for e in events]
     assert revisions == sorted(revisions) and revisions[0] == snap.revision + 1
     assert len(consumer.of_type(Snapshot)) == 1
+
+
+def test_stream_keeps_no_reference_to_a_snapshot_it_handed_out(etcd: EtcdServer) -> None:
+    """The stream's frame lives as long as the connection; a snapshot is most of the agent's memory
+    until its consumer has decoded it, and must be freed then."""
+    client_for(etcd).put("/keep/1", b"one")
+    stop = threading.Event()
+    stream = source_for(etcd, ["/keep/"]).stream(stop)
+    try:
+        snap = next(stream)
+        assert isinstance(snap, Snapshot) and [kv.key for kv in snap.items] == ["/keep/1"]
+        assert next(stream) == Status(True, "", etcd.client_url)  # the stream ran on past the snapshot
+        gc.collect()
+        here = sys._getframe()
+        assert [type(r).__name__ for r in gc.get_referrers(snap) if r is not here] == []
+    finally:
+        stop.set()
+        stream.close()
 
 
 def test_lease_expiry_arrives_as_delete(etcd: EtcdServer, consume: Callable[..., Any]) -> None:
