@@ -160,7 +160,7 @@ class Agent:
                 log.error(
                     "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
                 )
-        conntrack_limits.apply_at_start(self.cfg.conntrack)  # only with [conntrack] manage; never raises
+        conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         source = wiring.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -316,6 +316,8 @@ class Agent:
             log.warning(
                 "config_reload_partial", detail="etcd, flannel, kubernetes and chain_prefix need a restart"
             )
+        if cfg.conntrack != self.cfg.conntrack:
+            conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
         self.planner.settings = wiring.plan_settings(cfg)
         self.options = self.dataplane.options = dataplane_options(cfg, self.state.network_config)

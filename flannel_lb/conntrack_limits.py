@@ -313,7 +313,8 @@ def apply(settings: ConntrackConfig, paths: Paths | None = None, ncpu: int | Non
 
 
 def apply_at_start(settings: ConntrackConfig, paths: Paths | None = None) -> Outcome | None:
-    """The agent's start-up step: with `manage` on, apply and log; never raises (serving comes first)."""
+    """The agent's step at start and on a reload that changed `[conntrack]`: with `manage` on, apply
+    and log; never raises (serving comes first)."""
     if not settings.manage:
         return None
     try:

@@ -454,6 +454,24 @@ def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog
     assert [e for _, e, _ in fake_log.events] == ["conntrack_stats_unreadable", "conntrack_table_filling"]
 
 
+def test_sighup_applies_a_changed_conntrack_section(tmp_path: Path, fake_log: FakeLog) -> None:
+    from flannel_lb import config
+    from flannel_lb.agent import Agent
+
+    path = tmp_path / "flannel-lb.toml"
+    path.write_text('[lb]\naddresses = ["192.168.121.201"]\n')
+    agent = Agent(config.load(str(path)), writer=object())  # type: ignore[arg-type]  # no sync here
+    paths = fake_kernel(tmp_path, max_=1000, hashsize=250, host=False)
+    agent.conntrack = ct.Monitor(agent.metrics, paths=paths)
+    agent._reload()  # [conntrack] unchanged: nothing is applied
+    assert value(paths, ct.ESTABLISHED) == 432000 and "conntrack_limit_set" not in str(fake_log.events)
+    path.write_text(path.read_text() + "[conntrack]\nmanage = true\ntcp_timeout_established = 7200\n")
+    agent._reload()
+    assert value(paths, ct.ESTABLISHED) == 7200
+    assert value(paths, ct.HASHSIZE) == 250  # not the host's namespace: the hash table is left alone
+    assert agent.cfg.conntrack.tcp_timeout_established == 7200
+
+
 # --- the kernel: a namespace of our own -------------------------------------------------------------------
 
 APPLY_IN_NETNS = """
