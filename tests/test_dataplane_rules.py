@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.dataplane.changes import Changes, compute_changes
+from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.conntrack import StaleFlows, stale_flows
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.render import render, render_changes
@@ -386,3 +386,33 @@ def effective_shares(rules: Sequence[Rule]) -> dict[str, float]:
         left *= 1 - p
     assert left == 0.0  # the last rule is unconditional: nothing falls through
     return shares
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=plan_st, after=plan_st, leaf_block=st.integers(1, 6))
+def test_staged_transactions_write_leaves_first_and_lose_nothing(
+    before: Plan, after: Plan, leaf_block: int
+) -> None:
+    """`transactions` only reorders: frontend/endpoint chains first (a frontend with the endpoint chains
+    after it), in blocks of at least `leaf_block` chains, then every other change in one last step."""
+    changes = compute_changes(build_ruleset(after), build_ruleset(before))
+    parts = transactions(changes, leaf_block)
+    leaves = [c for c in changes.write if c.role in ("frontend", "endpoint")]
+    if len(leaves) <= leaf_block:
+        assert parts == (changes,)
+        return
+    *staged, last = parts
+    if last.write and all(c.role in ("frontend", "endpoint") for c in last.write):
+        staged, last = parts, Changes()  # nothing but leaves changed: the last block is the last step
+    assert [c for p in staged for c in p.write] == leaves
+    assert all(not (p.delete or p.add_jumps or p.del_jumps) for p in staged)
+    assert all(len(p.write) >= leaf_block for p in staged[:-1])
+    assert all(p.write[0].role == "frontend" or i == 0 for i, p in enumerate(staged))
+    assert last.write == tuple(c for c in changes.write if c.role not in ("frontend", "endpoint"))
+    assert (last.delete, last.add_jumps, last.del_jumps) == (
+        changes.delete,
+        changes.add_jumps,
+        changes.del_jumps,
+    )
+    text = render_changes(changes, leaf_block)
+    assert text.count("COMMIT") == sum(len(p.tables()) for p in parts) > len(changes.tables())

@@ -7,7 +7,7 @@ declared (that would reset their policy and counters): flannel-lb's jumps are in
 
 from __future__ import annotations
 
-from flannel_lb.dataplane.changes import Changes, compute_changes
+from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.rules import Rule, RuleSet
 from flannel_lb.dataplane.savefile import quote
 
@@ -16,8 +16,13 @@ def rule_line(op: str, chain: str, rule: Rule, *position: str) -> str:
     return " ".join([op, chain, *position, *(quote(t) for t in rule.args())])
 
 
-def render_changes(changes: Changes) -> str:
-    """The restore text for `changes` ("" when there is nothing to do)."""
+def render_changes(changes: Changes, leaf_block: int | None = None) -> str:
+    """The restore text for `changes` ("" when there is nothing to do): one transaction, or with
+    `leaf_block`, the sequence `transactions` makes of it (one COMMIT per table of each)."""
+    return "".join(_render_transaction(t) for t in transactions(changes, leaf_block))
+
+
+def _render_transaction(changes: Changes) -> str:
     out: list[str] = []
     for table in changes.tables():
         write = [c for c in changes.write if c.table == table]

@@ -1,4 +1,5 @@
-"""Programming a RuleSet with iptables-restore --noflush: one atomic transaction per sync.
+"""Programming a RuleSet with iptables-restore --noflush: one run per sync, in which what traffic sees
+changes in one atomic step (with iptables-nft, new frontend chains go in first: `changes.transactions`).
 
 Also the kernel-facing helpers both writers use: reading the owned chains back (adoption at start-up),
 diffing them against a RuleSet, and removing everything flannel-lb owns.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from flannel_lb.dataplane.changes import Changes
+from flannel_lb.dataplane.changes import NFT_LEAF_BLOCK, Changes
 from flannel_lb.dataplane.generation import GenerationError, read_generation
 from flannel_lb.dataplane.render import render, render_changes
 from flannel_lb.dataplane.rules import TABLES, RuleSet, without_forward_jump
@@ -118,6 +119,8 @@ class RestoreWriter(SyncState):
     def __init__(self, *, prefix: str = "FLB-", backend: str = "auto", netns: str | None = None) -> None:
         super().__init__(prefix)
         self.tools = make_tools(backend, netns)
+        if self.tools.backend == "nft":
+            self.leaf_block = NFT_LEAF_BLOCK
 
     def read_owned(self) -> RuleSet:
         return read_owned(self.tools, self._prefix)

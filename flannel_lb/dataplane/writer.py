@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from flannel_lb.dataplane.changes import Changes, compute_changes
+from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.generation import after_own_commits
 from flannel_lb.dataplane.render import render_changes
 from flannel_lb.dataplane.rules import RuleSet
@@ -39,7 +39,7 @@ class SyncResult:
 
 
 class Writer(Protocol):
-    """Programs a RuleSet into the kernel: one atomic transaction per sync."""
+    """Programs a RuleSet into the kernel: what traffic sees changes in one atomic step per sync."""
 
     @property
     def prefix(self) -> str: ...
@@ -67,6 +67,7 @@ class SyncState(ABC):
         # returns what to apply instead (IptablesPlane: the FORWARD jump as that read-back requires).
         self.settle: Callable[[RuleSet], RuleSet] | None = None
         self._genid: int | None = None  # nf_tables generation at our last commit or read-back
+        self.leaf_block: int | None = None  # see `changes.transactions`; None: one transaction per sync
         self.read_backs = 0  # kernel reads done by adopt/verify/full (the generation check avoids most)
 
     @property
@@ -131,13 +132,14 @@ class SyncState(ABC):
 
     def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str:
         """The exact restore text the next sync would apply ("" if nothing would change)."""
-        return render_changes(self.plan(desired, full=full, verify=verify)[1])
+        return render_changes(self.plan(desired, full=full, verify=verify)[1], self.leaf_block)
 
     def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> SyncResult:
-        """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
+        """One atomic transaction (none if nothing changed; with `leaf_block`, unreferenced chains may
+        go first in transactions of their own); a failure makes the next sync a full one."""
         start = time.perf_counter()
         mode, changes, desired = self._plan(desired, full=full, verify=verify)
-        text = render_changes(changes)
+        text = render_changes(changes, self.leaf_block)
         if not changes.empty:
             before = self.generation()
             try:
@@ -146,7 +148,8 @@ class SyncState(ABC):
                 self._current, self._need_full, self._genid = None, True, None
                 raise
             # iptables-restore commits each `*table` section on its own: one commit per table
-            self._genid = after_own_commits(before, self.generation(), max(1, len(changes.tables())))
+            commits = sum(len(t.tables()) for t in transactions(changes, self.leaf_block))
+            self._genid = after_own_commits(before, self.generation(), max(1, commits))
         self._current, self._need_full = desired, False
         return SyncResult(mode, changes, text, time.perf_counter() - start)
 
