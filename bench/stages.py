@@ -29,7 +29,7 @@ from flannel_lb import config as config_mod
 from flannel_lb import wiring
 from flannel_lb.agent import dataplane_options
 from flannel_lb.cluster import ClusterState
-from flannel_lb.dataplane.changes import compute_changes
+from flannel_lb.dataplane.changes import NFT_LEAF_BLOCK, compute_changes
 from flannel_lb.dataplane.nft_writer import KernelTable, NftWriter
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.render import render_changes
@@ -120,12 +120,17 @@ class Pipeline:
         prefix = self.cfg.dataplane.chain_prefix
         kernel = timed("kernel read", lambda: read_owned(self.tools, prefix), python=False)
         changes = timed("compute_changes", lambda: compute_changes(desired, kernel))
-        text = timed("render", lambda: render_changes(changes))
+        text = timed("render", lambda: render_changes(changes, self.leaf_block))
         timed("iptables-restore", lambda: apply(text, self.tools), python=False)
         self.current = desired
         out.hot, out.text = (_top(prof) if prof else []), text
         out.rules = text.count("\n-A ")
         return out
+
+    @property
+    def leaf_block(self) -> int | None:
+        """As the agent's RestoreWriter: iptables-nft stages frontend chains (`changes.transactions`)."""
+        return NFT_LEAF_BLOCK if self.tools.backend == "nft" else None
 
     def change(self, key: str, value: bytes) -> Stages:
         out = Stages()
@@ -135,7 +140,7 @@ class Pipeline:
         plan = timed("plan", lambda: self.planner.plan(change))
         desired = timed("build_ruleset", lambda: self._build(plan))
         changes = timed("compute_changes", lambda: compute_changes(desired, self.current))
-        text = timed("render", lambda: render_changes(changes))
+        text = timed("render", lambda: render_changes(changes, self.leaf_block))
         timed("iptables-restore", lambda: apply(text, self.tools), python=False)
         self.current = desired
         out.hot, out.text = (_top(prof) if prof else []), text
