@@ -297,7 +297,7 @@ def _frontend_part(f: Frontend, opts: Options, names: Names) -> _Part:
         f = dataclasses.replace(f, affinity=None)
     local = f.kind == "cluster-ip"
     proto = PROTOCOLS[f.protocol]
-    address = int(ipaddress.IPv4Address(f.address))
+    address = ipv4_int(f.address) or 0  # valid: `frontend_problem` checked it
     dst = ("-d", f"{f.address}/32", "-p", proto, "-m", proto, "--dport", str(f.port))
     comment = _service_comment(f) if opts.comments else ""
     skipped: list[tuple[str, str]] = []
@@ -614,11 +614,11 @@ def _service_comment(f: Frontend) -> str:
 
 
 def frontend_problem(f: Frontend) -> str:
-    try:
-        addr = ipaddress.ip_address(f.address)
-    except ValueError:
-        return "not an IP address"
-    if addr.version != 4:
+    if ipv4_int(f.address) is None:  # the common case, without an `ipaddress` object per frontend
+        try:
+            ipaddress.ip_address(f.address)
+        except ValueError:
+            return "not an IP address"
         return "IPv6 frontends are not supported (flannel-lb programs IPv4 only)"
     if f.protocol not in PROTOCOLS:
         return f"protocol {f.protocol!r} is not TCP, UDP or SCTP"

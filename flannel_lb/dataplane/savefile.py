@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 
@@ -32,8 +33,10 @@ def split_line(line: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=16384)
 def quote(token: str) -> str:
-    """A token as iptables-restore reads it back."""
+    """A token as iptables-restore reads it back (memoised: a 10k-service restore quotes 1M tokens,
+    mostly the same few hundred)."""
     if _PLAIN.fullmatch(token):
         return token
     return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
