@@ -32,7 +32,7 @@ class PackedValues:
         if where is None:
             return None
         offset, length = where
-        value = bytes(memoryview(self._buffer)[offset : offset + length])
+        value = bytes(self._buffer[offset : offset + length])
         self._release(key)
         return value
 
