@@ -272,6 +272,11 @@ class Agent:
             if not self.have_snapshot:
                 self.have_snapshot = True
                 change = Change(set(), everything=True)
+                # The decoded cluster is ~1M long-lived objects at 10k services: out of the collector's
+                # sight before the first plan, which would otherwise pay for full collections walking
+                # them (plan and layout 1.0 -> 0.6 s). Nothing unreachable is left at this point to be
+                # frozen with them (measured: a collection here finds 0 objects, and costs 0.15 s).
+                gc.freeze()
         self.metrics.etcd_revision.set(self.state.revision)
         self._mark(change)
 
@@ -390,8 +395,8 @@ class Agent:
         )
         self.health.synced = True
         if not self._ready_sent:
-            # The decoded cluster is ~1M long-lived objects at 10k services; without this every full
-            # garbage collection walks them all and stalls a sync by tens of milliseconds.
+            # What the first sync built (plan, rules) joins the decoded cluster out of the collector's
+            # sight: otherwise every full collection walks it and stalls a sync by tens of milliseconds.
             gc.collect()
             gc.freeze()
             _release_free_memory()  # the snapshot's bytes and the first sync's text are garbage now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
@@ -39,6 +40,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _require_etcd() -> None:
     if shutil.which("etcd") is None:
         pytest.skip("the `etcd` binary is not installed (Debian: apt-get install etcd-server)")
+
+
+@pytest.fixture(autouse=True)
+def _collector_unfrozen() -> Iterator[None]:
+    """An in-process Agent freezes what it decoded (gc.freeze); the rest of the run collects as usual."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
