@@ -5,12 +5,13 @@ makes the kernel refuse or evict new connections (`drop`, `early_drop` in /proc/
 and two new connections that NAT to the same tuple fail their insert (`insert_failed`): from the
 outside, both look like an LB that stalls under a burst of new connections. `flannel-lb check`
 reports these, the agent samples them into metrics, and with `[conntrack] manage = true` the agent
-sets the limits once at start, as kube-proxy's `conntrack` settings do:
+sets the limits at start (and on a reload that changes them), as kube-proxy's `conntrack` settings do:
 
 - nf_conntrack_max is raised (never lowered) to max(min, max_per_core * CPUs). It is host-wide, so
   the kernel makes it read-only outside the host's network namespace: there we say so and go on.
 - the hash table (/sys/module/nf_conntrack/parameters/hashsize) is raised to max/4, only from the
-  host's network namespace: it is global, and the kernel refuses the write from anywhere else.
+  host's network namespace (`in_host_netns`): it is global, and the kernel refuses the write from
+  anywhere else.
 - the TCP established and close_wait timeouts are set: they belong to the agent's namespace.
 
 The decisions (`parse_stat`, `wanted_max`, `plan`, `assess_*`) are pure; the /proc and /sys I/O
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -250,11 +252,19 @@ class Paths:
 
 
 def in_host_netns(paths: Paths) -> bool | None:
-    """Whether we run in the host's (init) network namespace; None when /proc/1/ns/net cannot be read."""
+    """Whether we run in the host's (init) network namespace: ours compared with PID 1's.
+
+    Where /proc/1/ns/net cannot be read (the shipped unit has no CAP_SYS_PTRACE), the kernel says it
+    another way: it makes nf_conntrack_max read-only (0444) in every namespace but the init one. None
+    when neither can be read (no conntrack module either).
+    """
     try:
         mine, init = os.stat(paths.self_netns), os.stat(paths.host_netns)
     except OSError:
-        return None
+        try:
+            return bool(os.stat(f"{paths.sysctl_dir}/{MAX}").st_mode & stat.S_IWUSR)
+        except OSError:
+            return None
     return (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino)
 
 
@@ -287,7 +297,8 @@ def apply(settings: ConntrackConfig, paths: Paths | None = None, ncpu: int | Non
             why = (
                 "not the host's network namespace (the hash table is global)"
                 if host is False
-                else "cannot tell whether this is the host's network namespace (/proc/1/ns/net unreadable)"
+                else "cannot tell whether this is the host's network namespace (/proc/1/ns/net and"
+                f" {paths.sysctl_dir}/{MAX} unreadable)"
             )
             out.skipped[HASHSIZE] = (
                 f"{why}; to set it on the host: {_HASH_ON_THE_HOST.format(n=change.target)}"

@@ -324,17 +324,19 @@ def test_apply_never_lowers_a_bigger_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("host", "reason"),
+    ("host", "max_mode", "reason"),
     [
-        (False, "not the host's network namespace (the hash table is global)"),
-        (None, "cannot tell whether this is the host's network namespace (/proc/1/ns/net unreadable)"),
+        (False, 0o644, "not the host's network namespace (the hash table is global)"),
+        # /proc/1/ns/net unreadable: the kernel's read-only nf_conntrack_max says "not the host"
+        (None, 0o444, "not the host's network namespace (the hash table is global)"),
     ],
 )
 def test_hash_table_is_left_alone_outside_the_host_namespace(
-    tmp_path: Path, host: bool | None, reason: str
+    tmp_path: Path, host: bool | None, max_mode: int, reason: str
 ) -> None:
     paths = fake_kernel(tmp_path, max_=65536, hashsize=16384, host=host)
-    assert ct.in_host_netns(paths) is host
+    Path(paths.sysctl_dir, ct.MAX).chmod(max_mode)
+    assert ct.in_host_netns(paths) is False
     out = ct.apply(DEFAULTS, paths, ncpu=8)
     assert out.skipped == {
         ct.HASHSIZE: f"{reason}; to set it on the host: sysctl -w net.netfilter.nf_conntrack_buckets=65536,"
@@ -342,6 +344,20 @@ def test_hash_table_is_left_alone_outside_the_host_namespace(
     }
     assert value(paths, ct.HASHSIZE) == 16384
     assert ct.HASHSIZE not in [c.name for c in out.changed]
+
+
+def test_host_netns_falls_back_on_the_kernels_read_only_max(tmp_path: Path) -> None:
+    """Without /proc/1/ns/net (a unit without CAP_SYS_PTRACE), nf_conntrack_max's mode answers: the
+    kernel makes it 0444 outside the init namespace. With neither, nobody can tell."""
+    paths = fake_kernel(tmp_path, max_=65536, hashsize=16384, host=None)
+    max_file = Path(paths.sysctl_dir, ct.MAX)
+    assert ct.in_host_netns(paths) is True  # 0644, as in the host's namespace
+    out = ct.apply(DEFAULTS, paths, ncpu=8)
+    assert ct.HASHSIZE in [c.name for c in out.changed] and value(paths, ct.HASHSIZE) == 65536
+    max_file.chmod(0o444)
+    assert ct.in_host_netns(paths) is False
+    max_file.unlink()
+    assert ct.in_host_netns(paths) is None
 
 
 def test_read_only_max_is_reported_once_and_the_rest_goes_on(
