@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from flannel_lb import config as config_mod
 from flannel_lb import wiring
@@ -148,6 +148,41 @@ class Pipeline:
         return out
 
 
+class _Replayable(Protocol):
+    def cold(self, items: Sequence[tuple[str, bytes]], revision: int) -> Stages: ...
+    def change(self, key: str, value: bytes) -> Stages: ...
+
+
+def _replay(
+    new_pipeline: Callable[[bool], _Replayable],
+    remove: Callable[[], object],
+    load_raw: Callable[[str], None],
+    items: Sequence[tuple[str, bytes]],
+    revision: int,
+    change: tuple[str, bytes],
+) -> tuple[Stages, Stages, list[float]]:
+    """Both replays: timings without the profiler (cProfile slows Python code 2-3x), then the profile,
+    then the cold text loaded raw three times; `remove` empties the kernel before each and at the end."""
+    try:
+        remove()
+        pipe = new_pipeline(False)
+        cold = pipe.cold(items, revision)
+        one = pipe.change(*change)
+        remove()
+        pipe = new_pipeline(True)
+        cold.hot = pipe.cold(items, revision).hot
+        one.hot = pipe.change(*change).hot
+        raw = []
+        for _ in range(3):
+            remove()
+            t = time.perf_counter()
+            load_raw(cold.text)
+            raw.append(time.perf_counter() - t)
+        return cold, one, raw
+    finally:
+        remove()
+
+
 def replay(
     config: Path,
     netns: str,
@@ -163,26 +198,14 @@ def replay(
     """
     cfg = config_mod.load(config)
     tools = make_tools(backend, netns)
-    prefix = cfg.dataplane.chain_prefix
-    try:
-        # twice: timings without the profiler (cProfile slows Python code 2-3x), then the profile
-        cleanup(tools, prefix)
-        pipe = Pipeline(cfg, tools)
-        cold = pipe.cold(items, revision)
-        one = pipe.change(*change)
-        cleanup(tools, prefix)
-        pipe = Pipeline(cfg, tools, profiled=True)
-        cold.hot = pipe.cold(items, revision).hot
-        one.hot = pipe.change(*change).hot
-        raw = []
-        for _ in range(3):
-            cleanup(tools, prefix)
-            t = time.perf_counter()
-            apply(cold.text, tools)
-            raw.append(time.perf_counter() - t)
-        return cold, one, raw
-    finally:
-        cleanup(tools, prefix)
+    return _replay(
+        lambda profiled: Pipeline(cfg, tools, profiled=profiled),
+        lambda: cleanup(tools, cfg.dataplane.chain_prefix),
+        lambda text: apply(text, tools),
+        items,
+        revision,
+        change,
+    )
 
 
 class _TimedNftWriter(NftWriter):
@@ -278,27 +301,20 @@ def replay_nft(
     """
     cfg = config_mod.load(config)
     remover = NftWriter(dataplane_options(cfg), netns=netns)
-    try:
-        remover.cleanup()
-        pipe = NftPipeline(cfg, netns)
-        cold = pipe.cold(items, revision)
-        one = pipe.change(*change)
-        remover.cleanup()
-        pipe = NftPipeline(cfg, netns, profiled=True)
-        cold.hot = pipe.cold(items, revision).hot
-        one.hot = pipe.change(*change).hot
-        raw = []
-        argv = ["ip", "netns", "exec", netns, "nft", "-f", "-"]
-        for _ in range(3):
-            remover.cleanup()
-            t = time.perf_counter()
-            proc = run(argv, input=cold.text, timeout=600)
-            raw.append(time.perf_counter() - t)
-            if proc.returncode != 0:
-                raise RuntimeError(f"raw nft -f failed: {proc.stderr.strip()[:500]}")
-        return cold, one, raw
-    finally:
-        remover.cleanup()
+
+    def load_raw(text: str) -> None:
+        proc = run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=text, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"raw nft -f failed: {proc.stderr.strip()[:500]}")
+
+    return _replay(
+        lambda profiled: NftPipeline(cfg, netns, profiled=profiled),
+        remover.cleanup,
+        load_raw,
+        items,
+        revision,
+        change,
+    )
 
 
 def describe(stages: Stages) -> dict[str, Any]:
