@@ -7,6 +7,8 @@ declared (that would reset their policy and counters): flannel-lb's jumps are in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.rules import Rule, RuleSet
 from flannel_lb.dataplane.savefile import quote
@@ -19,7 +21,12 @@ def rule_line(op: str, chain: str, rule: Rule, *position: str) -> str:
 def render_changes(changes: Changes, leaf_block: int | None = None) -> str:
     """The restore text for `changes` ("" when there is nothing to do): one transaction, or with
     `leaf_block`, the sequence `transactions` makes of it (one COMMIT per table of each)."""
-    return "".join(_render_transaction(t) for t in transactions(changes, leaf_block))
+    return render_transactions(transactions(changes, leaf_block))
+
+
+def render_transactions(parts: Sequence[Changes]) -> str:
+    """The restore text committing `parts` in order (what `transactions` returns)."""
+    return "".join(_render_transaction(t) for t in parts)
 
 
 def _render_transaction(changes: Changes) -> str:

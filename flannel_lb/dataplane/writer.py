@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.generation import after_own_commits
-from flannel_lb.dataplane.render import render_changes
+from flannel_lb.dataplane.render import render_changes, render_transactions
 from flannel_lb.dataplane.rules import RuleSet
 
 Mode = Literal["adopt", "verify", "full", "partial"]
@@ -139,7 +139,8 @@ class SyncState(ABC):
         go first in transactions of their own); a failure makes the next sync a full one."""
         start = time.perf_counter()
         mode, changes, desired = self._plan(desired, full=full, verify=verify)
-        text = render_changes(changes, self.leaf_block)
+        parts = transactions(changes, self.leaf_block)
+        text = render_transactions(parts)
         if not changes.empty:
             before = self.generation()
             try:
@@ -148,7 +149,7 @@ class SyncState(ABC):
                 self._current, self._need_full, self._genid = None, True, None
                 raise
             # iptables-restore commits each `*table` section on its own: one commit per table
-            commits = sum(len(t.tables()) for t in transactions(changes, self.leaf_block))
+            commits = sum(len(t.tables()) for t in parts)
             self._genid = after_own_commits(before, self.generation(), max(1, commits))
         self._current, self._need_full = desired, False
         return SyncResult(mode, changes, text, time.perf_counter() - start)
