@@ -21,7 +21,7 @@ from flannel_lb.decode import objects
 from flannel_lb.decode.kube import decode_used, decode_value, encode_protobuf
 from flannel_lb.model import Endpoint
 from tests import kube_objects as k
-from tests.test_decode_kube import FIXTURES, _fixture_params
+from tests.test_decode_kube import _NO_FIXTURES, FIXTURES, _fixture_params
 
 CONVERTERS = {
     "Service": objects.service,
@@ -51,7 +51,7 @@ def test_fixtures_convert_alike_from_every_decoding(path: Path | None) -> None:
 
 def test_fixtures_are_there() -> None:
     if not FIXTURES:
-        pytest.skip("k8s fixtures not present (team-only)")
+        pytest.skip(_NO_FIXTURES)
     assert len(FIXTURES) >= 10
 
 
