@@ -70,9 +70,7 @@ def _fixture_name(api_version: str, kind: str) -> str:
 FIXTURE_DIR = _fixture_dir()
 # A full testdata/ holds every API type; only the kinds the decoder supports are ours to check.
 _SUPPORTED_FILES = {_fixture_name(*kind) for kind in SUPPORTED_KINDS}
-FIXTURES = (
-    sorted(p for p in FIXTURE_DIR.glob("*/*.pb") if p.stem in _SUPPORTED_FILES) if FIXTURE_DIR.is_dir() else []
-)
+FIXTURES = sorted(p for p in FIXTURE_DIR.glob("*/*.pb") if p.stem in _SUPPORTED_FILES)
 _NO_FIXTURES = (
     f"k8s fixtures not present at {FIXTURE_DIR}: set {FIXTURES_ENV} to a kubernetes/api checkout's testdata/"
 )
