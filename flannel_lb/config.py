@@ -6,6 +6,8 @@ every error names the file, the key and what is wrong with it.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -144,6 +146,7 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 
 def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
+    _check_names(doc, path)
     r = _Reader(path, doc)
     etcd = r.section("etcd")
     flannel = r.section("flannel")
@@ -154,7 +157,6 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     ct = r.section("conntrack")
     metrics = r.section("metrics")
     log = r.section("log")
-    r.no_other_sections()
 
     cfg = Config(
         path=path,
@@ -223,8 +225,6 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             format=log.get("format", str, "json", _one_of("json", "console")),
         ),
     )
-    for section in (etcd, flannel, kube, lb, policy, dp, ct, metrics, log):
-        section.no_other_keys()
     if bool(cfg.etcd.cert_file) != bool(cfg.etcd.key_file):
         raise ConfigError(f"{path}: [etcd] cert_file and key_file: set both or neither")
     if cfg.flannel.subnet_manager == "kube" and cfg.flannel.network is None:
@@ -390,7 +390,6 @@ _TYPE_NAMES = {
 class _Section:
     def __init__(self, path: str, name: str, table: Mapping[str, Any]) -> None:
         self.path, self.name, self.table = path, name, table
-        self.seen: set[str] = set()
 
     def get(
         self,
@@ -402,7 +401,6 @@ class _Section:
         nonempty: bool = False,
         required: bool = False,
     ) -> Any:
-        self.seen.add(key)
         where = f"{self.path}: [{self.name}] {key}"
         if key not in self.table:
             if required:
@@ -422,34 +420,59 @@ class _Section:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
 
-    def no_other_keys(self) -> None:
-        extra = sorted(set(self.table) - self.seen)
-        if extra:
-            raise ConfigError(
-                f"{self.path}: [{self.name}] {extra[0]}: unknown key (known: {', '.join(sorted(self.seen))})"
-            )
-
 
 class _Reader:
     def __init__(self, path: str, doc: Mapping[str, Any]) -> None:
         self.path, self.doc = path, doc
-        self.sections: list[str] = []
 
     def section(self, name: str) -> _Section:
-        self.sections.append(name)
         table = self.doc.get(name, {})
         if not isinstance(table, Mapping):
             raise ConfigError(f"{self.path}: [{name}]: expected a table, got {table!r}")
         return _Section(self.path, name, table)
 
-    def no_other_sections(self) -> None:
-        extra = sorted(set(self.doc) - set(self.sections))
-        if extra and not isinstance(self.doc[extra[0]], Mapping):
+
+def _known_keys() -> dict[str, tuple[str, ...]]:
+    """Each section's keys, as the fields of its dataclass (one place, so the two cannot drift)."""
+    defaults = Config()
+    return {
+        f.name: tuple(g.name for g in dataclasses.fields(getattr(defaults, f.name)))
+        for f in dataclasses.fields(Config)
+        if f.name != "path"
+    }
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...], render: Callable[[str], str] = str) -> str:
+    by_lower = {c.lower(): c for c in choices}
+    # 0.5: one edit of a two-letter name ("lb" -> "ab") still counts as close.
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=3, cutoff=0.5)
+    return " or ".join(render(by_lower[c]) for c in close)
+
+
+def _check_names(doc: Mapping[str, Any], path: str) -> None:
+    """Unknown sections and keys first: a misspelt key must not be reported as a missing one."""
+    known = _known_keys()
+    for name, table in doc.items():
+        if name not in known and not isinstance(table, Mapping):
+            owners = tuple(f"[{s}] {k}" for s, keys in known.items() for k in keys if k == name)
+            hint = owners[0] if owners else _did_you_mean(name, tuple(known), lambda s: f"[{s}]")
             raise ConfigError(
-                f"{self.path}: {extra[0]}: unknown top-level key (settings belong in a section: "
-                f"{', '.join(f'[{s}]' for s in self.sections)})"
+                f"{path}: {name}: unknown top-level key, settings belong in a section"
+                + (f"; did you mean {hint}?" if hint else f" ({', '.join(f'[{s}]' for s in known)})")
             )
-        if extra:
+        if name not in known:
+            hint = _did_you_mean(name, tuple(known), lambda s: f"[{s}]")
             raise ConfigError(
-                f"{self.path}: [{extra[0]}]: unknown section (known: {', '.join(self.sections)})"
+                f"{path}: [{name}]: unknown section"
+                + (f"; did you mean {hint}?" if hint else f" (known: {', '.join(known)})")
             )
+        if not isinstance(table, Mapping):
+            continue  # reported by the reader as "expected a table"
+        for key in table:
+            if key not in known[name]:
+                hint = _did_you_mean(key, known[name], lambda k: f'"{k}"')
+                raise ConfigError(
+                    f"{path}: [{name}] {key}: unknown key"
+                    + (f"; did you mean {hint}?" if hint else "")
+                    + f" (known: {', '.join(known[name])})"
+                )
