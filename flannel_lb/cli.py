@@ -234,6 +234,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     agent = Agent(cfg, checker=NetChecker())
     try:
         result = agent.sync_once(retry_budget=cfg.etcd.retry_budget)
+        took = agent.last_sync_seconds
     except EtcdUnavailable as e:
         raise CommandError(str(e), EXIT_ETCD) from None
     except RuntimeError as e:
@@ -241,7 +242,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     finally:
         agent.close()
     summary = ", ".join(f"{k} {v}" for k, v in result.summary().items() if v) or "nothing to change"
-    print(f"{result.mode} sync: {summary} ({result.seconds * 1000:.1f} ms)")
+    print(f"{result.mode} sync: {summary} ({took * 1000:.1f} ms: plan, rules and conntrack cleanup)")
     return EXIT_OK
 
 

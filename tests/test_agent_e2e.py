@@ -287,6 +287,9 @@ def test_sync_once_and_render(lab: Lab, tmp_path: Path) -> None:
     assert "*nat" in rendered and "-j DNAT --to-destination" in rendered
     once = lab.exec_in(LB_HOST, agent.argv("sync", "--once")[4:], check=True, timeout=60)
     assert "sync:" in once.stdout
+    # one measurement, reported alike in the text and the JSON log line
+    logged = next(json.loads(line) for line in once.stderr.splitlines() if '"event": "sync"' in line)
+    assert f"({logged['seconds'] * 1000:.1f} ms: plan, rules and conntrack cleanup)" in once.stdout
     try:
         assert traffic(lab, "http", f"{VIP}:80", count=20)["failed"] == 0
         # flannel's vxlan packets (the lab's network config: vxlan, port 8472) skip the dispatch chains
