@@ -26,8 +26,9 @@ from __future__ import annotations
 import gc
 import ipaddress
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from flannel_lb.decode import flannel, objects
 from flannel_lb.decode.kube import DecodeError, EncryptedValueError, UnsupportedKindError, decode_used
@@ -86,6 +87,31 @@ class KeyLayout:
             case ["minions", name]:
                 return ("node", "", name)
         return None
+
+
+class IdentityError(ValueError):
+    """A registry value whose metadata names another object than its key does."""
+
+
+def _shown(text: object) -> str:
+    return text if isinstance(text, str) and text and text.isprintable() else repr(text)
+
+
+def _check_identity(kind: str, ns: str, name: str, obj: Mapping[str, Any]) -> None:
+    """The key is an object's identity, not its metadata: etcd RBAC and kube-apiserver's storage
+    guard the key, and kube-apiserver always stores the namespace and name of the key in metadata.
+    A value that disagrees (`default/evil` calling itself `default/good`, or one that leaves them
+    out) could take over another Service's frontend or slip past `[policy] namespaces`: it is bad
+    input, skipped like an undecodable value (the key's last good value stays)."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    got_ns, got_name = meta.get("namespace", ""), meta.get("name", "")
+    if (got_ns or "") == ns and got_name == name:
+        return
+    if kind == "node":
+        said = f"{_shown(got_ns)}/{_shown(got_name)}" if got_ns else _shown(got_name)
+        raise IdentityError(f"metadata names {said} but the key is {name} (a cluster-scoped Node)")
+    raise IdentityError(f"metadata names {_shown(got_ns)}/{_shown(got_name)} but the key is {ns}/{name}")
 
 
 def _digest(value: bytes, expires: float | None) -> int:
@@ -204,7 +230,7 @@ class ClusterState:
     def _store(self, key: str, kind: str, ns: str, name: str, value: bytes, expires: float | None) -> Change:
         """Decode and install one value, or report it (keeping the key's last good record)."""
         try:
-            record, warnings = self._parse(kind, name, value, expires, key)
+            record, warnings = self._parse(kind, ns, name, value, expires, key)
         except EncryptedValueError as e:
             return self._reject(key, e.reason, "encrypted")
         except UnsupportedKindError as e:
@@ -213,6 +239,8 @@ class ClusterState:
             return self._reject(key, e.reason, "decode")
         except objects.ObjectError as e:
             return self._reject(key, str(e), "invalid")
+        except IdentityError as e:
+            return self._reject(key, str(e), "identity")
         except flannel.FlannelError as e:
             return self._reject(key, str(e), "lease" if kind == "lease" else "network")
         self.problems.pop(key, None)
@@ -272,7 +300,7 @@ class ClusterState:
         }[kind]()
 
     def _parse(
-        self, kind: str, name: str, value: bytes, expires: float | None, key: str
+        self, kind: str, ns: str, name: str, value: bytes, expires: float | None, key: str
     ) -> tuple[object, list[str]]:
         if kind == "network":
             return flannel.parse_network_config(value), []
@@ -284,7 +312,8 @@ class ClusterState:
             raise DecodeError(
                 f"expected a {expected} under this key, found {obj.get('apiVersion')} {obj.get('kind')}"
             )
-        converted = _CONVERTERS[kind](obj)
+        converted = _CONVERTERS[kind](obj)  # (checks metadata's shape first, so its faults come first)
+        _check_identity(kind, ns, name, obj)
         return converted.obj, converted.warnings
 
     def _install(self, key: str, kind: str, ns: str, name: str, record: object) -> Change:
