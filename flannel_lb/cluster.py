@@ -114,6 +114,34 @@ def _check_identity(kind: str, ns: str, name: str, obj: Mapping[str, Any]) -> No
     raise IdentityError(f"metadata names {_shown(got_ns)}/{_shown(got_name)} but the key is {ns}/{name}")
 
 
+def lease_overlaps(leases: Iterable[Lease]) -> dict[str, list[Lease]]:
+    """Lease key -> the other leases whose subnets share addresses with it (leases without overlap
+    are absent). flannel never hands out overlapping leases, so each of these is forged or stale.
+
+    IPv4 subnets are nested or disjoint, so one sweep in address order finds every pair: a subnet
+    overlaps exactly the subnets still open when it starts (at most 32 distinct ones) and the
+    leases of the same subnet.
+    """
+    by_subnet: dict[ipaddress.IPv4Network, list[Lease]] = {}
+    for lease in leases:
+        by_subnet.setdefault(lease.subnet, []).append(lease)
+    out: dict[str, list[Lease]] = {}
+    open_: list[ipaddress.IPv4Network] = []  # the enclosing subnets of the current one, outermost first
+    for subnet in sorted(by_subnet, key=lambda n: (int(n.network_address), n.prefixlen)):
+        while open_ and int(open_[-1].broadcast_address) < int(subnet.network_address):
+            open_.pop()
+        same = by_subnet[subnet]
+        around = [lease for outer in open_ for lease in by_subnet[outer]]
+        for lease in same:
+            others = [o for o in same if o is not lease] + around
+            if others:
+                out.setdefault(lease.key, []).extend(others)
+        for outer_lease in around:
+            out.setdefault(outer_lease.key, []).extend(same)
+        open_.append(subnet)
+    return out
+
+
 def _digest(value: bytes, expires: float | None) -> int:
     """What `replace` compares to skip unchanged values (one int per key, not a tuple)."""
     return hash(value) if expires is None else hash((value, expires))
@@ -420,6 +448,18 @@ class ClusterState:
         out = list(self.problems.values())
         for warnings in self._key_problems.values():
             out.extend(warnings)
+        leases = {lease.key: lease for lease in self.leases()}
+        for key, others in lease_overlaps(leases.values()).items():
+            mine = leases[key]
+            shown = ", ".join(f"{o.key} ({o.subnet})" for o in others[:3])
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            out.append(
+                Problem(
+                    key,
+                    f"lease {mine.subnet} overlaps {shown}{more}: no endpoint in the overlap is admitted",
+                    "lease",
+                )
+            )
         network = self.network()
         if network is not None:
             out.extend(
