@@ -467,28 +467,9 @@ def _tally(plan: Plan) -> tuple[int, dict[str, int]]:
     for f in plan.frontends:
         backends += len(f.backends)
         for e in f.excluded:
-            label = _reason_label(e.reason)
+            label = e.kind.value
             reasons[label] = reasons.get(label, 0) + 1
     return backends, reasons
-
-
-_REASON_LABELS = (
-    ("not ready", "not_ready"),
-    ("terminating", "terminating"),
-    ("outside the flannel network", "outside_network"),
-    ("lease", "no_lease"),
-    ("no kernel path", "no_path"),
-    ("port", "port"),
-    ("IPv4", "address"),
-)
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded metric label for a free-text exclusion reason."""
-    for needle, label in _REASON_LABELS:
-        if needle in reason:
-            return label
-    return "other"
 
 
 def install_signal_handlers(agent: Agent, stop: threading.Event) -> None:

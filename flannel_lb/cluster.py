@@ -26,8 +26,9 @@ from __future__ import annotations
 import gc
 import ipaddress
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from flannel_lb.decode import flannel, objects
 from flannel_lb.decode.kube import DecodeError, EncryptedValueError, UnsupportedKindError, decode_used
@@ -86,6 +87,59 @@ class KeyLayout:
             case ["minions", name]:
                 return ("node", "", name)
         return None
+
+
+class IdentityError(ValueError):
+    """A registry value whose metadata names another object than its key does."""
+
+
+def _shown(text: object) -> str:
+    return text if isinstance(text, str) and text and text.isprintable() else repr(text)
+
+
+def _check_identity(kind: str, ns: str, name: str, obj: Mapping[str, Any]) -> None:
+    """The key is an object's identity, not its metadata: etcd RBAC and kube-apiserver's storage
+    guard the key, and kube-apiserver always stores the namespace and name of the key in metadata.
+    A value that disagrees (`default/evil` calling itself `default/good`, or one that leaves them
+    out) could take over another Service's frontend or slip past `[policy] namespaces`: it is bad
+    input, skipped like an undecodable value (the key's last good value stays)."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    got_ns, got_name = meta.get("namespace", ""), meta.get("name", "")
+    if (got_ns or "") == ns and got_name == name:
+        return
+    if kind == "node":
+        said = f"{_shown(got_ns)}/{_shown(got_name)}" if got_ns else _shown(got_name)
+        raise IdentityError(f"metadata names {said} but the key is {name} (a cluster-scoped Node)")
+    raise IdentityError(f"metadata names {_shown(got_ns)}/{_shown(got_name)} but the key is {ns}/{name}")
+
+
+def lease_overlaps(leases: Iterable[Lease]) -> dict[str, list[Lease]]:
+    """Lease key -> the other leases whose subnets share addresses with it (leases without overlap
+    are absent). flannel never hands out overlapping leases, so each of these is forged or stale.
+
+    IPv4 subnets are nested or disjoint, so one sweep in address order finds every pair: a subnet
+    overlaps exactly the subnets still open when it starts (at most 32 distinct ones) and the
+    leases of the same subnet.
+    """
+    by_subnet: dict[ipaddress.IPv4Network, list[Lease]] = {}
+    for lease in leases:
+        by_subnet.setdefault(lease.subnet, []).append(lease)
+    out: dict[str, list[Lease]] = {}
+    open_: list[ipaddress.IPv4Network] = []  # the enclosing subnets of the current one, outermost first
+    for subnet in sorted(by_subnet, key=lambda n: (int(n.network_address), n.prefixlen)):
+        while open_ and int(open_[-1].broadcast_address) < int(subnet.network_address):
+            open_.pop()
+        same = by_subnet[subnet]
+        around = [lease for outer in open_ for lease in by_subnet[outer]]
+        for lease in same:
+            others = [o for o in same if o is not lease] + around
+            if others:
+                out.setdefault(lease.key, []).extend(others)
+        for outer_lease in around:
+            out.setdefault(outer_lease.key, []).extend(same)
+        open_.append(subnet)
+    return out
 
 
 def _digest(value: bytes, expires: float | None) -> int:
@@ -204,7 +258,7 @@ class ClusterState:
     def _store(self, key: str, kind: str, ns: str, name: str, value: bytes, expires: float | None) -> Change:
         """Decode and install one value, or report it (keeping the key's last good record)."""
         try:
-            record, warnings = self._parse(kind, name, value, expires, key)
+            record, warnings = self._parse(kind, ns, name, value, expires, key)
         except EncryptedValueError as e:
             return self._reject(key, e.reason, "encrypted")
         except UnsupportedKindError as e:
@@ -213,6 +267,8 @@ class ClusterState:
             return self._reject(key, e.reason, "decode")
         except objects.ObjectError as e:
             return self._reject(key, str(e), "invalid")
+        except IdentityError as e:
+            return self._reject(key, str(e), "identity")
         except flannel.FlannelError as e:
             return self._reject(key, str(e), "lease" if kind == "lease" else "network")
         self.problems.pop(key, None)
@@ -272,7 +328,7 @@ class ClusterState:
         }[kind]()
 
     def _parse(
-        self, kind: str, name: str, value: bytes, expires: float | None, key: str
+        self, kind: str, ns: str, name: str, value: bytes, expires: float | None, key: str
     ) -> tuple[object, list[str]]:
         if kind == "network":
             return flannel.parse_network_config(value), []
@@ -284,7 +340,8 @@ class ClusterState:
             raise DecodeError(
                 f"expected a {expected} under this key, found {obj.get('apiVersion')} {obj.get('kind')}"
             )
-        converted = _CONVERTERS[kind](obj)
+        converted = _CONVERTERS[kind](obj)  # (checks metadata's shape first, so its faults come first)
+        _check_identity(kind, ns, name, obj)
         return converted.obj, converted.warnings
 
     def _install(self, key: str, kind: str, ns: str, name: str, record: object) -> Change:
@@ -391,6 +448,18 @@ class ClusterState:
         out = list(self.problems.values())
         for warnings in self._key_problems.values():
             out.extend(warnings)
+        leases = {lease.key: lease for lease in self.leases()}
+        for key, others in lease_overlaps(leases.values()).items():
+            mine = leases[key]
+            shown = ", ".join(f"{o.key} ({o.subnet})" for o in others[:3])
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            out.append(
+                Problem(
+                    key,
+                    f"lease {mine.subnet} overlaps {shown}{more}: no endpoint in the overlap is admitted",
+                    "lease",
+                )
+            )
         network = self.network()
         if network is not None:
             out.extend(

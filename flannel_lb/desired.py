@@ -6,6 +6,7 @@ everything that acts or reports: the data plane renders it into rules, the CLI p
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +19,34 @@ class Backend:
     node: str = ""
 
 
+class Exclusion(enum.Enum):
+    """Why an endpoint is left out, as a type: its value is the `excluded_endpoints{reason}` label.
+
+    The planner sets it next to the human text (which carries the details), so the metric counts by
+    what the planner decided, not by words found in a message.
+    """
+
+    NOT_READY = "not_ready"
+    TERMINATING = "terminating"
+    ADDRESS = "address"  # not an IPv4 address (or an IPv6/FQDN slice)
+    PORT = "port"  # no usable endpoint port for the service port
+    NO_NETWORK = "no_network"  # the flannel network is unknown
+    OUTSIDE_NETWORK = "outside_network"
+    NO_LEASE = "no_lease"  # no live lease covers it (or its lease expired)
+    NO_PATH = "no_path"  # netcheck: no kernel path to its lease
+    LEASE_OVERLAP = "lease_overlap"  # two leases cover it: neither is trusted there
+    LEASE_ADDRESS = "lease_address"  # the network or broadcast address of its lease
+    LB_ADDRESS = "lb_address"  # one of the LB's own addresses
+    OTHER = "other"  # a saved (holdover) entry whose kind is unknown
+
+
 @dataclass(frozen=True, slots=True)
 class Excluded:
     ip: str
-    reason: str
+    reason: str  # for humans, with the details
     port: int | None = None
     node: str = ""
+    kind: Exclusion = field(kw_only=True)  # required: every exclusion says what kind it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,5 +175,8 @@ def frontend_json(f: Frontend) -> dict[str, Any]:
         "kind": f.kind,
         "affinity": None if f.affinity is None else {"mode": f.affinity.mode, "timeout": f.affinity.timeout},
         "backends": [{"ip": b.ip, "port": b.port, "node": b.node} for b in f.backends],
-        "excluded": [{"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason} for e in f.excluded],
+        "excluded": [
+            {"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason, "kind": e.kind.value}
+            for e in f.excluded
+        ],
     }

@@ -25,7 +25,16 @@ from typing import Any
 import structlog
 
 from flannel_lb.cluster import ClusterState
-from flannel_lb.desired import Affinity, Backend, Excluded, Frontend, Plan, ServiceVerdict, frontend_json
+from flannel_lb.desired import (
+    Affinity,
+    Backend,
+    Excluded,
+    Exclusion,
+    Frontend,
+    Plan,
+    ServiceVerdict,
+    frontend_json,
+)
 from flannel_lb.plan import ServicePlan
 
 log = structlog.get_logger("flannel_lb.holdover")
@@ -46,11 +55,25 @@ def frontend_from_json(d: Mapping[str, Any]) -> Frontend:
         affinity=Affinity(str(aff["mode"]), int(aff["timeout"])) if aff else None,
         backends=tuple(Backend(str(b["ip"]), int(b["port"]), str(b.get("node", ""))) for b in d["backends"]),
         excluded=tuple(
-            Excluded(str(e["ip"]), str(e["reason"]), e.get("port"), str(e.get("node", "")))
+            Excluded(
+                str(e["ip"]),
+                str(e["reason"]),
+                e.get("port"),
+                str(e.get("node", "")),
+                kind=_kind(e.get("kind")),
+            )
             for e in d.get("excluded", ())
         ),
         kind=str(d.get("kind", "external")),
     )
+
+
+def _kind(label: object) -> Exclusion:
+    """A saved exclusion's kind; OTHER for a file from before kinds were saved, or a damaged one."""
+    try:
+        return Exclusion(label)
+    except ValueError:
+        return Exclusion.OTHER
 
 
 def load(path: Path) -> dict[str, tuple[Frontend, ...]]:

@@ -12,13 +12,14 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flannel_lb.cluster import ClusterState, ServiceRef
+from flannel_lb.cluster import ClusterState, ServiceRef, lease_overlaps
 from flannel_lb.desired import (
     Affinity,
     Backend,
     Conflict,
     Denial,
     Excluded,
+    Exclusion,
     Frontend,
     Plan,
     Problem,
@@ -42,13 +43,18 @@ class LeaseIndex:
     def __init__(self, leases: Iterable[Lease], now: float) -> None:
         self.by_subnet: dict[ipaddress.IPv4Network, Lease] = {}
         self.expired: dict[ipaddress.IPv4Network, Lease] = {}
+        live = []
         for lease in leases:
             if lease.expires is not None and lease.expires <= now:
                 self.expired[lease.subnet] = lease
             else:
                 self.by_subnet[lease.subnet] = lease
+                live.append(lease)
         self._live = _by_prefix(self.by_subnet)
         self._gone = _by_prefix(self.expired)
+        contested = lease_overlaps(live)
+        self._contested = {id(lease) for lease in live if lease.key in contested}
+        self._contested_leases = [lease for lease in live if lease.key in contested]
 
     def find(self, ip: int) -> Lease | None:
         """The live lease whose subnet holds `ip` (an IPv4 address as an integer)."""
@@ -56,6 +62,18 @@ class LeaseIndex:
 
     def find_expired(self, ip: int) -> Lease | None:
         return _lookup(self._gone, ip)
+
+    def covering(self, ip: int, lease: Lease) -> list[Lease]:
+        """Every live lease holding `ip` when more than one does (`lease`, found by `find`, among
+        them); [] when `lease` alone does, the usual case, answered without a search."""
+        if id(lease) not in self._contested:
+            return []
+        found = [
+            other
+            for other in self._contested_leases
+            if ip & int(other.subnet.netmask) == int(other.subnet.network_address)
+        ]
+        return found if len(found) > 1 else []
 
 
 # Endpoint admission runs for every endpoint on every full re-plan (100k at 10k services): integers,
@@ -86,24 +104,50 @@ class Admission:
     network: ipaddress.IPv4Network | None
     leases: LeaseIndex
     path_faults: Mapping[ipaddress.IPv4Network, str] = field(default_factory=dict)  # from netcheck
+    lb_addresses: frozenset[int] = frozenset()  # the LB's own addresses: never a backend
 
-    def reason_to_exclude(self, ip: str) -> tuple[str | None, Lease | None]:
+    def reason_to_exclude(self, ip: str) -> tuple[tuple[Exclusion, str] | None, Lease | None]:
+        """Why the endpoint at `ip` may not serve (its kind and the text for humans), and its lease."""
         addr = ipv4_int(ip)
         if addr is None:
-            return f"{ip!r} is not an IPv4 address", None
+            return (Exclusion.ADDRESS, f"{ip!r} is not an IPv4 address"), None
+        if addr in self.lb_addresses:
+            return (Exclusion.LB_ADDRESS, "one of the LB's own addresses ([lb] addresses)"), None
         if self.network is None:
-            return "the flannel network is unknown (no network config in etcd)", None
+            return (Exclusion.NO_NETWORK, "the flannel network is unknown (no network config in etcd)"), None
         if addr & int(self.network.netmask) != int(self.network.network_address):
-            return f"outside the flannel network {self.network}", None
+            return (Exclusion.OUTSIDE_NETWORK, f"outside the flannel network {self.network}"), None
         lease = self.leases.find(addr)
         if lease is None:
             gone = self.leases.find_expired(addr)
             if gone is not None:
-                return f"flannel lease {gone.subnet} (node {gone.public_ip}) has expired", None
-            return "no live flannel lease covers this address (node gone or lease expired)", None
-        fault = self.path_faults.get(lease.subnet) if self.path_faults else None
+                return (
+                    (Exclusion.NO_LEASE, f"flannel lease {gone.subnet} (node {gone.public_ip}) has expired"),
+                    None,
+                )
+            return (
+                (
+                    Exclusion.NO_LEASE,
+                    "no live flannel lease covers this address (node gone or lease expired)",
+                ),
+                None,
+            )
+        contested = self.leases.covering(addr, lease)
+        if contested:
+            shown = ", ".join(f"{o.subnet} ({o.key})" for o in contested[:3])
+            more = f" and {len(contested) - 3} more" if len(contested) > 3 else ""
+            return (
+                Exclusion.LEASE_OVERLAP,
+                f"overlapping leases {shown}{more} cover it: none is trusted",
+            ), None
+        subnet = lease.subnet
+        if subnet.prefixlen <= 30 and addr in (int(subnet.network_address), int(subnet.broadcast_address)):
+            which = "network" if addr == int(subnet.network_address) else "broadcast"
+            # (flannel puts a lease's network address on the node's flannel device: never a pod)
+            return (Exclusion.LEASE_ADDRESS, f"the {which} address of lease {subnet}, not a pod's"), lease
+        fault = self.path_faults.get(subnet) if self.path_faults else None
         if fault:
-            return f"no kernel path to lease {lease.subnet}: {fault}", lease
+            return (Exclusion.NO_PATH, f"no kernel path to lease {subnet}: {fault}"), lease
         return None, lease
 
 
@@ -176,7 +220,11 @@ def _backends(
             for ep in group.endpoints:
                 for ip in ep.addresses[:1]:
                     excluded.append(
-                        Excluded(ip, f"{group.address_type} endpoint: flannel-lb serves IPv4 only")
+                        Excluded(
+                            ip,
+                            f"{group.address_type} endpoint: flannel-lb serves IPv4 only",
+                            kind=Exclusion.ADDRESS,
+                        )
                     )
             continue
         port, why = _port_for(group, sp)
@@ -185,7 +233,7 @@ def _backends(
                 continue
             ip = ep.addresses[0]  # kube-proxy uses the first address of an endpoint, too
             if port is None:
-                excluded.append(Excluded(ip, why, node=ep.node_name))
+                excluded.append(Excluded(ip, why, node=ep.node_name, kind=Exclusion.PORT))
                 continue
             seen = candidates.get((ip, port))
             # the same endpoint in two slices (e.g. while a slice is being replaced): the readier one wins
@@ -196,7 +244,7 @@ def _backends(
     for key, c in candidates.items():
         reason, lease = admission.reason_to_exclude(c.ip)
         if reason is not None:
-            excluded.append(Excluded(c.ip, reason, c.port, c.endpoint.node_name))
+            excluded.append(Excluded(c.ip, reason[1], c.port, c.endpoint.node_name, kind=reason[0]))
         else:
             admitted[key] = (c, lease)
 
@@ -208,11 +256,12 @@ def _backends(
     for key, (c, _lease) in admitted.items():
         if key not in chosen:
             ep = c.endpoint
+            kind = Exclusion.TERMINATING if ep.terminating else Exclusion.NOT_READY
             if ep.terminating:
                 why = "terminating (ready endpoints exist)" if ep.serving else "terminating and not serving"
             else:
                 why = "not ready"
-            excluded.append(Excluded(c.ip, why, c.port, ep.node_name))
+            excluded.append(Excluded(c.ip, why, c.port, ep.node_name, kind=kind))
     backends = tuple(
         sorted(
             Backend(c.ip, c.port, c.endpoint.node_name or (lease.node if lease else ""))
@@ -313,9 +362,13 @@ def _iso(ts: float) -> str:
 
 
 def admission_for(
-    state: ClusterState, now: float, path_faults: Mapping[ipaddress.IPv4Network, str] | None = None
+    state: ClusterState,
+    now: float,
+    path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
+    lb_addresses: Iterable[str] = (),
 ) -> Admission:
-    return Admission(state.network(), LeaseIndex(state.leases(), now), path_faults or {})
+    mine = frozenset(a for a in map(ipv4_int, lb_addresses) if a is not None)
+    return Admission(state.network(), LeaseIndex(state.leases(), now), path_faults or {}, mine)
 
 
 def compute_plan(
@@ -326,7 +379,7 @@ def compute_plan(
     path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
 ) -> Plan:
     """The whole plan from scratch (the agent's incremental planner gives the same result)."""
-    admission = admission_for(state, now, path_faults)
+    admission = admission_for(state, now, path_faults, settings.addresses)
     plans = [
         plan_service(svc, state.endpoint_groups(ref)[0], admission, settings)
         for ref, svc in state.services.items()

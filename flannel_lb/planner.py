@@ -36,7 +36,9 @@ class Planner:
     def admission(self) -> Admission:
         if self._admission is None:
             self._admitted_at = self.clock()
-            self._admission = admission_for(self.state, self._admitted_at, self.path_faults)
+            self._admission = admission_for(
+                self.state, self._admitted_at, self.path_faults, self.settings.addresses
+            )
         return self._admission
 
     def set_path_faults(self, faults: Mapping[ipaddress.IPv4Network, str]) -> bool:

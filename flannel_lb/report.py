@@ -76,7 +76,8 @@ def explain(
                 "target_port": sp.target_port,
                 "backends": [{"ip": b.ip, "port": b.port, "node": b.node} for b in backends],
                 "excluded": [
-                    {"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason} for e in excluded
+                    {"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason, "kind": e.kind.value}
+                    for e in excluded
                 ],
             }
         )

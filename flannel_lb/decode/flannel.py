@@ -15,7 +15,9 @@ from typing import Any
 from flannel_lb.model import Lease, NetworkConfig, Node
 
 # v0.17+: "A.B.C.D-len" with an optional "&<ipv6>-<len>" for dual stack (MakeSubnetKey/ParseSubnetKey).
-_SUBNET_KEY = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
+# Matched whole (fullmatch: `$` would let a trailing newline through) and in ASCII (`\d` would take
+# other scripts' digits): a key with anything more is not flannel's and must not pose as a lease.
+_SUBNET_KEY = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?", re.ASCII)
 
 
 class FlannelError(ValueError):
@@ -110,7 +112,7 @@ def _address(raw: Any, default: ipaddress.IPv4Address, what: str) -> ipaddress.I
 
 def parse_subnet_key(name: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
     """`10.246.90.0-24` or `10.12.13.0-24&fd00:12:13::-56` -> the lease's subnets."""
-    m = _SUBNET_KEY.match(name)
+    m = _SUBNET_KEY.fullmatch(name)
     if not m:
         raise FlannelError(f"lease key {name!r} is not of the form A.B.C.D-len or A.B.C.D-len&ipv6-len")
     try:
@@ -118,6 +120,11 @@ def parse_subnet_key(name: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Ne
         v6 = ipaddress.IPv6Network(f"{m[3]}/{m[4]}") if m[3] else None
     except ValueError as e:
         raise FlannelError(f"lease key {name!r}: {e}") from None
+    canonical = f"{v4.network_address}-{v4.prefixlen}" + (
+        f"&{v6.network_address}-{v6.prefixlen}" if v6 is not None else ""
+    )
+    if name != canonical:  # e.g. "-024": a second key for one subnet, which flannel never writes
+        raise FlannelError(f"lease key {name!r} is not flannel's spelling of its subnet ({canonical!r})")
     return v4, v6
 
 

@@ -450,7 +450,7 @@ kind core.v1.Endpoints
   core.v1.EndpointPort           name port protocol
 
 kind core.v1.Node
-  meta.v1.ObjectMeta             name annotations
+  meta.v1.ObjectMeta             name namespace annotations
   core.v1.Node                   metadata spec status
   core.v1.NodeSpec               podCIDR unschedulable podCIDRs
   core.v1.NodeStatus             addresses
