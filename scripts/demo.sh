@@ -3,7 +3,7 @@
 # namespaces, and removes them again; run as a normal user, it asks sudo). Extra arguments go to
 # `flannel-lb lab demo`, e.g. --no-masquerade.
 set -euo pipefail
-# shellcheck source=scripts/as-root.sh
+# shellcheck disable=SC1091  # as-root.sh is checked on its own
 . "$(dirname "$0")/as-root.sh"
 as_root "$0" "$@"
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@
 # Safe to run again: it only installs what is missing. Quiet: apt's and pip's output goes to a log
 # that is shown (and kept) only if a step fails; -v shows it as it happens.
 set -euo pipefail
-# shellcheck source=scripts/as-root.sh
+# shellcheck disable=SC1091  # as-root.sh is checked on its own
 . "$(dirname "$0")/as-root.sh"
 as_root "$0" "$@"
 cd "$(dirname "$0")/.."

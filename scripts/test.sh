@@ -3,7 +3,7 @@
 # Needs root on Debian (kernel tests build their own network namespaces; nothing touches the host's);
 # run as a normal user, it asks sudo. Extra arguments go to pytest, e.g. `scripts/test.sh -k plan`.
 set -euo pipefail
-# shellcheck source=scripts/as-root.sh
+# shellcheck disable=SC1091  # as-root.sh is checked on its own
 . "$(dirname "$0")/as-root.sh"
 as_root "$0" "$@"
 cd "$(dirname "$0")/.."
