@@ -31,6 +31,7 @@ from typing import Any
 from bench.objects import BenchService, Endpoint
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
+from flannel_lb.lab.progress import Progress
 from flannel_lb.lab.topology import LB_INFRA_IP
 
 VIP = LB_INFRA_IP
@@ -328,16 +329,20 @@ class BulkWriter(_LineProcess):
         """Write everything (in batches of `batch` operations); return the last revision."""
         revision = 0
         pending: list[list[str]] = []
-        for key, value in puts:
-            pending.append([key, base64.b64encode(value).decode()])
-            if len(pending) >= batch:
+        with Progress("etcd bulk writes") as progress:
+            for key, value in puts:
+                pending.append([key, base64.b64encode(value).decode()])
+                if len(pending) >= batch:
+                    revision = self.call({"puts": pending})["revision"]
+                    progress.advance(len(pending))
+                    pending = []
+            if pending:
                 revision = self.call({"puts": pending})["revision"]
-                pending = []
-        if pending:
-            revision = self.call({"puts": pending})["revision"]
-        dels = list(deletes)
-        for i in range(0, len(dels), batch):
-            revision = self.call({"deletes": dels[i : i + batch]})["revision"]
+                progress.advance(len(pending))
+            dels = list(deletes)
+            for i in range(0, len(dels), batch):
+                revision = self.call({"deletes": dels[i : i + batch]})["revision"]
+                progress.advance(len(dels[i : i + batch]))
         return int(revision)
 
     def put(self, key: str, value: bytes) -> int:

@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", help="why a Service is (not) exposed and why each endpoint is in or out")
     ex.add_argument("service", metavar="NAMESPACE/NAME")
-    ex.add_argument("--json", action="store_true")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
     ex.add_argument(
         "--no-netcheck", action="store_true", help="skip checking this host's paths to the leases"
     )

@@ -10,10 +10,15 @@ from flannel_lb.desired import Backend, Excluded, Plan
 from flannel_lb.plan import Admission, PlanSettings, endpoint_report, exposed_addresses
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 frontend`, `2 frontends`: a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def plan_table(plan: Plan) -> str:
     lines = [
-        f"revision {plan.revision}: {len(plan.frontends)} frontends, "
-        f"{len(plan.conflicts)} conflicts, {len(plan.problems)} problems"
+        f"revision {plan.revision}: {counted(len(plan.frontends), 'frontend')}, "
+        f"{counted(len(plan.conflicts), 'conflict')}, {counted(len(plan.problems), 'problem')}"
     ]
     for f in plan.frontends:
         affinity = f", affinity ClientIP {f.affinity.timeout}s" if f.affinity else ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,8 @@ def demo(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
     )
     assert not [n for n in list_namespaces() if n.startswith(f"flb-lab-{name}-")], "the demo left namespaces"
+    assert not glob.glob(f"/tmp/flannel-lb-demo-{name}-*"), "the demo left its files behind"
+    assert not Path(f"/run/flannel-lb-lab/{name}").exists(), "the demo left its lab's state"
     return proc
 
 

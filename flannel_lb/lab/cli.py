@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from flannel_lb import config as config_mod
 from flannel_lb.lab import diagram
 from flannel_lb.lab.demo import run_demo
 from flannel_lb.lab.lab import DEFAULT_NAME, Lab, LabError
+from flannel_lb.lab.lbagent import LB_HOST
 from flannel_lb.lab.overlay import BACKENDS
+from flannel_lb.report import counted
+
+DEMO_NAME = "demo"
+
+
+def _name(args: argparse.Namespace, default: str = DEFAULT_NAME) -> str:
+    """`--lab NAME`, given before or after the verb."""
+    return getattr(args, "lab", None) or default
 
 
 def _lab(args: argparse.Namespace) -> Lab:
-    return Lab(args.lab)
+    return Lab(_name(args))
+
+
+def _prog() -> str:
+    """How to call this flannel-lb again: bare when PATH finds this same one, else by its path."""
+    me = Path(sys.argv[0])
+    if me.name != "flannel-lb":
+        return f"{sys.executable} -m flannel_lb"
+    found = shutil.which("flannel-lb")
+    if found and Path(found).resolve() == me.resolve():
+        return "flannel-lb"
+    return sys.argv[0]
+
+
+def _lab_cmd(name: str) -> str:
+    """The start of every `lab` command for this lab, as the user would type it."""
+    return f"{_prog()} lab" + ("" if name == DEFAULT_NAME else f" --lab {name}")
 
 
 def _print(doc: Any) -> None:
@@ -48,9 +77,27 @@ def _up(args: argparse.Namespace) -> int:
         _print(status)
     else:
         took = time.monotonic() - t0
-        print(f"lab {lab.name} up in {took:.1f}s: etcd {lab.etcd_url} in {lab.namespace('master')}")
+        print(f"lab {lab.name!r} up in {took:.1f}s: etcd {lab.etcd_url} in {lab.namespace('master')}")
         _print_pods(status)
+        _print_next(lab, status)
     return 0
+
+
+def _print_next(lab: Lab, status: dict[str, Any]) -> None:
+    """What to try next: the verbs run inside the LB's namespace, the only place etcd and the rules are."""
+    cmd = _lab_cmd(lab.name)
+    exposed = [s["ref"] for s in status.get("services", []) if s["external_ips"]]
+    verbs = ["plan", *(f"explain {ref}" for ref in exposed[:1]), "render", "diff", "check", "sync --once"]
+    print()
+    print(f"The agent's config for this lab: {lab.config_file} (its state file stays in that directory).")
+    print(f"flannel-lb's verbs must run in the LB's namespace {lab.namespace(LB_HOST)}: try")
+    lines = [(f"{cmd} exec -- {verb}", "") for verb in verbs] + [
+        (f"{cmd} shell", f"a shell there, with ${config_mod.ENV_VAR} set"),
+        (f"{cmd} down", "remove the lab and everything it wrote"),
+    ]
+    width = max(len(c) for c, _ in lines)
+    for command, why in lines:
+        print(f"  {command:<{width}}  # {why}" if why else f"  {command}")
 
 
 def _print_pods(status: dict[str, Any]) -> None:
@@ -70,11 +117,11 @@ def _status(args: argparse.Namespace) -> int:
         _print(status)
         return 0 if status["up"] else 1
     if not status["up"]:
-        print(f"lab {lab.name} is down")
+        print(f"lab {lab.name!r} is down")
         return 1
     etcd = status["etcd"]
     print(
-        f"lab {lab.name} ({status['backend']}, {status['media']}): etcd {etcd['url']} pid {etcd['pid']} "
+        f"lab {lab.name!r} ({status['backend']}, {status['media']}): etcd {etcd['url']} pid {etcd['pid']} "
         f"{'alive' if etcd['alive'] else 'DEAD'} revision {etcd['revision']}"
     )
     for host in status["hosts"]:
@@ -86,9 +133,45 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    removed = _lab(args).down()
-    print(f"lab {args.lab} down ({len(removed)} namespaces removed)")
+    lab = _lab(args)
+    removed = lab.down()
+    print(f"lab {lab.name!r} removed: {counted(len(removed), 'namespace')} and {lab.state_dir}")
     return 0
+
+
+def _in_lb(lab: Lab, argv: list[str]) -> int:
+    """Replace this process by `argv` in the lab's LB namespace, with the lab's config in the environment."""
+    if not lab.is_up() or not lab.config_file.exists():
+        raise LabError(f"lab {lab.name!r} is not up; start it with `{_lab_cmd(lab.name)} up`")
+    env = {
+        **os.environ,
+        config_mod.ENV_VAR: str(lab.config_file),
+        # this flannel-lb first on PATH, so `flannel-lb VERB` in a lab shell is the one that made the lab
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    sys.stdout.flush()
+    os.execvpe("ip", ["ip", "netns", "exec", lab.namespace(LB_HOST), *argv], env)
+    return 1  # not reached
+
+
+def _exec(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else list(args.argv)
+    if not argv:
+        raise LabError("exec needs a flannel-lb verb, e.g. `lab exec -- plan`")
+    return _in_lb(_lab(args), [sys.executable, "-m", "flannel_lb", *argv])
+
+
+def _shell(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else list(args.argv)
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    if not argv and sys.stdin.isatty():
+        print(
+            f"a shell in {lab.namespace(LB_HOST)} with {config_mod.ENV_VAR}={lab.config_file};"
+            " try `flannel-lb plan`; `exit` leaves it",
+            file=sys.stderr,
+        )
+    return _in_lb(lab, [shell, *argv])
 
 
 def _with_lab(fn: Any) -> Any:
@@ -106,36 +189,49 @@ def _with_lab(fn: Any) -> Any:
 
 
 def register_lab_commands(subparsers: Any) -> None:
-    """Add `lab up|status|down|scale|kill-pod|set-ready|drain|expose` to a parent's subparsers.
+    """Add `lab up|status|down|diagram|exec|shell|demo|scale|kill-pod|set-ready|drain|expose` to a parent.
 
     Each leaf sets `func(args) -> int` (exit code), like the other flannel-lb commands.
     """
+    lab_help = f"lab name (default {DEFAULT_NAME}; {DEMO_NAME} for `demo`)"
     lab = subparsers.add_parser("lab", help="the network-namespace lab (needs root)")
-    lab.add_argument("--lab", default=DEFAULT_NAME, metavar="NAME", help=f"lab name (default {DEFAULT_NAME})")
+    lab.add_argument("--lab", default=None, metavar="NAME", help=lab_help)
     sub = lab.add_subparsers(dest="lab_command", required=True, metavar="VERB")
 
     def leaf(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+        # also after the verb (`lab exec --lab x -- plan`); SUPPRESS keeps a --lab given before it
+        p.add_argument("--lab", default=argparse.SUPPRESS, metavar="NAME", help=lab_help)
         p.set_defaults(func=lambda args: _run(fn, args))
         return p
 
     p = leaf("up", _up, "build the lab: namespaces, etcd, flannel overlay, pods, service")
-    p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--pods-per-node", type=int, default=2)
-    p.add_argument("--backend", choices=BACKENDS, default="vxlan")
+    p.add_argument("--nodes", type=int, default=2, help="Kubernetes nodes (default %(default)s)")
+    p.add_argument(
+        "--pods-per-node",
+        type=int,
+        default=2,
+        metavar="N",
+        help="the first deployment's replicas per node (default %(default)s)",
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="vxlan", help="flannel backend (default %(default)s)"
+    )
     p.add_argument(
         "--media",
         choices=("auto", "protobuf", "json"),
         default="auto",
-        help="how Kubernetes objects are stored (auto: protobuf when the encoder is available)",
+        help="how Kubernetes objects are stored (default auto: protobuf when the encoder is available)",
     )
-    p.add_argument("--deployment", default="nginx", help="first deployment's name ('' for none)")
+    p.add_argument(
+        "--deployment", default="nginx", help="first deployment's name ('' for none; default %(default)s)"
+    )
     p.add_argument("--no-expose", action="store_true", help="do not expose the first deployment")
     p.add_argument("--no-lb-overlay", action="store_true", help="leave flannel.1 and the lease off the LB")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the lab's status as JSON instead")
 
     p = leaf("status", _status, "what runs where")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     leaf("down", _down, "remove the lab (namespaces, processes, state dir); safe after a crash")
 
@@ -143,13 +239,23 @@ def register_lab_commands(subparsers: Any) -> None:
     diagram.add_arguments(p)
 
     p = leaf(
+        "exec",
+        _exec,
+        "run a flannel-lb verb in the lab's LB namespace with the lab's config: lab exec -- plan",
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- VERB ARGS", help="e.g. -- sync --once")
+
+    p = leaf("shell", _shell, f"a shell in the lab's LB namespace, with ${config_mod.ENV_VAR} set")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS", help="passed to the shell")
+
+    p = leaf(
         "demo",
-        lambda a: run_demo(no_masquerade=a.no_masquerade, keep=a.keep, name=a.name),
+        lambda a: run_demo(no_masquerade=a.no_masquerade, keep=a.keep, name=_name(a, DEMO_NAME)),
         "the whole story in a minute: lab up, the agent, curl through the LB, scale, tear down",
     )
     p.add_argument("--no-masquerade", action="store_true", help="reproduce the seed's DNAT-only failure")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards (`flannel-lb lab down`)")
-    p.add_argument("--name", default="demo", help="the demo lab's name (default demo)")
+    p.add_argument("--name", dest="lab", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
 
     p = leaf("scale", _with_lab(lambda lab, a: lab.scale(a.deployment, a.replicas)), "kubectl scale")
     p.add_argument("deployment")

@@ -4,11 +4,15 @@ Up: namespaces, etcd, a vxlan overlay and pods. Then flannel-lb runs in the LB's
 client curls 192.168.121.201. The demo shows the requests spreading over the pods, scales the
 deployment and shows the change, and tears everything down. With `--no-masquerade` it reproduces
 the seed's failure (DNAT alone times out) and explains why.
+
+The agent's config and log live in the lab's state dir, so tearing the lab down removes them; after a
+failure they are copied to a temporary directory first, and the demo says where.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -19,6 +23,7 @@ from typing import Any
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
 from flannel_lb.lab.topology import CLIENT_IP, LB_INFRA_IP
+from flannel_lb.report import counted
 
 VIP = LB_INFRA_IP
 
@@ -51,11 +56,13 @@ def run_demo(*, no_masquerade: bool = False, keep: bool = False, name: str = "de
     lab = Lab(name, nodes=2, pods_per_node=2)
     if lab.is_up():
         lab.down()  # a previous demo that was interrupted
-    workdir = Path(tempfile.mkdtemp(prefix="flannel-lb-demo-"))
+    workdir = lab.state_dir / "demo"
     agent: AgentProcess | None = None
+    code = 1
     try:
         _step(1, "the seed's lab, rebuilt in network namespaces")
         lab.up()
+        workdir.mkdir()
         pods = sorted((p.name, p.node, p.ip) for p in lab.cluster().pods.values())
         _say(f"   client {CLIENT_IP} -> loadbalancer {VIP} (+ 10.245.1.142) -> flannel vxlan -> pods")
         _say(f"   etcd {lab.etcd_url} in the master namespace holds the flannel leases and the registry")
@@ -69,13 +76,15 @@ def run_demo(*, no_masquerade: bool = False, keep: bool = False, name: str = "de
         sync = agent.wait_synced(timeout=30)
         _step(2, "flannel-lb reads etcd and programs the LB (`flannel-lb run` in the loadbalancer namespace)")
         _say(
-            f"   first sync: {sync['frontends']} frontends, {sync['backends']} backends, {sync['seconds']} s"
+            f"   first sync: {counted(sync['frontends'], 'frontend')}, "
+            f"{counted(sync['backends'], 'backend')}, {sync['seconds']} s"
         )
         plan = lab.exec_in(LB_HOST, agent.argv("plan")[4:], check=True).stdout
         _say("   " + "\n   ".join(plan.strip().splitlines()))
 
         if no_masquerade:
-            return _masquerade_story(lab, agent)
+            code = _masquerade_story(lab, agent)
+            return code
 
         _step(3, f"the client curls {VIP} 40 times, a new connection each time")
         _show_spread(_requests(lab, 40))
@@ -98,17 +107,21 @@ def run_demo(*, no_masquerade: bool = False, keep: bool = False, name: str = "de
         _show_spread(result)
         _say(f"   {victim} gets no new connections: {'yes' if victim not in result['by_pod'] else 'NO'}")
         _say()
-        _say(
-            f"done in {time.monotonic() - started:.0f} s"
-            + ("" if not keep else f"; the lab stays up ({name})")
-        )
-        return 0
+        _say(f"done in {time.monotonic() - started:.0f} s")
+        code = 0
+        return code
     finally:
         if agent is not None:
             agent.stop()
         if keep:
             lab.close()
+            _say(f"the lab stays up; the agent's log is {workdir / 'agent.log'}")
+            _say(f"`flannel-lb lab --lab {name} down` removes the lab and that log")
         else:
+            if code != 0 and workdir.is_dir():
+                kept = Path(tempfile.mkdtemp(prefix=f"flannel-lb-demo-{name}-"))
+                shutil.copytree(workdir, kept, dirs_exist_ok=True)
+                _say(f"the demo failed: the agent's config and log are kept in {kept}")
             lab.down()
 
 

@@ -1,7 +1,8 @@
 """The lab: the seed's cluster (client, load balancer, master with etcd, nodes, pods) on one machine.
 
 `Lab` ties the pieces together and owns the state dir `/run/flannel-lb-lab/<name>/` (lab.json: prefix,
-leases, etcd pid; cluster.json: the Kubernetes model; etcd/: etcd's data; logs/). Every verb loads
+leases, etcd pid; cluster.json: the Kubernetes model; etcd/: etcd's data; logs/; flannel-lb.toml: the
+agent's config for this lab, whose state file lies in that dir too). Every verb loads
 that state, so `lab up` in one process and `lab scale` in another work on the same lab; a file lock
 serialises them. `down()` needs nothing but the name: the namespace prefix is derived from it, and
 every process the lab starts lives inside one of its namespaces, so it cleans up after any crash.
@@ -39,8 +40,10 @@ from flannel_lb.lab.cluster import (
     resolve_media,
 )
 from flannel_lb.lab.etcd_writer import EtcdWriter
+from flannel_lb.lab.lbagent import agent_config
 from flannel_lb.lab.netns import cleanup_prefix, list_namespaces
 from flannel_lb.lab.overlay import Backend, SubnetLease
+from flannel_lb.lab.progress import Progress
 from flannel_lb.lab.topology import (
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
@@ -159,6 +162,11 @@ class Lab:
         return self.state_dir / "etcd"
 
     @property
+    def config_file(self) -> Path:
+        """The agent's config for this lab (written by `up`); `lab exec` and `lab shell` use it."""
+        return self.state_dir / "flannel-lb.toml"
+
+    @property
     def etcd_url(self) -> str:
         """Where etcd listens; reachable only from inside the lab's kubernetes net (e.g. `master`)."""
         return f"http://{MASTER_IP}:{ETCD_CLIENT_PORT}"
@@ -220,12 +228,15 @@ class Lab:
             self._encode = encoder(state.media)
         puts, deletes = cluster.pending_writes()
         writer = self.etcd()
-        for key, obj in puts:
-            writer.put(key, self._encode(obj))
-            cluster.mark_written(key, obj)
-        for key in deletes:
-            writer.delete(key)
-            cluster.mark_written(key, None)
+        with Progress(f"lab {self.name}: etcd writes", len(puts) + len(deletes)) as progress:
+            for key, obj in puts:
+                writer.put(key, self._encode(obj))
+                cluster.mark_written(key, obj)
+                progress.advance()
+            for key in deletes:
+                writer.delete(key)
+                cluster.mark_written(key, None)
+                progress.advance()
         self._save(state, cluster)
         return len(puts) + len(deletes)
 
@@ -241,8 +252,10 @@ class Lab:
         self._sync(state, cluster)
         if started:
             procs: dict[str, subprocess.Popen[bytes]] = {}
-            for pod in started:
-                procs[pod.name] = self._start_pod(state, cluster, pod)
+            with Progress(f"lab {self.name}: pods started", len(started)) as progress:
+                for pod in started:
+                    procs[pod.name] = self._start_pod(state, cluster, pod)
+                    progress.advance()
             pods.wait_ready(procs)
             for pod in started:
                 pod.ready = True
@@ -281,6 +294,9 @@ class Lab:
             created=now_rfc3339(),
         )
         self._save(state)  # first of all: down() can always find the lab, even if up() dies below
+        # the lab's own agent config: its state file lives and dies with the lab, never in /var/lib
+        state_file = str(self.state_dir / "last-good.jsonl")
+        self.config_file.write_text(agent_config(self.etcd_url, state_file=state_file))
         try:
             with self._locked():
                 self._build(state, self._pods_per_node, self._deployment, self._expose)
@@ -379,6 +395,8 @@ class Lab:
                 proc.wait(timeout=5)
         self._children.clear()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the root too, once the last lab is gone (not if others live)
+            self.state_dir.parent.rmdir()
         self._ns = LabNamespaces(self.prefix)
         return removed
 

@@ -1,0 +1,65 @@
+"""The lab as a newcomer drives it: `lab up` says what next, `lab exec`/`lab shell` run in the LB's
+namespace with the lab's config, and the lab's state never lands on the host (all gone after down)."""
+
+from __future__ import annotations
+
+import glob
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from flannel_lb.lab.lab import STATE_ROOT
+from flannel_lb.lab.netns import list_namespaces
+from tests.test_lab import needs_lab
+
+_HOST_STATE = Path("/var/lib/flannel-lb")
+
+
+def _entries(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()} if path.is_dir() else set()
+
+
+@needs_lab
+def test_exec_shell_and_down_leave_nothing_on_the_host() -> None:
+    name = "c" + secrets.token_hex(3)
+    cli = [sys.executable, "-m", "flannel_lb", "lab", "--lab", name]
+    host_before = _entries(_HOST_STATE)
+    demo_before = set(glob.glob(f"/tmp/flannel-lb-demo-{name}-*"))
+    try:
+        up = subprocess.run([*cli, "up", "--pods-per-node", "1"], capture_output=True, text=True, timeout=90)
+        assert up.returncode == 0, up.stderr
+        config = STATE_ROOT / name / "flannel-lb.toml"
+        assert str(config) in up.stdout
+        for verb in ("plan", "explain default/nginx", "sync --once", "diff", "check"):
+            assert f"lab --lab {name} exec -- {verb}" in up.stdout, up.stdout
+        assert f"lab --lab {name} down" in up.stdout
+
+        sync = subprocess.run(
+            [*cli[:-2], "exec", "--lab", name, "--", "sync", "--once"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sync.returncode == 0, sync.stderr
+        assert (STATE_ROOT / name / "last-good.jsonl").is_file()  # the lab's own state file
+        plan = subprocess.run([*cli, "exec", "--", "plan"], capture_output=True, text=True, timeout=60)
+        assert plan.returncode == 0 and "192.168.121.201:80/TCP" in plan.stdout, plan.stderr
+        shell = subprocess.run(
+            [*cli, "shell", "--", "-c", "echo $FLANNEL_LB_CONFIG; ip -o -4 addr show dev eth0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert str(config) in shell.stdout and "192.168.121.201/24" in shell.stdout
+    finally:
+        down = subprocess.run([*cli, "down"], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in list_namespaces() if n.startswith(f"flb-lab-{name}-")]
+    assert not (STATE_ROOT / name).exists()
+    assert name not in _entries(STATE_ROOT)  # the root itself goes with the last lab
+    assert _entries(_HOST_STATE) <= host_before
+    assert set(glob.glob(f"/tmp/flannel-lb-demo-{name}-*")) == demo_before == set()
+    gone = subprocess.run([*cli, "exec", "--", "plan"], capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1 and "is not up" in gone.stderr
