@@ -155,15 +155,7 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
-        if self.cfg.dataplane.manage_ip_forward:
-            try:
-                if enable_ip_forward():
-                    log.info("ip_forward_enabled")
-            except OSError as e:
-                log.error(
-                    "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
-                )
-        conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
+        self.prepare_host()
         source = wiring.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -176,6 +168,19 @@ class Agent:
             feeder.join(timeout=10)
             self.close()
             log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
+
+    def prepare_host(self) -> None:
+        """What the rules need from this host besides themselves, for `run` and `sync --once` alike:
+        forwarding on (`manage_ip_forward`) and the opt-in conntrack limits. Never raises."""
+        if self.cfg.dataplane.manage_ip_forward:
+            try:
+                if enable_ip_forward():
+                    log.info("ip_forward_enabled")
+            except OSError as e:
+                log.error(
+                    "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
+                )
+        conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
 
     def close(self) -> None:
         """Save the last plan (when configured) and release the data plane; the rules stay."""
@@ -492,9 +497,10 @@ class Agent:
             m.problems.labels(label).set(n)
 
     def sync_once(self, retry_budget: float | None = None) -> SyncReport:
-        """`flannel-lb sync --once`: one snapshot, one netcheck, one sync."""
+        """`flannel-lb sync --once`: one snapshot, one netcheck, one sync; the host prepared as for `run`."""
         source = wiring.source(self.cfg)
         snap = source.snapshot(retry_budget=retry_budget)
+        self.prepare_host()
         self._handle(snap)
         self._netcheck()
         result = self._sync(full=False)

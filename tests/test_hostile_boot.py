@@ -5,6 +5,8 @@ In the reboot variant the owned rules are removed with `flannel-lb cleanup` as w
 would. A new agent started with etcd still down must program the saved plan (adopting what the
 kernel holds), tell systemd READY=1, say "stale" on /healthz and in `flannel_lb_serving_stale`, and
 serve requests through the VIP; once etcd is back it converges and reports ok.
+
+Also here, since it needs the same lab: `sync --once` prepares the host as `run` does (ip_forward).
 """
 
 from __future__ import annotations
@@ -148,6 +150,24 @@ def test_start_with_etcd_down_serves_the_last_good_plan(
             start_etcd(lab)
         with contextlib.suppress(subprocess.CalledProcessError):
             subprocess.run(first.argv("cleanup"), capture_output=True, check=True)
+
+
+def test_sync_once_turns_on_forwarding_as_run_does(lab: Lab, tmp_path: Path) -> None:
+    """A new user's first try: `sync --once` on a namespace whose forwarding is off. The rules alone
+    are not enough; the DNATed packets must be forwarded too."""
+    forward = "/proc/sys/net/ipv4/ip_forward"
+    lab.exec_in(LB_HOST, ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)  # the lab's namespace
+    config = tmp_path / "flannel-lb.toml"
+    config.write_text(agent_config(lab.etcd_url))
+    agent = AgentProcess(lab.namespace(LB_HOST), config)
+    try:
+        assert lab.exec_in(LB_HOST, ["cat", forward], check=True).stdout.strip() == "0"
+        lab.exec_in(LB_HOST, agent.argv("sync", "--once")[4:], check=True, timeout=60)
+        assert lab.exec_in(LB_HOST, ["cat", forward], check=True).stdout.strip() == "1"
+        assert traffic(lab, "http", f"{VIP}:80", count=20)["failed"] == 0
+    finally:
+        lab.exec_in(LB_HOST, ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=True)
 
 
 def _wait_saved(agent: AgentProcess, state: Path) -> None:
