@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import ipaddress
 import queue
@@ -24,8 +25,8 @@ from typing import Protocol
 
 import structlog
 
+from flannel_lb import bootplan, conntrack_limits, holdover, wiring
 from flannel_lb import config as config_mod
-from flannel_lb import conntrack_limits, holdover, wiring
 from flannel_lb.cluster import Change, ClusterState
 from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
 from flannel_lb.dataplane.options import Options, overlay_udp_port
@@ -148,20 +149,14 @@ class Agent:
         self._retry_at: float | None = None
         self._retry_wait = 1.0
         self._ready_sent = False
+        self._settled = False  # the first sync from an etcd snapshot is done (its memory frozen)
+        self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
-        if self.cfg.dataplane.manage_ip_forward:
-            try:
-                if enable_ip_forward():
-                    log.info("ip_forward_enabled")
-            except OSError as e:
-                log.error(
-                    "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
-                )
-        conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
+        self.prepare_host()
         source = wiring.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -174,6 +169,19 @@ class Agent:
             feeder.join(timeout=10)
             self.close()
             log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
+
+    def prepare_host(self) -> None:
+        """What the rules need from this host besides themselves, for `run` and `sync --once` alike:
+        forwarding on (`manage_ip_forward`) and the opt-in conntrack limits. Never raises."""
+        if self.cfg.dataplane.manage_ip_forward:
+            try:
+                if enable_ip_forward():
+                    log.info("ip_forward_enabled")
+            except OSError as e:
+                log.error(
+                    "ip_forward_unchangeable", error=str(e), hint="DNATed packets will not be forwarded"
+                )
+        conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
 
     def close(self) -> None:
         """Save the last plan (when configured) and release the data plane; the rules stay."""
@@ -250,6 +258,8 @@ class Agent:
                 self.metrics.etcd_disconnects.inc()
                 log.warning("etcd_unavailable", reason=item.reason, attempt=item.attempt, rules="kept")
                 self.health.detail = f"etcd unavailable, serving the last good rules: {item.reason}"
+                if not self.have_snapshot and self.plan is None:
+                    self._serve_last_good(item.reason)
             return
         if isinstance(item, _Reload):
             self._reload()
@@ -359,7 +369,8 @@ class Agent:
         if full:
             self._next_full = now + self.cfg.dataplane.full_resync_interval
         old, self.plan = self.plan, plan
-        if self.saver is not None:
+        if self.saver is not None and (old is None or not _same_frontends(old, plan)):
+            self.saver.header_extra = {"overlay_udp_port": self.options.overlay_udp_port}
             self.saver.offer(plan)
         if self.planner.held != self._held:
             self._report_held(plan)
@@ -398,15 +409,63 @@ class Agent:
             seconds=self.last_sync_seconds,
         )
         self.health.synced = True
-        if not self._ready_sent:
+        if self.stale is not None:
+            log.info("serving_live", revision=plan.revision, replaced=bootplan.describe(self.stale))
+            self.stale = None
+            self.health.stale = ""
+            self.metrics.serving_stale.set(0)
+            self.notifier.status(f"serving {len(plan.frontends)} frontends")
+        if not self._settled:
             # What the first sync built (plan, rules) joins the decoded cluster out of the collector's
             # sight: otherwise every full collection walks it and stalls a sync by tens of milliseconds.
             gc.collect()
             gc.freeze()
             _release_free_memory()  # the snapshot's bytes and the first sync's text are garbage now
+            self._settled = True
+        if not self._ready_sent:
             self._ready_sent = True
             self.notifier.ready(f"serving {len(plan.frontends)} frontends")
         return result
+
+    def _serve_last_good(self, reason: str) -> None:
+        """etcd is unreachable and nothing was served yet: program the state file's plan, reported
+        stale, so an LB that boots during an etcd outage serves what it served before. The data plane
+        adopts what the kernel still holds; the first snapshot later replaces the plan by a diff."""
+        if not self.planner.holdover or not self.cfg.lb.state_file:
+            return
+        started = time.perf_counter()
+        header = bootplan.read_header(Path(self.cfg.lb.state_file))
+        plan = bootplan.boot_plan(self.planner.holdover, header, self.planner.settings)
+        self.options = self.dataplane.options = dataclasses.replace(
+            dataplane_options(self.cfg), overlay_udp_port=header.overlay_udp_port
+        )
+        try:
+            result = self.dataplane.sync(plan)
+        except Exception as e:
+            self.metrics.syncs.labels("boot", "error").inc()
+            log.error("boot_plan_failed", error=str(e), retry="at the next etcd attempt")
+            return
+        self.plan, self.stale = plan, header
+        backends, excluded = _tally(plan)
+        self._record(plan, result, "boot", time.perf_counter() - started, None)
+        self.metrics.backends.set(backends)
+        self._record_excluded(excluded)
+        self.metrics.serving_stale.set(1)
+        saved = bootplan.describe(header)
+        self.health.synced = True
+        self.health.stale = f"serving the last good plan ({saved}) until etcd answers: {reason}"
+        log.warning(
+            "serving_last_good_plan",
+            saved=saved,
+            frontends=len(plan.frontends),
+            backends=backends,
+            mode=result.mode,
+            changed=result.summary(),
+            etcd=reason,
+        )
+        if not self._ready_sent:
+            self._ready_sent = True
+            self.notifier.ready(f"stale: etcd unreachable; serving {len(plan.frontends)} frontends ({saved})")
 
     def _record_excluded(self, reasons: dict[str, int]) -> None:
         self.metrics.excluded.clear()
@@ -442,15 +501,23 @@ class Agent:
             m.problems.labels(label).set(n)
 
     def sync_once(self, retry_budget: float | None = None) -> SyncReport:
-        """`flannel-lb sync --once`: one snapshot, one netcheck, one sync."""
+        """`flannel-lb sync --once`: one snapshot, one netcheck, one sync; the host prepared as for `run`."""
         source = wiring.source(self.cfg)
         snap = source.snapshot(retry_budget=retry_budget)
+        self.prepare_host()
         self._handle(snap)
         self._netcheck()
         result = self._sync(full=False)
         if result is None:
             raise RuntimeError("the sync failed; see the log for iptables' message")
         return result
+
+
+def _same_frontends(a: Plan, b: Plan) -> bool:
+    """Whether two plans hold the very same frontends (the planner keeps unchanged ones identical)."""
+    return len(a.frontends) == len(b.frontends) and all(
+        x is y for x, y in zip(a.frontends, b.frontends, strict=True)
+    )
 
 
 def _release_free_memory() -> None:

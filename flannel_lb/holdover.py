@@ -8,7 +8,8 @@ agent saves the planned frontends of every service (`Saver`, in the background, 
 Service whose spec does not decode and that has no good value in this run (`held_plans`), until the
 spec decodes again or is deleted.
 
-File: JSON lines, a header `{"version": 1, "saved": <unix time>, "revision": <etcd revision>}`, then
+File: JSON lines, a header `{"version": 1, "saved": <unix time>, "revision": <etcd revision>}` (plus
+`Saver.header_extra`: the agent's flannel overlay port, for `bootplan`), then
 one `{"service": "ns/name", "frontends": [...]}` per service (the `plan --json` frontend format).
 """
 
@@ -129,6 +130,7 @@ class Saver:
         self.path = path
         self.interval = interval
         self.writes = 0
+        self.header_extra: dict[str, object] = {}  # more header fields (bootplan: the overlay port)
         self._latest: Plan | None = None
         self._cache: dict[str, tuple[tuple[Frontend, ...], str]] = {}
         self._cond = threading.Condition()
@@ -172,7 +174,8 @@ class Saver:
         by_service: dict[str, list[Frontend]] = {}
         for f in plan.frontends:
             by_service.setdefault(f.service, []).append(f)
-        lines = [json.dumps({"version": VERSION, "saved": time.time(), "revision": plan.revision})]
+        header = {"version": VERSION, "saved": time.time(), "revision": plan.revision, **self.header_extra}
+        lines = [json.dumps(header)]
         cache: dict[str, tuple[tuple[Frontend, ...], str]] = {}
         for service, group in by_service.items():
             frontends = tuple(group)

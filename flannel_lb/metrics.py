@@ -91,6 +91,11 @@ class Metrics:
             "Services served from the saved last good frontends: their etcd spec does not decode",
             registry=r,
         )
+        self.serving_stale = Gauge(
+            "flannel_lb_serving_stale",
+            "1 while the agent serves the state file's last good plan: etcd unreachable since it started",
+            registry=r,
+        )
         self.etcd_connected = Gauge(
             "flannel_lb_etcd_watch_connected", "1 while the etcd watch is up", registry=r
         )
@@ -152,6 +157,7 @@ class HealthState:
         self.heartbeat = time.monotonic()
         self.stall_after = stall_after
         self.detail = "starting"
+        self.stale = ""  # why the rules served are the state file's, not etcd's ("" = they are etcd's)
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
@@ -172,7 +178,10 @@ def _handler(metrics: Metrics, health: HealthState) -> type[BaseHTTPRequestHandl
                 self._reply(200, metrics.exposition(), CONTENT_TYPE_LATEST)
             elif self.path in ("/healthz", "/livez"):
                 ok, detail = health.status()
-                self._reply(200 if ok else 503, (("ok: " if ok else "unhealthy: ") + detail + "\n").encode())
+                word = "unhealthy" if not ok else "stale" if health.stale else "ok"
+                if ok and health.stale:
+                    detail = health.stale  # serving (200), but not what etcd says now
+                self._reply(200 if ok else 503, f"{word}: {detail}\n".encode())
             else:
                 self._reply(404, b"not found: try /metrics or /healthz\n")
 
