@@ -169,8 +169,8 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             key_file=etcd.get("key_file", str, None, _readable_file),
             username=etcd.get("username", str, None),
             password=etcd.get("password", str, None),
-            timeout=etcd.get("timeout", float, EtcdConfig().timeout, _positive),
-            retry_budget=etcd.get("retry_budget", float, EtcdConfig().retry_budget, _positive),
+            timeout=etcd.number("timeout", EtcdConfig().timeout),
+            retry_budget=etcd.number("retry_budget", EtcdConfig().retry_budget),
         ),
         flannel=FlannelConfig(
             prefix=flannel.get("prefix", str, FlannelConfig().prefix, _key_prefix),
@@ -201,23 +201,23 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             masquerade=dp.get("masquerade", bool, True),
             random_fully=dp.get("random_fully", bool, True),
             snat_addresses=tuple(dp.get("snat_addresses", list, [], _each(_ipv4_address))),
-            min_sync_interval=dp.get("min_sync_interval", float, 0.02, _non_negative),
-            full_resync_interval=dp.get("full_resync_interval", float, 10.0, _positive),
+            min_sync_interval=dp.number("min_sync_interval", DataplaneConfig().min_sync_interval),
+            full_resync_interval=dp.number("full_resync_interval", DataplaneConfig().full_resync_interval),
             conntrack_cleanup=dp.get("conntrack_cleanup", bool, True),
             manage_ip_forward=dp.get("manage_ip_forward", bool, True),
             forward_accept=dp.get("forward_accept", str, "always", _one_of("always", "auto")),
         ),
         conntrack=ConntrackConfig(
             manage=ct.get("manage", bool, False),
-            max_per_core=ct.get("max_per_core", int, ConntrackConfig().max_per_core, _count),
-            min=ct.get("min", int, ConntrackConfig().min, _count),
-            tcp_timeout_established=ct.get(
-                "tcp_timeout_established", int, ConntrackConfig().tcp_timeout_established, _count
+            max_per_core=ct.number("max_per_core", ConntrackConfig().max_per_core),
+            min=ct.number("min", ConntrackConfig().min),
+            tcp_timeout_established=ct.number(
+                "tcp_timeout_established", ConntrackConfig().tcp_timeout_established
             ),
-            tcp_timeout_close_wait=ct.get(
-                "tcp_timeout_close_wait", int, ConntrackConfig().tcp_timeout_close_wait, _count
+            tcp_timeout_close_wait=ct.number(
+                "tcp_timeout_close_wait", ConntrackConfig().tcp_timeout_close_wait
             ),
-            warn_usage=ct.get("warn_usage", float, ConntrackConfig().warn_usage, _fraction),
+            warn_usage=ct.number("warn_usage", ConntrackConfig().warn_usage),
         ),
         metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
         log=LogConfig(
@@ -235,6 +235,52 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     if cfg.flannel.subnet_manager == "kube" and cfg.flannel.etcd_api == "v2":
         raise ConfigError(f'{path}: [flannel] etcd_api: "v2" makes no sense with subnet_manager = "kube"')
     return cfg
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric key may take: finite, inside bounds that make operational sense."""
+
+    typ: type[int] | type[float]
+    lo: float
+    hi: float
+    unit: str = ""
+    lo_open: bool = False  # lo itself is not allowed
+    noun: str = ""  # what the value is, when the bounds alone do not say it ("a fraction ")
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.lo_open:
+            return f"greater than {_number(self.lo)} and at most {_number(self.hi)}{unit}"
+        return f"from {_number(self.lo)} to {_number(self.hi)}{unit}"
+
+    def check(self, value: int | float) -> int | float:
+        """The value as the key's type; ValueError when out of range (nan is never in range)."""
+        above_lo = value > self.lo if self.lo_open else value >= self.lo
+        if not (above_lo and value <= self.hi):  # nan compares false: refused too
+            raise ValueError(f"must be {self.noun}{self.describe()}, got {value!r}")
+        return self.typ(value)
+
+
+_INT32_MAX = 2**31 - 1
+
+# Every numeric key and its range, in one place: TOML allows nan, inf and 64-bit integers, none of which
+# a timeout or an interval can be (nan makes a retry loop spin with no sleep).
+NUMBERS: dict[tuple[str, str], Range] = {
+    ("etcd", "timeout"): Range(float, 0.1, 3600, "seconds"),
+    ("etcd", "retry_budget"): Range(float, 0.1, 86400, "seconds"),
+    ("dataplane", "min_sync_interval"): Range(float, 0, 60, "seconds"),
+    ("dataplane", "full_resync_interval"): Range(float, 0.1, 86400, "seconds"),
+    ("conntrack", "max_per_core"): Range(int, 0, _INT32_MAX),
+    ("conntrack", "min"): Range(int, 0, _INT32_MAX),
+    ("conntrack", "tcp_timeout_established"): Range(int, 0, _INT32_MAX, "seconds"),
+    ("conntrack", "tcp_timeout_close_wait"): Range(int, 0, _INT32_MAX, "seconds"),
+    ("conntrack", "warn_usage"): Range(float, 0, 1, lo_open=True, noun="a fraction "),
+}
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if v == int(v) else str(v)
 
 
 # --- validators: each returns the cleaned value or raises ValueError with the reason --------------
@@ -344,30 +390,6 @@ def _listen_address(v: str) -> str:
     return v
 
 
-def _positive(v: float) -> float:
-    if v <= 0:
-        raise ValueError("must be greater than 0")
-    return v
-
-
-def _non_negative(v: float) -> float:
-    if v < 0:
-        raise ValueError("must not be negative")
-    return v
-
-
-def _count(v: int) -> int:
-    if not 0 <= v <= 2**31 - 1:
-        raise ValueError("must be from 0 to 2147483647")
-    return v
-
-
-def _fraction(v: float) -> float:
-    if not 0 < v <= 1:
-        raise ValueError("must be a fraction greater than 0 and at most 1, e.g. 0.75")
-    return v
-
-
 def _one_of(*choices: str) -> Callable[[str], str]:
     def check(v: str) -> str:
         if v not in choices:
@@ -401,6 +423,8 @@ class _Section:
         nonempty: bool = False,
         required: bool = False,
     ) -> Any:
+        if typ in (int, float):
+            raise TypeError(f"[{self.name}] {key}: numeric keys are read with number(), ranged in NUMBERS")
         where = f"{self.path}: [{self.name}] {key}"
         if key not in self.table:
             if required:
@@ -419,6 +443,23 @@ class _Section:
             return check(value)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+    def number(self, key: str, default: T) -> T:
+        """A numeric key, checked against its range in NUMBERS (bool is not a number here)."""
+        if key not in self.table:
+            return default
+        spec = NUMBERS[(self.name, key)]
+        value = self.table[key]
+        ok = (int, float) if spec.typ is float else (int,)
+        if not isinstance(value, ok) or isinstance(value, bool):
+            raise ConfigError(
+                f"{self.path}: [{self.name}] {key}: expected {_TYPE_NAMES[spec.typ]} "
+                f"{spec.describe()}, got {value!r}"
+            )
+        try:
+            return spec.check(value)  # type: ignore[return-value]  # the default's type is the key's
+        except ValueError as e:
+            raise ConfigError(f"{self.path}: [{self.name}] {key}: {e}") from None
 
 
 class _Reader:

@@ -15,6 +15,7 @@ one `{"service": "ns/name", "frontends": [...]}` per service (the `plan --json` 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import threading
@@ -36,6 +37,7 @@ from flannel_lb.desired import (
     ServiceVerdict,
     frontend_json,
 )
+from flannel_lb.model import PROTOCOLS
 from flannel_lb.plan import ServicePlan
 
 log = structlog.get_logger("flannel_lb.holdover")
@@ -80,7 +82,7 @@ def _kind(label: object) -> Exclusion:
 def load(path: Path) -> dict[str, tuple[Frontend, ...]]:
     """The saved frontends by service; {} when there is no file. A damaged line is skipped, not fatal."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().splitlines()  # decoded per line: one bad byte damages one line
     except FileNotFoundError:
         return {}
     except OSError as e:
@@ -89,11 +91,27 @@ def load(path: Path) -> dict[str, tuple[Frontend, ...]]:
     out: dict[str, tuple[Frontend, ...]] = {}
     for n, line in enumerate(lines[1:], 2):
         try:
-            doc = json.loads(line)
-            out[str(doc["service"])] = tuple(frontend_from_json(f) for f in doc["frontends"])
-        except (ValueError, KeyError, TypeError) as e:
+            doc = json.loads(line.decode("utf-8"))
+            frontends = tuple(_checked(frontend_from_json(f)) for f in doc["frontends"])
+            out[str(doc["service"])] = frontends
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
             log.warning("holdover_line_skipped", path=str(path), line=n, error=repr(e))
     return out
+
+
+def _checked(f: Frontend) -> Frontend:
+    """A frontend from the file passes what one from etcd would: it cannot inject arbitrary rules."""
+    if f.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {f.protocol!r} is not TCP, UDP or SCTP")
+    ipaddress.IPv4Address(f.address)  # ValueError names the bad address
+    ports = [f.port, *(b.port for b in f.backends)]
+    if not all(1 <= p <= 65535 for p in ports):
+        raise ValueError(f"a port is not from 1 to 65535: {ports}")
+    for b in f.backends:
+        ipaddress.IPv4Address(b.ip)
+    if f.affinity is not None and not 0 < f.affinity.timeout <= 86400:
+        raise ValueError(f"affinity timeout {f.affinity.timeout} is not from 1 to 86400 seconds")
+    return f
 
 
 def held_plans(state: ClusterState, saved: Saved) -> list[ServicePlan]:
