@@ -448,6 +448,27 @@ def check_device_route(
     return f"no route to {lease.subnet} through {dev} ({backend}: {expected}){found}"
 
 
+def own_lease_subnet(
+    leases: Iterable[Lease], own_subnet: IPv4Network | None, local: set[IPv4Address]
+) -> IPv4Network | None:
+    """The one lease subnet that is this host's own and needs no path, or None.
+
+    It must be exactly `own_subnet` (without one: a lease whose PublicIP is local), and this kernel
+    must hold an address in it, as flanneld gives the flannel device its lease's address. A PublicIP
+    alone proves nothing, since any lease can name the LB's: a forged lease elsewhere would skip the
+    check and admit endpoints no path leads to. host-gw puts no address on the LB, so there the
+    subnet (or the PublicIP) has to do. Of several candidates only the most specific is taken (a
+    forged /23 around the LB's /24 holds the same address), so at most one subnet is ever skipped.
+    """
+    found = {
+        lease.subnet
+        for lease in leases
+        if (lease.subnet == own_subnet if own_subnet is not None else lease.public_ip in local)
+        and (lease.backend_type == "host-gw" or any(ip in lease.subnet for ip in local))
+    }
+    return min(found, key=lambda n: (-n.prefixlen, int(n.network_address)), default=None)
+
+
 # --- the checker --------------------------------------------------------------------------------
 
 
@@ -488,8 +509,10 @@ class NetChecker:
         unchecked: set[str] = set()
         seen: set[str] = set()
         local = {iface.ip for ifaces in view.addresses.values() for iface in ifaces}
+        leases = list(leases)
+        own = own_lease_subnet(leases, own_subnet, local)
         for lease in leases:
-            if lease.subnet == own_subnet or lease.public_ip in local:
+            if own is not None and lease.subnet == own:
                 continue  # this host's own lease: its pods (if any) are local, no overlay path needed
             seen.add(lease.backend_type)
             if lease.backend_type not in CHECKED_BACKENDS:

@@ -36,9 +36,14 @@ def plan_settings(cfg: Config) -> PlanSettings:
 
 
 def own_subnet(cfg: Config, state: ClusterState) -> ipaddress.IPv4Network | None:
-    """The LB's own flannel lease (its PublicIP is one of the LB's addresses): never path-checked."""
+    """The LB's own flannel lease: the one lease whose PublicIP is one of the LB's addresses.
+
+    Anyone who can write a lease can give it the LB's PublicIP, so with several such leases none is
+    taken on trust (None); netcheck then lets the kernel tell (see `NetChecker.check`).
+    """
     mine = set(cfg.lb.addresses)
-    return next((lease.subnet for lease in state.leases() if str(lease.public_ip) in mine), None)
+    subnets = {lease.subnet for lease in state.leases() if str(lease.public_ip) in mine}
+    return subnets.pop() if len(subnets) == 1 else None
 
 
 def etcd_settings(cfg: Config) -> EtcdSettings:
