@@ -27,6 +27,7 @@ import structlog
 from flannel_lb.cluster import ClusterState
 from flannel_lb.desired import Affinity, Backend, Excluded, Frontend, Plan, ServiceVerdict, frontend_json
 from flannel_lb.plan import ServicePlan
+from flannel_lb.untrusted import load_json
 
 log = structlog.get_logger("flannel_lb.holdover")
 
@@ -65,7 +66,7 @@ def load(path: Path) -> dict[str, tuple[Frontend, ...]]:
     out: dict[str, tuple[Frontend, ...]] = {}
     for n, line in enumerate(lines[1:], 2):
         try:
-            doc = json.loads(line)
+            doc = load_json(line)
             out[str(doc["service"])] = tuple(frontend_from_json(f) for f in doc["frontends"])
         except (ValueError, KeyError, TypeError) as e:
             log.warning("holdover_line_skipped", path=str(path), line=n, error=repr(e))

@@ -7,15 +7,15 @@ including its defaults; JSON field names match case-insensitively, as Go's encod
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from flannel_lb.model import Lease, NetworkConfig, Node
+from flannel_lb.untrusted import JSONDepthError, load_json
 
 # v0.17+: "A.B.C.D-len" with an optional "&<ipv6>-<len>" for dual stack (MakeSubnetKey/ParseSubnetKey).
-_SUBNET_KEY = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$")
+_SUBNET_KEY = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-fA-F\d:]+)-(\d+))?$", re.ASCII)
 
 
 class FlannelError(ValueError):
@@ -28,11 +28,11 @@ def _fold(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def _load_object(value: bytes | str, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as e:
+        doc = load_json(value)
+    except JSONDepthError as e:
+        raise FlannelError(f"{what} is not flannel JSON: {e}") from None
+    except ValueError as e:
         raise FlannelError(f"{what} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise FlannelError(f"{what} is nested too deeply to be flannel JSON") from None
     if not isinstance(doc, dict):
         raise FlannelError(f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -205,7 +205,9 @@ def lease_from_node(node: Node, annotation_prefix: str = "flannel.alpha.coreos.c
         raise FlannelError(f"node {node.name} podCIDR {cidrs[0]!r} is not an IPv4 network") from None
     data_raw = ann.get(f"{annotation_prefix}/backend-data") or "{}"
     try:
-        data = json.loads(data_raw)
+        data = load_json(data_raw)
+    except JSONDepthError as e:
+        raise FlannelError(f"node {node.name} annotation backend-data: {e}") from None
     except ValueError:
         raise FlannelError(f"node {node.name} annotation backend-data is not JSON: {data_raw!r}") from None
     doc = {
