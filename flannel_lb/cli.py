@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from flannel_lb import config as config_mod
@@ -40,11 +41,15 @@ def _emit(obj: Any) -> None:
 def cmd_decode(args: argparse.Namespace) -> int:
     from flannel_lb.decode.values import decode_any
 
-    raw = sys.stdin.buffer.read() if args.file in (None, "-") else open(args.file, "rb").read()  # noqa: SIM115
+    try:
+        raw = sys.stdin.buffer.read() if args.file in (None, "-") else Path(args.file).read_bytes()
+    except OSError as e:
+        raise CommandError(f"cannot read {args.file}: {e.strerror or e}", EXIT_CONFIG) from None
     try:
         _emit(decode_any(raw, key=args.key))
     except ValueError as e:
-        raise CommandError(f"cannot decode: {e}") from None
+        where = "standard input" if args.file in (None, "-") else args.file
+        raise CommandError(f"cannot decode {where}: {e}") from None
     return EXIT_OK
 
 

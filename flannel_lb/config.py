@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flannel_lb.policy import PortRanges, parse_port_ranges
+from flannel_lb.untrusted import ascii_decimal
 
 DEFAULT_PATH = "/etc/flannel-lb/flannel-lb.toml"
 ENV_VAR = "FLANNEL_LB_CONFIG"
@@ -381,7 +382,8 @@ def _listen_address(v: str) -> str:
     if v == "":
         return v
     host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    number = ascii_decimal(port)
+    if not sep or number is None or not 0 < number < 65536:
         raise ValueError('expected "host:port", e.g. "127.0.0.1:9842", or "" to disable')
     try:
         ipaddress.ip_address(host.strip("[]"))

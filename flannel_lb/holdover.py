@@ -39,6 +39,7 @@ from flannel_lb.desired import (
 )
 from flannel_lb.model import PROTOCOLS
 from flannel_lb.plan import ServicePlan
+from flannel_lb.untrusted import load_json
 
 log = structlog.get_logger("flannel_lb.holdover")
 
@@ -91,7 +92,7 @@ def load(path: Path) -> dict[str, tuple[Frontend, ...]]:
     out: dict[str, tuple[Frontend, ...]] = {}
     for n, line in enumerate(lines[1:], 2):
         try:
-            doc = json.loads(line.decode("utf-8"))
+            doc = load_json(line.decode("utf-8"))
             frontends = tuple(_checked(frontend_from_json(f)) for f in doc["frontends"])
             out[str(doc["service"])] = frontends
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from flannel_lb.model import Service
+from flannel_lb.untrusted import ascii_decimal
 
 PortRanges = tuple[tuple[int, int], ...]
 
@@ -48,9 +49,9 @@ def parse_port_ranges(items: list[object]) -> PortRanges:
         if not isinstance(text, str):
             raise ValueError(f'{item!r} is not a port or a range like "8000-8100"')
         lo_s, _, hi_s = text.partition("-")
-        if not lo_s.strip().isdigit() or (hi_s and not hi_s.strip().isdigit()):
+        lo, hi = ascii_decimal(lo_s.strip()), ascii_decimal((hi_s or lo_s).strip())
+        if lo is None or hi is None:
             raise ValueError(f'{item!r} is not a port or a range like "8000-8100"')
-        lo, hi = int(lo_s), int(hi_s or lo_s)
         if not 1 <= lo <= hi <= 65535:
             raise ValueError(f"{item!r}: ports run from 1 to 65535, low to high")
         out.append((lo, hi))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+from flannel_lb.untrusted import ascii_decimal
+
 
 class Notifier:
     def __init__(self, env: dict[str, str] | None = None) -> None:
@@ -14,7 +16,7 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
         self.watchdog_interval = (
-            int(usec) / 2e6 if usec.isdigit() and mine else None
+            usec_n / 2e6 if (usec_n := ascii_decimal(usec)) is not None and mine else None
         )  # ping at half the timeout
 
     @property

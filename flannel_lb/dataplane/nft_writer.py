@@ -27,6 +27,7 @@ from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
 from flannel_lb.dataplane.writer import Mode
 from flannel_lb.desired import Plan
+from flannel_lb.untrusted import ascii_decimal
 
 _ERROR_LINE = re.compile(r"^/dev/stdin:(\d+):", re.MULTILINE)
 
@@ -296,8 +297,9 @@ def _balance_chains(kernel: KernelTable) -> set[tuple[int, str]]:
     out = set()
     for name in kernel.chains:
         parts = name.split("-")
-        if len(parts) == 3 and parts[0] == "balance" and parts[1].isdigit():
-            out.add((int(parts[1]), parts[2]))
+        k = ascii_decimal(parts[1]) if len(parts) == 3 and parts[0] == "balance" else None
+        if k is not None:
+            out.add((k, parts[2]))
     return out
 
 

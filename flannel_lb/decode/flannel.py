@@ -7,12 +7,12 @@ including its defaults; JSON field names match case-insensitively, as Go's encod
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from flannel_lb.model import Lease, NetworkConfig, Node
+from flannel_lb.untrusted import JSONDepthError, load_json
 
 # v0.17+: "A.B.C.D-len" with an optional "&<ipv6>-<len>" for dual stack (MakeSubnetKey/ParseSubnetKey).
 # Matched whole (fullmatch: `$` would let a trailing newline through) and in ASCII (`\d` would take
@@ -30,11 +30,11 @@ def _fold(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def _load_object(value: bytes | str, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as e:
+        doc = load_json(value)
+    except JSONDepthError as e:
+        raise FlannelError(f"{what} is not flannel JSON: {e}") from None
+    except ValueError as e:
         raise FlannelError(f"{what} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise FlannelError(f"{what} is nested too deeply to be flannel JSON") from None
     if not isinstance(doc, dict):
         raise FlannelError(f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -69,8 +69,11 @@ def parse_network_config(value: bytes | str) -> NetworkConfig:
     subnet_min = subnet_max = None
     if network is not None:
         size = 1 << (32 - subnet_len)
-        subnet_min = _address(doc.get("subnetmin"), network.network_address + size, "SubnetMin")
-        subnet_max = _address(doc.get("subnetmax"), network.broadcast_address + 1 - size, "SubnetMax")
+        # In integers: a Network ending at 255.255.255.255 would overflow IPv4Address arithmetic.
+        first, last = int(network.network_address), int(network.broadcast_address)
+        subnet_min = _address(doc.get("subnetmin"), ipaddress.IPv4Address(first + size), "SubnetMin")
+        subnet_max = _address(doc.get("subnetmax"), ipaddress.IPv4Address(last + 1 - size), "SubnetMax")
+        _check_subnet_range(network, size, subnet_min, subnet_max)
     backend = doc.get("backend") or {}
     if not isinstance(backend, dict):
         raise FlannelError(f"network config Backend must be an object, got {backend!r}")
@@ -97,6 +100,19 @@ def parse_network_config(value: bytes | str) -> NetworkConfig:
         ),
         ipv6_network=ipv6,
     )
+
+
+def _check_subnet_range(
+    network: ipaddress.IPv4Network, size: int, lo: ipaddress.IPv4Address, hi: ipaddress.IPv4Address
+) -> None:
+    """flannel's own CheckNetworkConfig rules: inside Network, on a SubnetLen boundary, Min <= Max."""
+    for what, address in (("SubnetMin", lo), ("SubnetMax", hi)):
+        if address not in network:
+            raise FlannelError(f"network config {what} {address} is outside Network {network}")
+        if int(address) % size:
+            raise FlannelError(f"network config {what} {address} is not on a SubnetLen boundary")
+    if lo > hi:
+        raise FlannelError(f"network config SubnetMin {lo} is above SubnetMax {hi}")
 
 
 def _address(raw: Any, default: ipaddress.IPv4Address, what: str) -> ipaddress.IPv4Address:
@@ -212,7 +228,9 @@ def lease_from_node(node: Node, annotation_prefix: str = "flannel.alpha.coreos.c
         raise FlannelError(f"node {node.name} podCIDR {cidrs[0]!r} is not an IPv4 network") from None
     data_raw = ann.get(f"{annotation_prefix}/backend-data") or "{}"
     try:
-        data = json.loads(data_raw)
+        data = load_json(data_raw)
+    except JSONDepthError as e:
+        raise FlannelError(f"node {node.name} annotation backend-data: {e}") from None
     except ValueError:
         raise FlannelError(f"node {node.name} annotation backend-data is not JSON: {data_raw!r}") from None
     doc = {

@@ -36,6 +36,7 @@ from flannel_lb.decode.wire import (
     write_bytes_field,
     write_varint_field,
 )
+from flannel_lb.untrusted import load_json
 
 __all__ = [
     "SUPPORTED_KINDS",
@@ -468,8 +469,8 @@ def _decode_wrapped(buf: bytes, pos: int, end: int, kind: int) -> Any:
             else:
                 pos = skip_field(buf, pos, end, wire_type)
         try:
-            return json.loads(raw)
-        except (ValueError, RecursionError) as exc:
+            return load_json(raw)
+        except ValueError as exc:
             raise WireError(f"fieldsV1 before offset {end} is not valid JSON ({exc})") from None
     return base64.b64encode(buf[pos:end]).decode("ascii")  # _K_BYTES
 
@@ -588,8 +589,8 @@ def _decode_protobuf(data: bytes, tables: Mapping[tuple[str, str], _Table]) -> d
 
 def _decode_json(data: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
+        obj = load_json(data)
+    except ValueError as exc:
         raise DecodeError(f"invalid JSON value: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"JSON value is a {type(obj).__name__}, not an object")
@@ -830,7 +831,8 @@ def _quantity_bytes(value: Any, where: str) -> bytes:
 
 _ZERO_TIME_SECONDS: Final = -62135596800  # Go's zero time.Time, 0001-01-01T00:00:00Z
 _TIME_RE: Final = re.compile(
-    r"(-?\d{4,})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)\Z"
+    r"(-?\d{4,})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)\Z",
+    re.ASCII,  # `\d` alone takes any Unicode digit
 )
 
 

@@ -33,6 +33,7 @@ from flannel_lb.model import (
     Service,
     ServicePort,
 )
+from flannel_lb.untrusted import ascii_decimal
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # kubectl apply's copy of the whole object: often the largest annotation, never read (the exposure
@@ -165,8 +166,12 @@ def service(obj: Mapping[str, Any]) -> Converted:
             warnings.append(f"{label}: port {p.get('port')!r} is not in 1-65535; port ignored")
             continue
         target = p.get("targetPort", port)
-        if isinstance(target, str) and target.isdigit():
-            target = int(target)
+        if isinstance(target, str) and target.isnumeric():  # a number, in whatever script
+            number = ascii_decimal(target)
+            if number is None:
+                warnings.append(f"{label}: targetPort {target!r} is not in ASCII digits; port ignored")
+                continue
+            target = number
         if _int(target) is not None:
             if not 1 <= target <= 65535:
                 warnings.append(f"{label}: targetPort {target} is not in 1-65535; port ignored")

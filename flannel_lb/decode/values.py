@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flannel_lb.decode import flannel
 from flannel_lb.decode.kube import DecodeError, decode_value, detect
+from flannel_lb.untrusted import load_json
 
 
 def decode_any(raw: bytes, key: str | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def decode_any(raw: bytes, key: str | None = None) -> dict[str, Any]:
 
 def _decode(value: bytes, key: str | None) -> dict[str, Any]:
     if detect(value) == "json":
-        doc = json.loads(value)
+        doc = load_json(value)
         folded = {k.lower() for k in doc} if isinstance(doc, dict) else set()
         if "publicip" in folded:
             return _lease(value, key)
@@ -49,7 +49,7 @@ def _network(value: bytes) -> dict[str, Any]:
         "SubnetMax": str(cfg.subnet_max) if cfg.subnet_max else None,
         "IPv6Network": str(cfg.ipv6_network) if cfg.ipv6_network else None,
         "Backend": {"Type": cfg.backend_type, "VNI": cfg.vni, "Port": cfg.port},
-        "raw": json.loads(value),
+        "raw": load_json(value),
     }
 
 
@@ -69,7 +69,7 @@ def _lease(value: bytes, key: str | None) -> dict[str, Any]:
             "BackendType": lease.backend_type,
             "VtepMAC": lease.vtep_mac or None,
             "VNI": lease.vni,
-            "raw": json.loads(value),
+            "raw": load_json(value),
         }
     )
     return out

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import datetime as dt
 import http.client
-import json
 import re
 import socket
 import ssl
@@ -25,6 +24,7 @@ import structlog
 
 from flannel_lb.source.records import Event, KeyValue
 from flannel_lb.source.settings import Endpoint, EtcdSettings
+from flannel_lb.untrusted import load_json
 
 log = structlog.get_logger(__name__)
 
@@ -261,7 +261,7 @@ def _flatten(node: dict[str, Any], out: list[KeyValue]) -> None:
         out.append(_kv(node))
 
 
-_EXPIRATION = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+_EXPIRATION = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", re.ASCII)
 
 
 def parse_expiration(text: object) -> float | None:
@@ -287,7 +287,7 @@ def _path(prefix: str, **query: str) -> str:
 
 def _json(status: int, body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except ValueError:
         raise V2Error(
             f"HTTP {status}: {body[:200].decode('utf-8', 'replace').strip()}", status=status
