@@ -31,6 +31,20 @@ def _config(args: argparse.Namespace) -> config_mod.Config:
         raise CommandError(f"config error: {e}", EXIT_CONFIG) from None
 
 
+def _etcd_error(e: Exception, args: argparse.Namespace) -> CommandError:
+    """An unreachable etcd, with the config key to fix and, when a lab is up, how to use it instead."""
+    from pathlib import Path
+
+    path = args.config or config_mod.default_path()
+    lines = [str(e), f"  fix: list your etcd's client URLs in `[etcd] endpoints` in {path}"]
+    root = Path("/run/flannel-lb-lab")
+    labs = sorted(p.parent.name for p in root.glob("*/flannel-lb.toml")) if root.is_dir() else []
+    for name in labs:
+        opt = "" if name == "lab" else f"--lab {name} "
+        lines.append(f"  a lab is up: flannel-lb lab exec {opt}-- {args.command}")
+    return CommandError("\n".join(lines), EXIT_ETCD)
+
+
 def _emit(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
@@ -56,7 +70,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # --- plan / explain --------------------------------------------------------------------------------
 
 
-def _live_planner(cfg: config_mod.Config, *, netcheck: bool = True) -> Any:
+def _live_planner(
+    cfg: config_mod.Config, *, netcheck: bool = True, args: argparse.Namespace | None = None
+) -> Any:
     """A planner over one fresh etcd snapshot, with this host's kernel paths checked (as the agent does)."""
     from flannel_lb import wiring
     from flannel_lb.netcheck import NetChecker
@@ -67,6 +83,8 @@ def _live_planner(cfg: config_mod.Config, *, netcheck: bool = True) -> Any:
     try:
         snap = wiring.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
     except EtcdUnavailable as e:
+        if args is not None:
+            raise _etcd_error(e, args) from None
         raise CommandError(str(e), EXIT_ETCD) from None
     wiring.apply_update(state, snap)
     planner = Planner(state, wiring.plan_settings(cfg))
@@ -86,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if not args.watch:
-        plan = _live_planner(cfg, netcheck=not args.no_netcheck).plan()
+        plan = _live_planner(cfg, netcheck=not args.no_netcheck, args=args).plan()
         if args.json:
             _emit(plan.to_json())
         else:
@@ -146,7 +164,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ns, sep, name = args.service.partition("/")
     if not sep or not ns or not name:
         raise CommandError(f"expected NAMESPACE/NAME, got {args.service!r}", EXIT_CONFIG)
-    planner = _live_planner(_config(args), netcheck=not args.no_netcheck)
+    planner = _live_planner(_config(args), netcheck=not args.no_netcheck, args=args)
     plan = planner.plan()
     story = report.explain(planner.state, plan, (ns, name), planner.settings, planner.admission())
     if story is None:
@@ -241,7 +259,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         result = agent.sync_once(retry_budget=cfg.etcd.retry_budget)
         took = agent.last_sync_seconds
     except EtcdUnavailable as e:
-        raise CommandError(str(e), EXIT_ETCD) from None
+        raise _etcd_error(e, args) from None
     except RuntimeError as e:
         raise CommandError(str(e)) from None
     finally:

@@ -39,7 +39,7 @@ class EtcdConfig:
     username: str | None = None
     password: str | None = None
     timeout: float = 5.0  # seconds per request
-    retry_budget: float = 30.0  # one-shot commands give up after this long
+    retry_budget: float = 5.0  # one-shot commands give up after this long (a person is waiting)
 
 
 @dataclass(frozen=True, slots=True)

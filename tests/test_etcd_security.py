@@ -300,7 +300,7 @@ def test_a_bad_certificate_is_a_clear_error(
     started = time.monotonic()
     proc = plan(write_config(tmp_path, server, **settings))
     took = time.monotonic() - started
-    message = proc.stderr.strip().splitlines()[-1]
+    message = next(line for line in proc.stderr.splitlines() if line.startswith("flannel-lb plan:"))
     print(f"\n{case} ({took:.1f} s): {message}")
     assert proc.returncode == 3, proc.stderr
     assert message.startswith("flannel-lb plan: etcd unreachable after"), message

@@ -18,6 +18,7 @@ Workarounds, all measured against etcd 3.4 (see shared/reference/python-librarie
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 import time
@@ -223,6 +224,25 @@ def describe(exc: BaseException) -> str:
         return f"{name} (compacted up to revision {exc.compacted_revision})"
     text = str(exc)
     return f"{name} ({text})" if text else name
+
+
+def plain_cause(exc: BaseException) -> str:
+    """The failure in a newcomer's words ("" when it is none of the usual ones)."""
+    text = describe(exc)
+    if "Connection refused" in text:
+        return "nothing answering (connection refused)"
+    status = re.search(r"http2 header with status: (\d+)", text)
+    if status:
+        return f"not an etcd server: HTTP {status.group(1)}"
+    if "Failed parsing HTTP/2" in text or "UNIMPLEMENTED" in text:
+        return "not an etcd server (it does not speak etcd's gRPC API)"
+    if "SSL" in text or "TLS" in text or "handshake" in text.lower():
+        return "TLS handshake failed"
+    if "DEADLINE_EXCEEDED" in text or "Timeout" in type(exc).__name__ or "timed out" in text:
+        return "timed out"
+    if "Socket closed" in text:
+        return "the server closed the connection at once"
+    return ""
 
 
 def tls_hint(endpoint: Endpoint, settings: EtcdSettings, error: str) -> str:

@@ -62,10 +62,17 @@ class _AllEndpointsFailed(Exception):
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        endpoint, exc = self.errors[-1]
-        text = etcd_v3.describe(exc)
-        hint = etcd_v3.tls_hint(endpoint, self.settings, text)
-        return f"{endpoint.url}: {text}" + (f" -- {hint}" if hint else "")
+        """Every endpoint's error, in plain words first when they are known."""
+        parts = []
+        for endpoint, exc in self.errors:
+            text = etcd_v3.describe(exc)
+            hint = etcd_v3.tls_hint(endpoint, self.settings, text)
+            plain = etcd_v3.plain_cause(exc)
+            parts.append(
+                f"{endpoint.url}: {plain + ' [' + text + ']' if plain else text}"
+                + (f" -- {hint}" if hint else "")
+            )
+        return "; ".join(parts)
 
 
 @dataclass(slots=True)
