@@ -114,3 +114,13 @@ def test_emit_refuses_nan() -> None:
     except ValueError:
         return
     raise AssertionError("NaN emitted as JSON")
+
+
+@given(st.text(st.characters(), max_size=300))
+def test_rule_comments_cannot_break_the_restore_text(name: str) -> None:
+    """A name reaches iptables only through clean_comment: a whitelist without quotes or newlines."""
+    from flannel_lb.dataplane.rules import MAX_COMMENT, clean_comment
+
+    out = clean_comment(name)
+    assert len(out) <= MAX_COMMENT
+    assert out.isascii() and out.isprintable() and not set(out) & set("\"'\\\n\r")
