@@ -124,3 +124,14 @@ def test_rule_comments_cannot_break_the_restore_text(name: str) -> None:
     out = clean_comment(name)
     assert len(out) <= MAX_COMMENT
     assert out.isascii() and out.isprintable() and not set(out) & set("\"'\\\n\r")
+
+
+@given(name=hostile, detail=hostile)
+def test_check_report_escapes_echoed_names(name: str, detail: str) -> None:
+    from flannel_lb.doctor import CheckResult, format_report
+
+    # "\n" is how a detail breaks its lines; every other line boundary (\r, \x85, \u2028) must not.
+    results = [CheckResult("lease", "warn", f"lease {name}: {detail}".replace("\n", " ") + "\nsecond line")]
+    out = format_report(results, "/etc/flannel-lb/flannel-lb.toml")
+    _assert_printable(out)
+    assert out.count("\n") == format_report([CheckResult("lease", "warn", "x\ny")], "c").count("\n")
