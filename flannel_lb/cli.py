@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flannel_lb import config as config_mod
+from flannel_lb.text import printable
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, and the answer is "no" (not found, check failed, nothing applied)
@@ -33,8 +34,6 @@ def _config(args: argparse.Namespace) -> config_mod.Config:
 
 def _etcd_error(e: Exception, args: argparse.Namespace) -> CommandError:
     """An unreachable etcd, with the config key to fix and, when a lab is up, how to use it instead."""
-    from pathlib import Path
-
     path = args.config or config_mod.default_path()
     lines = [str(e), f"  fix: list your etcd's client URLs in `[etcd] endpoints` in {path}"]
     root = Path("/run/flannel-lb-lab")
@@ -45,8 +44,13 @@ def _etcd_error(e: Exception, args: argparse.Namespace) -> CommandError:
     return CommandError("\n".join(lines), EXIT_ETCD)
 
 
+def _json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (no NaN/Infinity), ASCII-only so a lone surrogate from etcd prints as `\\udc80`."""
+    return json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False, ensure_ascii=True)
+
+
 def _emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.write(_json(obj, indent=2) + "\n")
 
 
 # --- decode -----------------------------------------------------------------------------------------
@@ -114,7 +118,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cfg,
         not args.no_netcheck,
         lambda plan: print(
-            json.dumps(plan.to_json()) if args.json else report.plan_table(plan) + "\n", flush=True
+            _json(plan.to_json()) if args.json else report.plan_table(plan) + "\n", flush=True
         ),
     )
 
@@ -136,7 +140,7 @@ def _watch_plans(cfg: config_mod.Config, netcheck: bool, show: Callable[[Any], N
         for update in src.stream(stop):
             if isinstance(update, Status):
                 if not update.connected:
-                    print(f"etcd: {update.reason}", file=sys.stderr, flush=True)
+                    print(printable(f"etcd: {update.reason}"), file=sys.stderr, flush=True)
                 continue
             change: Any = wiring.apply_update(state, update)
             if checker is not None:
@@ -365,7 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except CommandError as e:
-        print(f"flannel-lb {args.command}: {e}", file=sys.stderr)
+        print(
+            "\n".join(printable(line) for line in f"flannel-lb {args.command}: {e}".split("\n")),
+            file=sys.stderr,
+        )
         return e.code
     except BrokenPipeError:
         return EXIT_OK

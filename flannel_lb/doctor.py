@@ -26,6 +26,7 @@ from flannel_lb.config import Config
 from flannel_lb.dataplane.options import DEFAULT_MARK
 from flannel_lb.model import Lease
 from flannel_lb.netcheck import KernelView, NetChecker, device_for
+from flannel_lb.text import printable
 
 Status = Literal["ok", "warn", "fail"]
 MAX_LISTED = 20  # longer lists are cut, with a count of the rest
@@ -614,14 +615,14 @@ def format_report(results: Iterable[CheckResult], cfg_path: str) -> str:
     marks = {"ok": "  ok", "warn": "WARN", "fail": "FAIL"}
     lines = [f"flannel-lb check ({cfg_path})"]
     for r in results:
-        first, *rest = r.detail.splitlines() or [""]
+        first, *rest = r.detail.split("\n")  # only "\n" breaks a detail; \r, \x85, \u2028 are escaped
         lines.append(f"[{marks[r.status]}] {r.name:<18} {first}")
         lines += [f"{'':26}{line}" for line in rest]
     counts = {s: sum(1 for r in results if r.status == s) for s in ("ok", "warn", "fail")}
     lines.append(
         f"{len(results)} checks: {counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed"
     )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # details echo names from etcd and the kernel
 
 
 def cmd_check(args: argparse.Namespace) -> int:

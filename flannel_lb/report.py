@@ -8,6 +8,7 @@ from typing import Any
 from flannel_lb.cluster import ClusterState, ServiceRef
 from flannel_lb.desired import Backend, Excluded, Plan
 from flannel_lb.plan import Admission, PlanSettings, endpoint_report, exposed_addresses
+from flannel_lb.text import printable
 
 
 def counted(n: int, noun: str) -> str:
@@ -47,7 +48,12 @@ def plan_table(plan: Plan) -> str:
         lines.append("")
         lines.append("problems (skipped; everything else is served):")
         lines.extend(f"  {p.key}: {p.reason}" for p in plan.problems)
-    return "\n".join(lines)
+    return _joined(lines)
+
+
+def _joined(lines: list[str]) -> str:
+    """One line per entry: names from etcd are escaped here, at output, so none can break a line."""
+    return "\n".join(printable(line) for line in lines)
 
 
 def _port(e: Excluded) -> str:
@@ -140,4 +146,4 @@ def explain_text(story: dict[str, Any]) -> str:
         lines.append(f"  denied {d['frontend']}: {d['reason']}")
     for pr in story["problems"]:
         lines.append(f"  problem {pr['key']}: {pr['reason']}")
-    return "\n".join(lines)
+    return _joined(lines)
