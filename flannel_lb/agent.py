@@ -36,6 +36,7 @@ from flannel_lb.desired import Plan
 from flannel_lb.metrics import HealthState, Metrics
 from flannel_lb.model import Lease, NetworkConfig
 from flannel_lb.planner import Planner
+from flannel_lb.problemlog import ProblemLog
 from flannel_lb.sdnotify import Notifier
 from flannel_lb.source.records import Snapshot, Status, Update
 from flannel_lb.source.watcher import ClusterSource
@@ -128,6 +129,7 @@ class Agent:
         self.dataplane = dataplane
         self.saver: holdover.Saver | None = None
         self._held: set[str] = set()
+        self.problem_log = ProblemLog()  # bad keys logged once when they go bad and once when they recover
         if cfg.lb.state_file:
             self.planner.holdover = holdover.load(Path(cfg.lb.state_file))
             self.saver = holdover.Saver(Path(cfg.lb.state_file))
@@ -388,6 +390,7 @@ class Agent:
                 self.metrics.conntrack_deleted.inc(cleared.deleted + cleared.unnatted)
             except Exception as e:
                 log.warning("conntrack_cleanup_failed", error=repr(e))
+        self.problem_log.update(plan.problems)
         backends, excluded = _tally(plan)
         # One figure for the whole sync (plan, kernel write, conntrack cleanup): the histogram, the
         # log line and `sync --once` all report this one.
@@ -494,8 +497,8 @@ class Agent:
         m.conflicts.set(len(plan.conflicts))
         m.denied.set(len(plan.denied))
         kinds: dict[str, int] = {}
-        for p in plan.problems:
-            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        for kind_, _key in {(p.kind, p.key) for p in plan.problems}:  # bad keys, not problems
+            kinds[kind_] = kinds.get(kind_, 0) + 1
         m.problems.clear()
         for label, n in kinds.items():
             m.problems.labels(label).set(n)

@@ -48,6 +48,18 @@ def _bounded(reason: str) -> str:
     return f"{reason[: MAX_REASON - 40]}... ({len(reason)} characters)"
 
 
+MAX_KEY_PROBLEMS = 10  # per key: a value with 100k bad addresses would otherwise be 100k problems
+
+
+def key_problems(key: str, reasons: list[str], kind: str) -> list[Problem]:
+    """The first MAX_KEY_PROBLEMS of one value's problems and one "and N more" line, so a hostile
+    value cannot blow up the plan, its JSON, the log or a scrape."""
+    out = [Problem(key, _bounded(r), kind) for r in reasons[:MAX_KEY_PROBLEMS]]
+    if len(reasons) > MAX_KEY_PROBLEMS:
+        out.append(Problem(key, f"and {len(reasons) - MAX_KEY_PROBLEMS} more problems in this value", kind))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     """Where things live in etcd (flannel's `--etcd-prefix`, kube-apiserver's `--etcd-prefix`)."""
@@ -274,7 +286,7 @@ class ClusterState:
         self.problems.pop(key, None)
         self._key_problems.pop(key, None)
         if warnings:
-            self._key_problems[key] = [Problem(key, _bounded(w), "invalid") for w in warnings]
+            self._key_problems[key] = key_problems(key, warnings, "invalid")
         change = self._forget(key, kind, ns, name)
         change.merge(self._install(key, kind, ns, name, record))
         return change
