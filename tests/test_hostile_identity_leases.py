@@ -187,3 +187,78 @@ def test_own_lease_subnet_rules() -> None:
     assert own_lease_subnet([mine], own, {ipaddress.ip_address(LB)}) is None  # no address inside it
     assert own_lease_subnet([mine, forged], None, inside) == own  # most specific wins, /23 is path-checked
     assert own_lease_subnet([other], own, inside) is None
+
+
+def _one(ips: list[str], *, network: bool = True, family: str = "IPv4", **kw: bool) -> ClusterState:
+    state = ClusterState()
+    if network:
+        state.put("/coreos.com/network/config", NETWORK)
+    state.put(SUBNETS + "10.246.1.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"))
+    state.put(SUBNETS + "10.246.1.0-25", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02"))
+    svc = k.service("s", ports=[k.port(80, name="web")], external_ips=[LB])
+    state.put(SVC + "default/s", encode_protobuf(svc))
+    eps = [k.endpoint(ip, "node-1", **kw) for ip in ips]
+    state.put(
+        SLICES + "default/s-x",
+        encode_protobuf(k.endpoint_slice("s-x", "s", eps, [("web", 8080, "TCP")], address_type=family)),
+    )
+    return state
+
+
+def _kinds_of(state: ClusterState, faults: dict[ipaddress.IPv4Network, str] | None = None) -> set[Exclusion]:
+    plan = compute_plan(
+        state, PlanSettings(addresses=frozenset({LB, "10.246.1.200"})), now=NOW, path_faults=faults
+    )
+    return {e.kind for f in plan.frontends for e in f.excluded}
+
+
+def _holdover_other() -> set[Exclusion]:
+    from flannel_lb.holdover import frontend_from_json
+
+    f = frontend_from_json(
+        {
+            "address": LB,
+            "port": 80,
+            "protocol": "TCP",
+            "service": "default/s",
+            "backends": [],
+            "excluded": [{"ip": "10.246.1.5", "reason": "saved"}],
+        }
+    )
+    return {e.kind for e in f.excluded}
+
+
+EXCLUSION_INPUTS = {
+    Exclusion.NOT_READY: lambda: _kinds_of(_one(["10.246.1.130"], ready=False)),
+    Exclusion.TERMINATING: lambda: _kinds_of(_one(["10.246.1.130"], ready=False, terminating=True)),
+    Exclusion.ADDRESS: lambda: _kinds_of(_one(["fd00::1"], family="IPv6")),
+    Exclusion.PORT: lambda: {
+        e.kind for f in compute_plan(_port_state(), SETTINGS, now=NOW).frontends for e in f.excluded
+    },
+    Exclusion.NO_NETWORK: lambda: _kinds_of(_one(["10.246.1.130"], network=False)),
+    Exclusion.OUTSIDE_NETWORK: lambda: _kinds_of(_one(["10.9.1.130"])),
+    Exclusion.NO_LEASE: lambda: _kinds_of(_one(["10.246.2.5"])),
+    Exclusion.NO_PATH: lambda: _kinds_of(
+        _one(["10.246.1.130"]), {ipaddress.ip_network("10.246.1.0/24"): "down"}
+    ),
+    Exclusion.LEASE_OVERLAP: lambda: _kinds_of(_one(["10.246.1.5"])),
+    Exclusion.LEASE_ADDRESS: lambda: _kinds_of(_one(["10.246.1.255"])),
+    Exclusion.LB_ADDRESS: lambda: _kinds_of(_one(["10.246.1.200"])),
+    Exclusion.OTHER: _holdover_other,
+}
+
+
+def _port_state() -> ClusterState:
+    state = _one([])
+    eps = [k.endpoint("10.246.1.130", "node-1")]
+    state.put(
+        SLICES + "default/s-x", encode_protobuf(k.endpoint_slice("s-x", "s", eps, [("nope", 8080, "TCP")]))
+    )
+    return state
+
+
+def test_every_exclusion_kind_has_an_input_that_produces_it() -> None:
+    assert set(EXCLUSION_INPUTS) == set(Exclusion)
+    for kind, make in EXCLUSION_INPUTS.items():
+        assert kind in make(), kind
+        assert kind.value.isidentifier()  # a metric label
