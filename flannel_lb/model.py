@@ -15,6 +15,7 @@ Protocol = Literal["TCP", "UDP", "SCTP"]
 PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds; Kubernetes' default for sessionAffinity ClientIP
+MAX_AFFINITY_TIMEOUT = 86400  # Kubernetes' MaxClientIPServiceAffinitySeconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,3 +62,17 @@ def test_rendered_text_passes_the_kernels_check() -> None:
         assert check.checked >= 30  # distinct texts really went to iptables-restore and nft
     finally:
         check.close()
+
+
+@pytest.mark.parametrize("timeout", [0, -5, 86401, 2**32, 2**64 + 1])
+def test_an_affinity_timeout_out_of_range_is_reported_and_the_default_used(timeout: int) -> None:
+    """Found by the pipeline fuzz: 2**64 seconds reached the rules, and the kernel refused the whole sync."""
+    values = fp.base_values()
+    svc = k.service("fuzz", ports=[k.port(8080, name="web")], external_ips=[fp.LB], affinity_timeout=600)
+    svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = timeout
+    values[fp.VICTIM_KEYS["service"]] = json.dumps(svc).encode()
+    result = fp.check_one(fp.Case(values), BASE)
+    (victim,) = [f for f in result.plan.frontends if f.service == "default/fuzz"]
+    assert victim.affinity is not None and 1 <= victim.affinity.timeout <= 86400
+    if timeout != 0:  # 0 means "unset" in the protobuf and JSON forms alike
+        assert any("timeoutSeconds" in p.reason for p in result.plan.problems if p.key.endswith("/fuzz"))

@@ -24,6 +24,7 @@ from typing import Any
 
 from flannel_lb.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    MAX_AFFINITY_TIMEOUT,
     PROTOCOLS,
     Endpoint,
     EndpointGroup,
@@ -181,6 +182,12 @@ def service(obj: Mapping[str, Any]) -> Converted:
         ports.append(ServicePort(port_name, protocol, port, target, _int(p.get("nodePort")) or 0))
     affinity_cfg = _map(_map(spec, "sessionAffinityConfig", "spec"), "clientIP", "spec.sessionAffinityConfig")
     timeout = _int(affinity_cfg.get("timeoutSeconds")) or DEFAULT_AFFINITY_TIMEOUT
+    if not 1 <= timeout <= MAX_AFFINITY_TIMEOUT:  # kube-apiserver's own bound; the kernel refuses 2**32
+        warnings.append(
+            f"spec.sessionAffinityConfig.clientIP.timeoutSeconds {timeout} is not in "
+            f"1-{MAX_AFFINITY_TIMEOUT}; using the default {DEFAULT_AFFINITY_TIMEOUT}"
+        )
+        timeout = DEFAULT_AFFINITY_TIMEOUT
     ingress = [
         i.get("ip")
         for i in _list(_map(status, "loadBalancer", "status"), "ingress", "status.loadBalancer")
