@@ -7,6 +7,7 @@ import io
 import os
 import pwd
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -74,7 +75,10 @@ def test_progress_on_a_terminal_updates_one_line() -> None:
                 for _ in range(50):
                     clock.now += 0.2
                     p.advance()
-        text = os.read(master, 65536).decode()
+        chunks = []
+        while select.select([master], [], [], 0.5)[0]:  # a pty hands its buffer over in pieces
+            chunks.append(os.read(master, 65536))
+        text = b"".join(chunks).decode()
     finally:
         os.close(master)
         os.close(slave)
