@@ -7,7 +7,6 @@ the LB's namespace, and `flannel-lb run` as a process there. Needs root; skipped
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
 from flannel_lb.lab.netns import namespace_pids
-from tests.test_lab import _missing_tools
+from tests.test_lab import module_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
@@ -31,14 +30,7 @@ VIP = "192.168.121.201"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if _missing_tools():
-        pytest.skip(_missing_tools() or "")
-    the_lab = Lab("a" + secrets.token_hex(3), nodes=2, pods_per_node=2)
-    try:
-        the_lab.up()
-        yield the_lab
-    finally:
-        the_lab.down()
+    yield from module_lab("a")
 
 
 @pytest.fixture(params=["restore", "nft"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
 from tests.test_agent_e2e import iptables_save, traffic
 from tests.test_faults import etcd_pid, kill_etcd, start_etcd
-from tests.test_lab import _missing_tools
+from tests.test_lab import module_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
@@ -43,14 +42,7 @@ print(reply.read().decode())
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if _missing_tools():
-        pytest.skip(_missing_tools() or "")
-    the_lab = Lab("b" + secrets.token_hex(3), nodes=2, pods_per_node=2)
-    try:
-        the_lab.up()
-        yield the_lab
-    finally:
-        the_lab.down()
+    yield from module_lab("b")
 
 
 def fetch(lab: Lab, path: str) -> str:

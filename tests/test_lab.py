@@ -69,6 +69,19 @@ def _missing_tools() -> str | None:
     return None
 
 
+def module_lab(tag: str) -> Iterator[Lab]:
+    """A 2-node lab shared by one test module's tests, removed again even when they fail."""
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(missing)
+    the_lab = Lab(tag + secrets.token_hex(3), nodes=2, pods_per_node=2)
+    try:
+        the_lab.up()
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
