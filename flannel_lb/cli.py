@@ -234,8 +234,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         text = "".join(f"{line}\n" for line in drift)
     else:
         text = diff(_desired(cfg), make_tools(cfg.dataplane.iptables_backend))
-    sys.stdout.write(text)
-    return EXIT_FAILED if text.strip() else EXIT_OK
+    sys.stdout.write(text or "# in step with the kernel: nothing to change\n")
+    return EXIT_FAILED if text else EXIT_OK
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -257,7 +257,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from flannel_lb.source.records import EtcdUnavailable
 
     cfg = _config(args)
-    logs.setup(cfg.log.level, cfg.log.format)
+    if sys.stderr.isatty():  # a person at a prompt: the summary line says it all, warnings still show
+        logs.setup(logs.at_least(cfg.log.level, "warning"), "console")
+    else:
+        logs.setup(cfg.log.level, cfg.log.format)
     agent = Agent(cfg, checker=NetChecker())
     try:
         result = agent.sync_once(retry_budget=cfg.etcd.retry_budget)

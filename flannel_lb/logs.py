@@ -9,6 +9,11 @@ from typing import TextIO
 import structlog
 
 
+def at_least(level: str, floor: str) -> str:
+    """The stricter of two level names (`at_least("debug", "warning")` is "warning")."""
+    return max(level, floor, key=lambda name: logging.getLevelName(name.upper()))
+
+
 def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -277,6 +277,11 @@ def test_sync_once_and_render(lab: Lab, tmp_path: Path) -> None:
     agent = AgentProcess(lab.namespace(LB_HOST), config)
     rendered = lab.exec_in(LB_HOST, agent.argv("render")[4:], check=True).stdout
     assert "*nat" in rendered and "-j DNAT --to-destination" in rendered
+    pending = lab.exec_in(LB_HOST, agent.argv("diff")[4:], check=False)
+    assert pending.returncode == 1 and pending.stdout.endswith("\n"), pending
+    rendered = lab.exec_in(LB_HOST, agent.argv("render", "--all")[4:], check=True).stdout.splitlines()
+    added = [line[1:] for line in pending.stdout.splitlines() if line.startswith("+-A FLB-")]
+    assert added and not set(added) - set(rendered)  # render and diff spell every rule alike
     once = lab.exec_in(LB_HOST, agent.argv("sync", "--once")[4:], check=True, timeout=60)
     assert "sync:" in once.stdout
     # one measurement, reported alike in the text and the JSON log line
@@ -292,7 +297,9 @@ def test_sync_once_and_render(lab: Lab, tmp_path: Path) -> None:
         again = lab.exec_in(LB_HOST, agent.argv("render")[4:], check=True).stdout
         assert "the next sync changes nothing" in again
         diff = lab.exec_in(LB_HOST, agent.argv("diff")[4:], check=False)
-        assert diff.returncode == 0, diff.stdout
+        assert diff.returncode == 0 and "nothing to change" in diff.stdout, diff.stdout
+        # the kernel prints back exactly what render wrote (probabilities included)
+        assert {line for line in rendered if line.startswith("-A FLB-")} <= set(save.splitlines()), save
     finally:
         lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=True)
 

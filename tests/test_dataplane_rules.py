@@ -44,7 +44,7 @@ EXPECTED = """\
 :FLB-REJECT - [0:0]
 :FLB-LOCAL-REJECT - [0:0]
 -A FLB-FORWARD -m comment --comment "flannel-lb DNATed connections" -m connmark --mark 0x2000/0x2000 -j ACCEPT
--A FLB-REJECT -d 192.168.121.201/32 -p tcp -m comment --comment default/empty -m tcp --dport 81 \
+-A FLB-REJECT -d 192.168.121.201/32 -p tcp -m comment --comment "default/empty" -m tcp --dport 81 \
 -j REJECT --reject-with tcp-reset
 -A FLB-LOCAL-REJECT -j FLB-REJECT
 -I INPUT 1 -m comment --comment "flannel-lb frontends without backends" -m conntrack --ctstate NEW \
@@ -61,21 +61,23 @@ COMMIT
 :{dns} - [0:0]
 :{sep1} - [0:0]
 :{sep2} - [0:0]
--A FLB-SERVICES -d 192.168.121.201/32 -p tcp -m comment --comment default/web:http -m tcp --dport 80 \
+-A FLB-SERVICES -d 192.168.121.201/32 -p tcp -m comment --comment "default/web:http" -m tcp --dport 80 \
 -j {web}
--A FLB-SERVICES -d 192.168.121.201/32 -p udp -m comment --comment kube-system/dns:dns -m udp --dport 53 \
+-A FLB-SERVICES -d 192.168.121.201/32 -p udp -m comment --comment "kube-system/dns:dns" -m udp --dport 53 \
 -j {dns}
 -A FLB-LOCAL -j FLB-SERVICES
 -A FLB-POSTROUTING -m connmark --mark 0x2000/0x2000 -j MASQUERADE --random-fully
 -A {web} -m comment --comment "192.168.121.201:80/TCP default/web:http" -j CONNMARK --set-xmark 0x2000/0x2000
--A {web} -p tcp -m statistic --mode random --probability 0.3333333333 -j DNAT --to-destination 10.246.1.2:8080
--A {web} -p tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 10.246.2.2:8080
+-A {web} -p tcp -m statistic --mode random --probability 0.33333333349 \
+-j DNAT --to-destination 10.246.1.2:8080
+-A {web} -p tcp -m statistic --mode random --probability 0.50000000000 \
+-j DNAT --to-destination 10.246.2.2:8080
 -A {web} -p tcp -j DNAT --to-destination 10.246.3.2:8080
 -A {dns} -m comment --comment "192.168.121.201:53/UDP kube-system/dns:dns" \
 -j CONNMARK --set-xmark 0x2000/0x2000
 -A {dns} -m recent --rcheck --seconds 10800 --reap --name {sep1} --mask 255.255.255.255 --rsource -j {sep1}
 -A {dns} -m recent --rcheck --seconds 10800 --reap --name {sep2} --mask 255.255.255.255 --rsource -j {sep2}
--A {dns} -m statistic --mode random --probability 0.5000000000 -j {sep1}
+-A {dns} -m statistic --mode random --probability 0.50000000000 -j {sep1}
 -A {dns} -j {sep2}
 -A {sep1} -p udp -m recent --set --name {sep1} --mask 255.255.255.255 --rsource \
 -j DNAT --to-destination 10.246.1.2:5353
@@ -103,15 +105,22 @@ def test_exact_rendering_of_a_small_plan() -> None:
     assert all(re.fullmatch(r"FLB-SEP-[A-Z2-7]{16}", s) for s in seps)
 
 
-def test_probabilities_are_kube_proxys() -> None:
-    assert [probability(3, i) for i in range(2)] == ["0.3333333333", "0.5000000000"]
-    assert probability(10, 0) == "0.1000000000" and probability(10, 8) == "0.5000000000"
+def test_probabilities_are_kube_proxys_as_the_kernel_prints_them() -> None:
     # iptables-save prints what the kernel stored, lround(p * 2^31) / 2^31, with 11 decimals.
+    assert [probability(3, i) for i in range(2)] == ["0.33333333349", "0.50000000000"]
+    assert probability(10, 0) == "0.10000000009" and probability(10, 8) == "0.50000000000"
     assert canonical_probability("0.3333333333") == "0.33333333349"
-    assert canonical_probability("0.5000000000") == "0.50000000000"
     assert normalize_args(["--probability", "0.3333333333"]) == normalize_args(
         ["--probability", "0.33333333349"]
     )
+
+
+@given(st.integers(2, 100_000).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 2))))
+def test_a_rendered_probability_is_what_iptables_save_prints_back(n_i: tuple[int, int]) -> None:
+    n, i = n_i
+    text = probability(n, i)
+    assert canonical_probability(text) == text  # render, diff and the kernel show one spelling
+    assert abs(float(text) - 1 / (n - i)) <= 2**-31  # and it is still kube-proxy's 1/(n-i)
 
 
 def test_chain_names_follow_content() -> None:
@@ -204,7 +213,7 @@ def test_snat_variants() -> None:
     ]
     scattered = post(Options(snat_pool=("10.246.90.1", "10.246.91.1"), random_fully=False))
     assert scattered == [
-        (*mark, "-m", "statistic", "--mode", "random", "--probability", "0.5000000000", "-j", "SNAT",
+        (*mark, "-m", "statistic", "--mode", "random", "--probability", "0.50000000000", "-j", "SNAT",
          "--to-source", "10.246.90.1"),
         (*mark, "-j", "SNAT", "--to-source", "10.246.91.1"),
     ]  # fmt: skip

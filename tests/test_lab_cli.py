@@ -4,12 +4,16 @@ namespace with the lab's config, and the lab's state never lands on the host (al
 from __future__ import annotations
 
 import glob
+import os
 import secrets
+import select
 import subprocess
 import sys
 from pathlib import Path
 
-from flannel_lb.lab.lab import STATE_ROOT
+import pytest
+
+from flannel_lb.lab.lab import DEFAULT_NAME, STATE_ROOT
 from flannel_lb.lab.netns import list_namespaces
 from tests.test_lab import needs_lab
 
@@ -63,3 +67,45 @@ def test_exec_shell_and_down_leave_nothing_on_the_host() -> None:
     assert set(glob.glob(f"/tmp/flannel-lb-demo-{name}-*")) == demo_before == set()
     gone = subprocess.run([*cli, "exec", "--", "plan"], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "is not up" in gone.stderr
+
+
+def _with_stderr_on_a_terminal(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run argv as a person at a prompt sees it: stderr is a pty."""
+    master, slave = os.openpty()
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60)
+        chunks = []
+        while select.select([master], [], [], 0.5)[0]:
+            chunks.append(os.read(master, 65536))
+    finally:
+        os.close(master)
+        os.close(slave)
+    return done, b"".join(chunks).decode(errors="replace")
+
+
+@needs_lab
+def test_the_readme_walk_through_under_the_default_name() -> None:
+    """README "The lab" verbatim: `lab up` with no name, the verbs through `lab exec`, `lab down`."""
+    if (STATE_ROOT / DEFAULT_NAME).exists():
+        pytest.skip(f"a lab named {DEFAULT_NAME!r} is up on this host: this test would take its name")
+    cli = [sys.executable, "-m", "flannel_lb", "lab"]
+
+    def verb(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, "exec", "--", *argv], capture_output=True, text=True, timeout=60)
+
+    try:
+        up = subprocess.run([*cli, "up"], capture_output=True, text=True, timeout=90)
+        assert up.returncode == 0, up.stderr
+        assert "flannel-lb lab exec -- plan" in up.stdout or " lab exec -- plan" in up.stdout
+        pending = verb("diff")
+        assert pending.returncode == 1 and pending.stdout.endswith("\n"), pending
+        once, terminal = _with_stderr_on_a_terminal([*cli, "exec", "--", "sync", "--once"])
+        assert once.returncode == 0 and "sync: " in once.stdout, terminal
+        assert '{"' not in terminal  # no JSON log lines for a person; the summary says what happened
+        in_step = verb("diff")
+        assert in_step.returncode == 0 and "nothing to change" in in_step.stdout, in_step
+        assert verb("explain", "default/nginx").returncode == 0
+    finally:
+        down = subprocess.run([*cli, "down"], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not (STATE_ROOT / DEFAULT_NAME).exists()

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.rules import Rule, RuleSet
-from flannel_lb.dataplane.savefile import quote
+from flannel_lb.dataplane.savefile import spell
 
 
 def rule_line(op: str, chain: str, rule: Rule, *position: str) -> str:
-    return " ".join([op, chain, *position, *(quote(t) for t in rule.args())])
+    return " ".join([op, chain, *position, spell(rule.args())])
 
 
 def render_changes(changes: Changes, leaf_block: int | None = None) -> str:

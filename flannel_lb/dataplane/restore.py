@@ -14,7 +14,7 @@ from flannel_lb.dataplane.changes import NFT_LEAF_BLOCK, Changes
 from flannel_lb.dataplane.generation import GenerationError, read_generation
 from flannel_lb.dataplane.render import render, render_changes
 from flannel_lb.dataplane.rules import TABLES, RuleSet, without_forward_jump
-from flannel_lb.dataplane.savefile import parse_save, quote
+from flannel_lb.dataplane.savefile import parse_save, spell
 from flannel_lb.dataplane.tools import Tools, make_tools, run
 from flannel_lb.dataplane.writer import SyncState
 
@@ -83,13 +83,13 @@ def read_owned(tools: Tools, prefix: str) -> RuleSet:
 
 
 def diff(desired: RuleSet, tools: Tools) -> str:
-    """A unified diff from the kernel's owned chains to `desired` ("" when they match)."""
+    """A unified diff from the kernel's owned chains to `desired`, newline-terminated ("" when they match)."""
     current = read_owned(tools, desired.prefix)
     if desired.forward_auto and current.forward_filtered is False:
         # FORWARD accepts everything: flannel-lb's accept there is optional (kept once it was needed)
         desired, current = without_forward_jump(desired), without_forward_jump(current)
     lines = difflib.unified_diff(_listing(current), _listing(desired), "kernel", "desired", lineterm="", n=1)
-    return "\n".join(lines)
+    return "".join(f"{line}\n" for line in lines)
 
 
 def _listing(rs: RuleSet) -> list[str]:
@@ -98,10 +98,10 @@ def _listing(rs: RuleSet) -> list[str]:
     for table in TABLES:
         out.append(f"*{table}")
         for j in sorted(rs.jumps_in(table), key=lambda j: (j.chain, j.key())):
-            out.append(" ".join(["-A", j.chain, *map(quote, j.rule.key())]))
+            out.append(f"-A {j.chain} {spell(j.rule.key())}")
         for c in sorted(rs.table(table), key=lambda c: c.name):
-            out.append(f":{c.name}")
-            out += [" ".join(["-A", c.name, *map(quote, r.key())]) for r in c.rules]
+            out.append(f":{c.name} - [0:0]")  # as iptables-save and `render` spell a chain
+            out += [f"-A {c.name} {spell(r.key())}" for r in c.rules]
     return out
 
 

@@ -225,8 +225,11 @@ def hash16(text: str) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def probability(n: int, i: int) -> str:
-    """kube-proxy's `1/(n-i)` for rule i of n, so that every backend gets 1/n of new connections."""
-    return f"{1.0 / (n - i):0.10f}"
+    """kube-proxy's `1/(n-i)` for rule i of n, so that every backend gets 1/n of new connections.
+
+    Spelt as iptables-save prints it back, so `render`, `diff` and the kernel show the same text.
+    """
+    return canonical_probability(f"{1.0 / (n - i):0.10f}")
 
 
 def normalize_args(args: Sequence[str]) -> tuple[str, ...]:

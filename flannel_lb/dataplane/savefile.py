@@ -21,6 +21,7 @@ from flannel_lb.dataplane.rules import (
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
 _PLAIN = re.compile(r"[A-Za-z0-9_./:,=+@!-]+")  # tokens iptables-restore reads back without quotes
+_SAVED_BARE = re.compile(r"[A-Za-z0-9_-]+")  # strings iptables-save prints without quotes
 
 
 def split_line(line: str) -> list[str]:
@@ -37,9 +38,22 @@ def split_line(line: str) -> list[str]:
 def quote(token: str) -> str:
     """A token as iptables-restore reads it back (memoised: a 10k-service restore quotes 1M tokens,
     mostly the same few hundred)."""
-    if _PLAIN.fullmatch(token):
-        return token
+    return token if _PLAIN.fullmatch(token) else _quoted(token)
+
+
+def _quoted(token: str) -> str:
     return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def spell(tokens: tuple[str, ...]) -> str:
+    """A rule's tokens as iptables-save prints them: a comment is quoted unless it is all `[A-Za-z0-9_-]`
+    (libxtables' xtables_save_string), so `render`, `diff` and the kernel's listing agree."""
+    out = [quote(t) for t in tokens]
+    if "--comment" in tokens:
+        at = tokens.index("--comment") + 1
+        if at < len(tokens) and not _SAVED_BARE.fullmatch(tokens[at]):
+            out[at] = _quoted(tokens[at])
+    return " ".join(out)
 
 
 def role_of(name: str, prefix: str) -> Role:

@@ -61,7 +61,7 @@ def _run(fn: Any, args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     lab = Lab(
-        args.lab,
+        _name(args),
         nodes=args.nodes,
         pods_per_node=args.pods_per_node,
         backend=args.backend,
