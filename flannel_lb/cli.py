@@ -74,9 +74,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # --- plan / explain --------------------------------------------------------------------------------
 
 
-def _live_planner(
-    cfg: config_mod.Config, *, netcheck: bool = True, args: argparse.Namespace | None = None
-) -> Any:
+def _live_planner(cfg: config_mod.Config, args: argparse.Namespace, *, netcheck: bool = True) -> Any:
     """A planner over one fresh etcd snapshot, with this host's kernel paths checked (as the agent does)."""
     from flannel_lb import wiring
     from flannel_lb.netcheck import NetChecker
@@ -87,9 +85,7 @@ def _live_planner(
     try:
         snap = wiring.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
     except EtcdUnavailable as e:
-        if args is not None:
-            raise _etcd_error(e, args) from None
-        raise CommandError(str(e), EXIT_ETCD) from None
+        raise _etcd_error(e, args) from None
     wiring.apply_update(state, snap)
     planner = Planner(state, wiring.plan_settings(cfg))
     if netcheck:
@@ -108,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if not args.watch:
-        plan = _live_planner(cfg, netcheck=not args.no_netcheck, args=args).plan()
+        plan = _live_planner(cfg, args, netcheck=not args.no_netcheck).plan()
         if args.json:
             _emit(plan.to_json())
         else:
@@ -168,7 +164,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ns, sep, name = args.service.partition("/")
     if not sep or not ns or not name:
         raise CommandError(f"expected NAMESPACE/NAME, got {args.service!r}", EXIT_CONFIG)
-    planner = _live_planner(_config(args), netcheck=not args.no_netcheck, args=args)
+    planner = _live_planner(_config(args), args, netcheck=not args.no_netcheck)
     plan = planner.plan()
     story = report.explain(planner.state, plan, (ns, name), planner.settings, planner.admission())
     if story is None:
@@ -183,12 +179,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # --- data plane: render / diff / cleanup / sync / run ---------------------------------------------
 
 
-def _desired(cfg: config_mod.Config) -> Any:
+def _desired(cfg: config_mod.Config, args: argparse.Namespace) -> Any:
     """The rule set the next sync would write, from a fresh etcd snapshot and netcheck."""
     from flannel_lb.agent import dataplane_options
     from flannel_lb.dataplane.rules import build_ruleset
 
-    planner = _live_planner(cfg)
+    planner = _live_planner(cfg, args)
     return build_ruleset(planner.plan(), dataplane_options(cfg, planner.state.network_config))
 
 
@@ -200,14 +196,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     if cfg.dataplane.writer == "nft":
         from flannel_lb.dataplane.nft_writer import NftWriter
 
-        plan = _live_planner(cfg).plan()
+        plan = _live_planner(cfg, args).plan()
         nft = NftWriter(dataplane_options(cfg))
         text = nft.plan(plan, full=True)[1] if args.all else nft.render(plan)
     elif args.all:
-        sys.stdout.write(render(_desired(cfg), None, full=True))
+        sys.stdout.write(render(_desired(cfg, args), None, full=True))
         return EXIT_OK
     else:
-        planner = _live_planner(cfg)
+        planner = _live_planner(cfg, args)
         plane = make_dataplane(cfg)
         plane.options = dataplane_options(cfg, planner.state.network_config)
         try:
@@ -230,10 +226,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         from flannel_lb.dataplane.nft_writer import NftWriter
 
         nft = NftWriter(dataplane_options(cfg))
-        drift = nft.drift(nft.read_kernel(), nft.builder.build(_live_planner(cfg).plan()))
+        drift = nft.drift(nft.read_kernel(), nft.builder.build(_live_planner(cfg, args).plan()))
         text = "".join(f"{line}\n" for line in drift)
     else:
-        text = diff(_desired(cfg), make_tools(cfg.dataplane.iptables_backend))
+        text = diff(_desired(cfg, args), make_tools(cfg.dataplane.iptables_backend))
     sys.stdout.write(text or "# in step with the kernel: nothing to change\n")
     return EXIT_FAILED if text else EXIT_OK
 

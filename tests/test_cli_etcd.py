@@ -209,14 +209,17 @@ def test_decode_prints_the_kubernetes_json_form(etcd: EtcdServer, tmp_path: Path
     assert bad.returncode == 1 and b"aescbc" in bad.stderr
 
 
-def test_unreachable_etcd_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verb", [["plan"], ["explain", "default/web"], ["render"], ["render", "--all"], ["diff"]])
+def test_unreachable_etcd_is_a_clear_error(tmp_path: Path, verb: list[str]) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
         '[etcd]\nendpoints = ["http://127.0.0.1:9"]\nretry_budget = 1.0\n[lb]\naddresses = ["10.0.0.1"]\n'
     )
-    proc = run_cli(path, "plan")
-    assert proc.returncode == 3
+    proc = run_cli(path, *verb)
+    assert proc.returncode == 3, proc.stderr
     assert b"etcd unreachable after" in proc.stderr and b"http://127.0.0.1:9" in proc.stderr
+    assert f"fix: list your etcd's client URLs in `[etcd] endpoints` in {path}".encode() in proc.stderr
+    assert b"Traceback" not in proc.stderr
 
 
 def test_broken_config_refuses_with_a_precise_message(tmp_path: Path) -> None:

@@ -49,6 +49,21 @@ def test_exec_shell_and_down_leave_nothing_on_the_host() -> None:
         assert (STATE_ROOT / name / "last-good.jsonl").is_file()  # the lab's own state file
         plan = subprocess.run([*cli, "exec", "--", "plan"], capture_output=True, text=True, timeout=60)
         assert plan.returncode == 0 and "192.168.121.201:80/TCP" in plan.stdout, plan.stderr
+        # run on the host by mistake: the lab's etcd is not reachable there, and the error says where it is
+        on_host = config.with_name("on-host.toml")
+        on_host.write_text(
+            '[etcd]\nendpoints = ["http://127.0.0.1:9"]\nretry_budget = 0.5\n[lb]\naddresses = ["10.0.0.1"]\n'
+        )
+        astray = subprocess.run(
+            [sys.executable, "-m", "flannel_lb", "--config", str(on_host), "render"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (
+            astray.returncode == 3
+            and f"a lab is up: flannel-lb lab exec --lab {name} -- render" in astray.stderr
+        )
         shell = subprocess.run(
             [*cli, "shell", "--", "-c", "echo $FLANNEL_LB_CONFIG; ip -o -4 addr show dev eth0"],
             capture_output=True,
