@@ -130,11 +130,13 @@ class Agent:
         self.saver: holdover.Saver | None = None
         self._held: set[str] = set()
         self.problem_log = ProblemLog()  # bad keys logged once when they go bad and once when they recover
+        self.metrics = metrics or Metrics()
         if cfg.lb.state_file:
-            self.planner.holdover = holdover.load(Path(cfg.lb.state_file))
+            loaded = holdover.load(Path(cfg.lb.state_file))
+            self.planner.holdover = loaded.saved
+            self.metrics.state_file_skipped.set(len(loaded.skipped))
             self.saver = holdover.Saver(Path(cfg.lb.state_file))
         self.checker = checker
-        self.metrics = metrics or Metrics()
         self.conntrack = conntrack_limits.Monitor(self.metrics)
         self.health = HealthState()
         self.notifier = notifier or Notifier()

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,25 @@ def _kind(label: object) -> Exclusion:
         return Exclusion.OTHER
 
 
-def load(path: Path) -> dict[str, tuple[Frontend, ...]]:
-    """The saved frontends by service; {} when there is no file. A damaged line is skipped, not fatal."""
+@dataclass(frozen=True)
+class StateFile:
+    """What `load` read: the saved frontends by service, and the numbers of the lines it skipped."""
+
+    saved: dict[str, tuple[Frontend, ...]]
+    skipped: tuple[int, ...] = ()
+
+
+def load(path: Path) -> StateFile:
+    """The state file's saved frontends; none when there is no file. A damaged line is skipped, not fatal."""
     try:
         lines = path.read_bytes().splitlines()  # decoded per line: one bad byte damages one line
     except FileNotFoundError:
-        return {}
+        return StateFile({})
     except OSError as e:
         log.warning("holdover_unreadable", path=str(path), error=str(e), effect="nothing held over")
-        return {}
+        return StateFile({})
     out: dict[str, tuple[Frontend, ...]] = {}
+    skipped: list[int] = []
     for n, line in enumerate(lines[1:], 2):
         try:
             doc = load_json(line.decode("utf-8"))
@@ -97,7 +107,8 @@ def load(path: Path) -> dict[str, tuple[Frontend, ...]]:
             out[str(doc["service"])] = frontends
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
             log.warning("holdover_line_skipped", path=str(path), line=n, error=repr(e))
-    return out
+            skipped.append(n)
+    return StateFile(out, tuple(skipped))
 
 
 def _checked(f: Frontend) -> Frontend:

@@ -91,6 +91,11 @@ class Metrics:
             "Services served from the saved last good frontends: their etcd spec does not decode",
             registry=r,
         )
+        self.state_file_skipped = Gauge(
+            "flannel_lb_state_file_lines_skipped",
+            "Damaged lines of [lb] state_file skipped at start: their services were not held over",
+            registry=r,
+        )
         self.serving_stale = Gauge(
             "flannel_lb_serving_stale",
             "1 while the agent serves the state file's last good plan: etcd unreachable since it started",

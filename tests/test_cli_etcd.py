@@ -209,7 +209,9 @@ def test_decode_prints_the_kubernetes_json_form(etcd: EtcdServer, tmp_path: Path
     assert bad.returncode == 1 and b"aescbc" in bad.stderr
 
 
-@pytest.mark.parametrize("verb", [["plan"], ["explain", "default/web"], ["render"], ["render", "--all"], ["diff"]])
+@pytest.mark.parametrize(
+    "verb", [["plan"], ["explain", "default/web"], ["render"], ["render", "--all"], ["diff"]]
+)
 def test_unreachable_etcd_is_a_clear_error(tmp_path: Path, verb: list[str]) -> None:
     path = tmp_path / "c.toml"
     path.write_text(

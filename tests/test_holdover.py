@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from flannel_lb.cluster import ClusterState
 from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.desired import Affinity, Backend, Excluded, Frontend, frontend_json
-from flannel_lb.holdover import Saver, frontend_from_json, load
+from flannel_lb.holdover import Saver, StateFile, frontend_from_json, load
 from flannel_lb.planner import Planner
 from tests import kube_objects as k
 from tests.test_plan import LB, SETTINGS, SLICES, SVC, base_state
@@ -55,7 +55,7 @@ def test_undecodable_spec_after_a_restart_is_served_from_the_saved_frontends(tmp
     assert labels(without) == {f"{LB}:81/TCP": "default/api"}  # what dropping it would look like
 
     planner = Planner(state, SETTINGS)
-    planner.holdover = load(path)
+    planner.holdover = load(path).saved
     plan = planner.plan()
     assert labels(plan) == {f"{LB}:80/TCP": "default/web", f"{LB}:81/TCP": "default/api"}
     web = next(f for f in plan.frontends if f.service == "default/web")
@@ -75,14 +75,14 @@ def test_undecodable_spec_after_a_restart_is_served_from_the_saved_frontends(tmp
 
 def test_deleted_spec_is_not_held(tmp_path: Path) -> None:
     planner = Planner(cluster(GARBAGE), SETTINGS)
-    planner.holdover = load(saved_plan(tmp_path))
+    planner.holdover = load(saved_plan(tmp_path)).saved
     planner.state.delete(SVC + "default/web")
     assert labels(planner.plan()) == {f"{LB}:81/TCP": "default/api"} and planner.held == set()
 
 
 def test_a_live_service_claiming_the_port_beats_the_held_one(tmp_path: Path) -> None:
     planner = Planner(cluster(GARBAGE), SETTINGS)
-    planner.holdover = load(saved_plan(tmp_path))
+    planner.holdover = load(saved_plan(tmp_path)).saved
     planner.state.put(
         SVC + "other/web2",
         encode_protobuf(k.service("web2", "other", external_ips=[LB], created="2025-01-01T00:00:00Z")),
@@ -98,13 +98,14 @@ def test_a_live_service_claiming_the_port_beats_the_held_one(tmp_path: Path) -> 
 
 
 def test_damaged_or_missing_file_holds_nothing_and_keeps_the_rest(tmp_path: Path) -> None:
-    assert load(tmp_path / "absent.jsonl") == {}
+    assert load(tmp_path / "absent.jsonl") == StateFile({})
     path = saved_plan(tmp_path)
     lines = path.read_text().splitlines()
     header = json.loads(lines[0])
     assert header["version"] == 1 and "revision" in header and header["saved"] > 0
     path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
-    assert set(load(path)) == {"default/web", "default/api"}
+    loaded = load(path)
+    assert set(loaded.saved) == {"default/web", "default/api"} and loaded.skipped == (2,)
 
 
 def test_saver_writes_the_latest_plan_and_rebuilds_only_changed_lines(tmp_path: Path) -> None:

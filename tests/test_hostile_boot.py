@@ -106,6 +106,8 @@ def test_start_with_etcd_down_serves_the_last_good_plan(
             assert "FLB-" not in rules and "table ip flb" not in rules
             assert traffic(lab, "http", f"{VIP}:80", count=3, timeout=1)["failed"] == 3  # nothing serves
 
+        with state.open("ab") as damaged:  # two damaged lines: skipped and counted, the rest served
+            damaged.write(b'{"service": "default/x", "frontends": 5}\n\xff\xfe not utf-8\n')
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
         second = AgentProcess(lab.namespace(LB_HOST), config, tmp_path / "agent2.log").start(env=env)
         ready = readiness(notify)
@@ -120,6 +122,7 @@ def test_start_with_etcd_down_serves_the_last_good_plan(
         assert result["failed"] == 0 and len(result["by_pod"]) >= 2, result
         assert fetch(lab, "/healthz").startswith("stale: serving the last good plan"), fetch(lab, "/healthz")
         assert "flannel_lb_serving_stale 1.0" in fetch(lab, "/metrics")
+        assert "flannel_lb_state_file_lines_skipped 2.0" in fetch(lab, "/metrics")
 
         mark = second.mark()
         start_etcd(lab)

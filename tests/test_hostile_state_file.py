@@ -60,10 +60,15 @@ def test_damaged_lines_are_skipped_and_the_rest_loaded(
     body = [CORRUPTIONS[damage[i]](text) if i in damage else text for i, (_, text) in enumerate(lines)]
     path = tmp_path / "state.jsonl"
     path.write_bytes(b"\n".join([HEADER, *body]) + b"\n")
-    got = load(path)  # never raises
+    loaded = load(path)  # never raises
+    got = loaded.saved
     intact = {service for i, (service, _) in enumerate(lines) if i not in damage}
     assert intact <= set(got)
     assert set(got) <= {service for service, _ in lines} | {"x"}
+    # counted (flannel_lb_state_file_lines_skipped): only damaged lines, and each damaged line not loaded
+    damaged = {i for i in damage if i < n}
+    assert set(loaded.skipped) <= {i + 2 for i in damaged}
+    assert {i + 2 for i in damaged if lines[i][0] not in got} <= set(loaded.skipped)
     for frontends in got.values():
         for f in frontends:
             assert f.protocol in ("TCP", "UDP", "SCTP") and 1 <= f.port <= 65535
