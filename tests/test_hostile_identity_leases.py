@@ -62,7 +62,7 @@ GOOD = _frontends(compute_plan(_state(), SETTINGS, now=NOW))
 
 @settings(max_examples=60, deadline=None)
 @given(
-    kind=st.sampled_from(["service", "slice", "node"]),
+    kind=st.sampled_from(["service", "slice", "endpoints", "node"]),
     key=st.tuples(NAMES, NAMES),
     meta=st.tuples(NAMES, NAMES),
 )
@@ -83,6 +83,17 @@ def test_identity_mismatch_is_reported_under_its_key_and_skipped(
         path = f"{SLICES}{key[0]}/{key[1]}"
         ep = [k.endpoint("10.246.1.99", "node-1")]
         value = encode_protobuf(k.endpoint_slice(meta[1], "good", ep, [("web", 8080, "TCP")], meta[0]))
+    elif kind == "endpoints":  # read for a Service without slices: the forged value must feed nobody
+        if key == meta:
+            meta = (meta[0], meta[1] + "z")
+        if key == ("default", "good"):
+            key = ("default", "legacy")
+        legacy = k.service(key[1], key[0], ports=[k.port(82, name="web")], external_ips=[LB])
+        state.put(f"{SVC}{key[0]}/{key[1]}", encode_protobuf(legacy))
+        path = f"/registry/services/endpoints/{key[0]}/{key[1]}"
+        value = encode_protobuf(
+            k.endpoints(meta[1], [("10.246.1.99", "node-1")], [("web", 8080, "TCP")], meta[0])
+        )
     else:
         if key[1] == meta[1]:
             meta = (meta[0], meta[1] + "z")
@@ -91,7 +102,12 @@ def test_identity_mismatch_is_reported_under_its_key_and_skipped(
     state.put(path, value)
     plan = compute_plan(state, SETTINGS, now=NOW)
     assert _kinds(plan).get(path) == "identity"
-    assert _frontends(plan) == GOOD
+    served = _frontends(plan)
+    if kind == "endpoints":  # the legacy Service is served, without the forged value's backend
+        assert set(served) - set(GOOD) == {f"{LB}:82/TCP"}, served
+        served = {label: backends for label, backends in served.items() if label in GOOD}
+        assert all(not backends for label, backends in _frontends(plan).items() if label not in GOOD)
+    assert served == GOOD
 
 
 def test_node_with_a_namespace_is_an_identity_mismatch() -> None:
