@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,6 +187,22 @@ def pods_on(lab: Lab, node: str) -> set[str]:
         for p in lab.cluster().pods.values()
         if p.node == node and p.deployment == "nginx" and not p.terminating
     }
+
+
+FETCH = """
+import sys, urllib.error, urllib.request
+try:
+    reply = urllib.request.urlopen(sys.argv[1], timeout=5)
+except urllib.error.HTTPError as e:  # /healthz answers 503 when unhealthy: show its body too
+    reply = e
+print(reply.read().decode())
+"""
+
+
+def fetch(lab: Lab, path: str) -> str:
+    return lab.exec_in(
+        LB_HOST, [sys.executable, "-c", FETCH, f"http://127.0.0.1:9842{path}"], check=True
+    ).stdout
 
 
 def per_pod(pods: int) -> int:
@@ -446,6 +463,7 @@ def test_lease_expiring_for_a_node_with_live_pods(lab: Lab, agent: AgentProcess)
         lambda e: e.get("event") == "sync" and e.get("backends") == per_pod(2), after=mark, timeout=15
     )
     expired_at = time.time()
+    assert f'flannel_lb_excluded_endpoints{{reason="no_lease"}} {per_pod(2)}.0' in fetch(lab, "/metrics")
     time.sleep(3)
     renewed = time.time()
     writer.put(lease["key"], original.value, ttl=24 * 3600)  # flanneld is back and re-acquires it
@@ -488,6 +506,7 @@ def test_route_disappears_and_comes_back_under_load(lab: Lab, agent: AgentProces
         detected = time.time() - removed
         agent.wait_synced(after=mark, timeout=10)
         excluded = time.time()
+        assert f'flannel_lb_excluded_endpoints{{reason="no_path"}} {per_pod(2)}.0' in fetch(lab, "/metrics")
         time.sleep(2)
     finally:
         restored = time.time()

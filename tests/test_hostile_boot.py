@@ -15,7 +15,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,31 +23,17 @@ import pytest
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
 from tests.test_agent_e2e import iptables_save, traffic
-from tests.test_faults import etcd_pid, kill_etcd, start_etcd
+from tests.test_faults import etcd_pid, fetch, kill_etcd, start_etcd
 from tests.test_lab import module_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
 VIP = "192.168.121.201"
-FETCH = """
-import sys, urllib.error, urllib.request
-try:
-    reply = urllib.request.urlopen(sys.argv[1], timeout=5)
-except urllib.error.HTTPError as e:  # /healthz answers 503 when unhealthy: show its body too
-    reply = e
-print(reply.read().decode())
-"""
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     yield from module_lab("b")
-
-
-def fetch(lab: Lab, path: str) -> str:
-    return lab.exec_in(
-        LB_HOST, [sys.executable, "-c", FETCH, f"http://127.0.0.1:9842{path}"], check=True
-    ).stdout
 
 
 def etcd_running(lab: Lab) -> bool:
