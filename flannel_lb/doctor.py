@@ -1,9 +1,9 @@
 """`flannel-lb check`: an operator's doctor for the host the load balancer runs on.
 
 The agent's failure modes are mostly outside flannel-lb itself: etcd out of reach, flanneld not
-running or not finished programming the overlay, forwarding off, a strict rp_filter, rules in the
-other iptables backend, or another NAT rule grabbing the LB's addresses first. Each check names
-what it found and what to do about it, and none of them changes anything.
+running or not finished programming the overlay, forwarding off, an rp_filter that drops pod replies
+or clients, rules in the other iptables backend, or another NAT rule grabbing the LB's addresses
+first. Each check names what it found and what to do about it, and none of them changes anything.
 """
 
 from __future__ import annotations
@@ -490,7 +490,10 @@ def rp_fixes(dropped: list[Arrival], values: dict[str, int], backs: list[str | N
         keys = " ".join(f"net.ipv4.conf.{n.replace('.', '/')}.rp_filter=2" for n in names)
         out.append(f"Fix: sysctl -w {keys} (loose: any route back will do), and persist it in /etc/sysctl.d/")
     if any(back is None for back in backs):
-        out.append("No route back: add the route (see the lease paths check), or set rp_filter 0 there")
+        out.append(
+            "No route back: add one (for a lease, see the lease paths check), or set rp_filter 0 on that"
+            " interface"
+        )
     return out
 
 

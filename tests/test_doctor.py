@@ -367,7 +367,8 @@ def test_loose_rp_filter_warns_only_without_a_route_back(ns: Namespaces, cfg: co
     assert result.detail.splitlines()[1:] == [
         "replies from lease 10.246.92.0/24 (10.246.92.1 -> 10.246.90.0) arriving on flannel.1: there is"
         " no route back to 10.246.92.1 (rp_filter 2 drops that)",
-        "No route back: add the route (see the lease paths check), or set rp_filter 0 there",
+        "No route back: add one (for a lease, see the lease paths check), or set rp_filter 0 on that"
+        " interface",
     ]
     ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "0")
     ns.sysctl("lb", "net.ipv4.conf.flannel/1.rp_filter", "0")
@@ -449,7 +450,10 @@ PROBE = doctor.Arrival(
             {"all": 2, "flannel.1": 0},
             None,
             "there is no route back to 10.246.92.1 (rp_filter 2 drops that)",
-            ["No route back: add the route (see the lease paths check), or set rp_filter 0 there"],
+            [
+                "No route back: add one (for a lease, see the lease paths check), or set rp_filter 0 on that"
+                " interface"
+            ],
         ),
         (
             {"all": 0, "flannel.1": 0},
