@@ -214,8 +214,20 @@ def assess_counters(counters: Counters) -> tuple[Status, str]:
     return "ok", text
 
 
+_SET_TIMEOUT = (
+    "Set [conntrack] manage = true (the agent sets it at start in its network namespace), or sysctl -w"
+    " net.netfilter.{name}={target} in the LB's network namespace and persist it in /etc/sysctl.d/"
+)
+
+
 def assess_timeouts(stats: Stats, settings: ConntrackConfig) -> tuple[Status, str]:
-    """Are the TCP timeouts far above the configured ones (dead connections then fill the table)?"""
+    """Do the TCP timeouts put connections at risk?
+
+    Two real risks, and only these warn: an established timeout shorter than the configured one (a
+    connection idle for longer loses its NAT state and breaks), and a timeout far above the configured
+    one while the table is filling (dead connections then hold the entries new ones need). A long
+    timeout in a table with room costs nothing yet: the kernel's own default (5 days) is one.
+    """
     rows = (
         ("established", ESTABLISHED, stats.tcp_timeout_established, settings.tcp_timeout_established),
         ("close_wait", CLOSE_WAIT, stats.tcp_timeout_close_wait, settings.tcp_timeout_close_wait),
@@ -224,16 +236,32 @@ def assess_timeouts(stats: Stats, settings: ConntrackConfig) -> tuple[Status, st
         f"{label} {current} s ({f'configured {target} s' if target else 'not configured'})"
         for label, _, current, target in rows
     )
-    problems = [
-        f"{name} = {current} s is far above [conntrack] tcp_timeout_{label} = {target} s: idle and dead"
-        " connections keep their entries that long and fill the table. Set [conntrack] manage = true"
-        f" (the agent sets it at start in its network namespace), or sysctl -w net.netfilter.{name}={target}"
-        " in the LB's network namespace and persist it in /etc/sysctl.d/"
-        for label, name, current, target in rows
-        if target and current > FAR_ABOVE * target
-    ]
+    filling = stats.usage >= settings.warn_usage
+    problems: list[str] = []
+    notes: list[str] = []
+    for label, name, current, target in rows:
+        fix = _SET_TIMEOUT.format(name=name, target=target)
+        if label == "established" and 0 < current < target:
+            problems.append(
+                f"{name} = {current} s is shorter than [conntrack] tcp_timeout_established = {target} s:"
+                f" a connection through the LB that idles longer than {current} s loses its NAT state, and"
+                f" its next packet is reset or lost. {fix}"
+            )
+        elif target and current > FAR_ABOVE * target and filling:
+            problems.append(
+                f"{name} = {current} s is far above [conntrack] tcp_timeout_{label} = {target} s while the"
+                f" table is {stats.usage:.0%} full: idle and dead connections keep their entries that long"
+                f" and new connections find no room. {fix}"
+            )
+        elif target and current > FAR_ABOVE * target:
+            notes.append(f"{label} is far above the configured value")
     if problems:
         return "warn", "\n".join([f"tcp timeouts: {text}", *problems])
+    if notes:
+        text += (
+            f"; {' and '.join(notes)}: harmless while the table has room ({stats.usage:.1%} in use,"
+            f" [conntrack] warn_usage = {settings.warn_usage:g})"
+        )
     return "ok", f"tcp timeouts: {text}"
 
 

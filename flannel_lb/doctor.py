@@ -1,9 +1,9 @@
 """`flannel-lb check`: an operator's doctor for the host the load balancer runs on.
 
 The agent's failure modes are mostly outside flannel-lb itself: etcd out of reach, flanneld not
-running or not finished programming the overlay, forwarding off, a strict rp_filter, rules in the
-other iptables backend, or another NAT rule grabbing the LB's addresses first. Each check names
-what it found and what to do about it, and none of them changes anything.
+running or not finished programming the overlay, forwarding off, an rp_filter that drops pod replies
+or clients, rules in the other iptables backend, or another NAT rule grabbing the LB's addresses
+first. Each check names what it found and what to do about it, and none of them changes anything.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -294,33 +295,206 @@ def check_ip_forward(ctx: _Context) -> tuple[Status, str]:
     )
 
 
+# --- rp_filter: the reverse path of the packets the LB must accept ------------------------------------
+#
+# With rp_filter strict (1), the kernel drops a packet from S arriving on interface I when its route
+# back to S leaves by another interface; loose (2) only when there is no route back at all; 0 never.
+# The kernel applies max(all, I). Whether that bites depends on the routes, so check asks the kernel
+# (an input route lookup applies rp_filter) about the packets that matter: pod replies from each other
+# lease (one address stands for the lease) to the address the LB's SNAT gave the flow, and client
+# packets to each [lb] address on the interface holding it, from its on-link subnet and from behind
+# each gateway routed via that interface (REMOTE_CLIENT stands for those only a default route covers).
+# Limits: the probes are addressed to the LB's own address, where real packets are addressed to the
+# pod (client side) or, after de-NAT, to the client (reply side); only policy rules that select by
+# that source address judge the two differently. Marks (src_valid_mark) are not modelled.
+
+REMOTE_CLIENT = ipaddress.IPv4Address("198.51.100.1")  # TEST-NET-2 (RFC 5737): "any remote client"
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A packet the LB must accept: from `source` (standing for `what`), on `dev`, to local `to`."""
+
+    kind: Literal["pod", "client"]
+    what: str
+    source: ipaddress.IPv4Address
+    dev: str
+    to: ipaddress.IPv4Address
+
+    def input_lookup(self) -> str:
+        """The kernel's verdict on it: an input route lookup applies rp_filter (fails when it drops)."""
+        return f"route get {self.to} from {self.source} iif {self.dev}"
+
+    def reverse_lookup(self) -> str:
+        """The route back to its source, as rp_filter looks it up."""
+        return f"route get {self.source} from {self.to}"
+
+
 def check_rp_filter(ctx: _Context) -> tuple[Status, str]:
-    names = ["all"]
-    dev = _traffic_device(ctx)
-    if dev:
-        names.append(dev)
-    values = {name: read_sysctl(f"net/ipv4/conf/{name}/rp_filter", ctx.netns) for name in names}
+    arrivals, notes = _rp_arrivals(ctx)
+    values = {
+        name: int(read_sysctl(f"net/ipv4/conf/{name}/rp_filter", ctx.netns))
+        for name in ["all", *sorted({a.dev for a in arrivals})]
+    }
     shown = ", ".join(f"{n}={v}" for n, v in values.items())
-    # The kernel applies max(all, interface).
-    if max(int(v) for v in values.values()) == 1:
-        return "warn", (
-            f"rp_filter is strict ({shown}): replies that come back on another interface than the one "
-            "the kernel would route to (asymmetric paths, DirectRouting) are dropped. Use 2 (loose) or 0"
+    verdicts = ip_batch([a.input_lookup() for a in arrivals], ctx.netns)
+    dropped = [a for a, verdict in zip(arrivals, verdicts, strict=True) if verdict is None]
+    tail = "".join(f"; {note}" for note in notes)
+    if not dropped:
+        pods = sum(1 for a in arrivals if a.kind == "pod")
+        return "ok", (
+            f"the kernel accepts replies from {pods} pod addresses (one per other lease) and"
+            f" {len(arrivals) - pods} client addresses of the [lb] addresses on the interfaces they"
+            f" arrive on (rp_filter {shown}; the kernel applies max(all, interface)){tail}"
         )
-    return "ok", f"rp_filter {shown}: not strict (the kernel applies the larger value)"
+    backs = ip_batch([a.reverse_lookup() for a in dropped], ctx.netns)
+    lines = [
+        rp_drop_line(a, values, route_field(back, "dev")) for a, back in zip(dropped, backs, strict=True)
+    ]
+    head = f"the kernel drops {len(dropped)} of {len(arrivals)} tested sources (rp_filter {shown}):"
+    return "warn", "\n".join([head, *_cut(lines), *rp_fixes(dropped, values, backs)]) + tail
 
 
-def _traffic_device(ctx: _Context) -> str | None:
-    """The interface replies from pods arrive on: the flannel device, or host-gw's external one."""
+def _rp_arrivals(ctx: _Context) -> tuple[list[Arrival], list[str]]:
+    """The packets to ask the kernel about (each source and interface once), and what was not asked."""
+    notes: list[str] = []
     try:
-        backend, vni = _backend(ctx)
-    except Skipped:
-        return next((n for n in ctx.view.by_name if n.startswith("flannel")), None)
-    dev = device_for(backend, vni)
-    if dev is not None:
-        return dev if dev in ctx.view.by_name else None
-    local = _local_addresses(ctx.view)
-    return next((local[lease.public_ip] for lease in _own_leases(ctx) if lease.public_ip in local), None)
+        pods, notes = _pod_arrivals(ctx)
+    except Skipped as e:
+        pods = []
+        notes.append(f"pod replies not checked: {e}")
+    seen: set[tuple[ipaddress.IPv4Address, str]] = set()
+    unique = []
+    for a in [*pods, *_client_arrivals(ctx)]:
+        if (a.source, a.dev) not in seen:
+            seen.add((a.source, a.dev))
+            unique.append(a)
+    return unique, notes
+
+
+def _pod_arrivals(ctx: _Context) -> tuple[list[Arrival], list[str]]:
+    """Replies from one pod address of each other lease, to the address SNAT gives the LB's flows.
+
+    MASQUERADE takes the source address of the route to the pod (`ip route get`), [dataplane]
+    snat_addresses are used as they are. A reply arrives on the interface holding its destination:
+    to the flannel device's address over the overlay, to an address on eth1 on eth1.
+    """
+    view, own = ctx.view, _own_subnet(ctx)
+    local = _local_addresses(view)
+    sources = [
+        (lease.subnet, source)
+        for lease in ctx.cluster().leases()
+        if lease.subnet != own and (source := host_in(lease.subnet, set(local))) is not None
+    ]
+    routes = ip_batch([f"route get {source}" for _, source in sources], ctx.netns)
+    pool = [ipaddress.IPv4Address(a) for a in ctx.cfg.dataplane.snat_addresses]
+    notes = [f"SNAT address {a} is not local: replies to it not checked" for a in pool if a not in local]
+    out = []
+    for (subnet, source), route in zip(sources, routes, strict=True):
+        src = route_field(route, "src")
+        for to in pool or ([ipaddress.IPv4Address(src)] if src else []):
+            if to in local:  # (no route to the lease: no src; the lease paths check reports that)
+                out.append(Arrival("pod", f"replies from lease {subnet}", source, local[to], to))
+    return out, notes
+
+
+def _client_arrivals(ctx: _Context) -> list[Arrival]:
+    """Clients of each local [lb] address, arriving on the interface that holds it."""
+    view = ctx.view
+    held = {i.ip: (view.name_of(index), i) for index, ifaces in view.addresses.items() for i in ifaces}
+    out = []
+    for address in (ipaddress.IPv4Address(a) for a in ctx.cfg.lb.addresses):
+        dev, iface = held.get(address, ("", None))
+        if iface is None or dev == "lo":
+            continue  # not here (the lb addresses check says so), or on lo: arrives wherever it is routed
+        text = run(["ip", "-j", "route", "show", "table", "main", "dev", dev], ctx.netns)
+        for what, source in client_sources(iface, json.loads(text or "[]"), set(held)):
+            out.append(Arrival("client", what, source, dev, address))
+    return out
+
+
+def _first_address(view: KernelView, dev: str) -> ipaddress.IPv4Address | None:
+    link = view.by_name.get(dev)
+    addrs = view.addresses.get(link.index, []) if link else []
+    return addrs[0].ip if addrs else None
+
+
+def host_in(net: ipaddress.IPv4Network, avoid: set[ipaddress.IPv4Address]) -> ipaddress.IPv4Address | None:
+    """An address of `net` to stand for it: its first hosts, skipping `avoid` (local addresses)."""
+    for i, host in enumerate(net.hosts() if net.prefixlen < 32 else [net.network_address]):
+        if i >= 8:
+            return None
+        if host not in avoid:
+            return host
+    return None
+
+
+def client_sources(
+    address: ipaddress.IPv4Interface, routes: list[dict[str, Any]], local: set[ipaddress.IPv4Address]
+) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """Client addresses for an [lb] address: one on-link, one behind each gateway on its interface.
+
+    `routes` is `ip -j route show table main dev <its interface>`.
+    """
+    out = []
+    peer = host_in(address.network, local) if address.network.prefixlen < 31 else None
+    if peer is not None:
+        out.append((f"clients of {address.ip} on-link in {address.network}", peer))
+    for route in routes:
+        gateway, dst = route.get("gateway"), route.get("dst", "")
+        if not gateway or ":" in dst:
+            continue
+        if dst == "default":
+            out.append((f"clients of {address.ip} beyond the default route via {gateway}", REMOTE_CLIENT))
+            continue
+        net = ipaddress.IPv4Network(dst, strict=False)
+        source = host_in(net, local)
+        if source is not None:
+            out.append((f"clients of {address.ip} in {net} via {gateway}", source))
+    return out
+
+
+def route_field(line: str | None, name: str) -> str | None:
+    """A field (`dev`, `src`, `via`) of one line of `ip -o route get` output (None: no route, or none)."""
+    words = (line or "").split()
+    return next((words[i + 1] for i, w in enumerate(words[:-1]) if w == name), None)
+
+
+def effective_rp_filter(values: dict[str, int], dev: str) -> int:
+    return max(values.get("all", 0), values.get(dev, 0))
+
+
+def rp_drop_line(a: Arrival, values: dict[str, int], back: str | None) -> str:
+    """Why the kernel drops `a`, from the route back and the rp_filter that applies."""
+    mode = effective_rp_filter(values, a.dev)
+    where = f"{a.what} ({a.source} -> {a.to}) arriving on {a.dev}"
+    if back is None:
+        return f"{where}: there is no route back to {a.source} (rp_filter {mode} drops that)"
+    if back != a.dev and mode == 1:
+        return f"{where}: the route back leaves via {back}, and rp_filter is strict on {a.dev}"
+    return (
+        f"{where}: rejected although the route back leaves via {back} (rp_filter {mode}: a martian source?)"
+    )
+
+
+def rp_fixes(dropped: list[Arrival], values: dict[str, int], backs: list[str | None]) -> list[str]:
+    """The sysctls to set: loose where strict drops a source that has a route back elsewhere."""
+    strict = {
+        a.dev
+        for a, back in zip(dropped, backs, strict=True)
+        if route_field(back, "dev") not in (None, a.dev) and effective_rp_filter(values, a.dev) == 1
+    }
+    names = [n for n in ["all", *sorted(strict)] if strict and values.get(n) == 1]
+    out = []
+    if names:
+        keys = " ".join(f"net.ipv4.conf.{n.replace('.', '/')}.rp_filter=2" for n in names)
+        out.append(f"Fix: sysctl -w {keys} (loose: any route back will do), and persist it in /etc/sysctl.d/")
+    if any(back is None for back in backs):
+        out.append(
+            "No route back: add one (for a lease, see the lease paths check), or set rp_filter 0 on that"
+            " interface"
+        )
+    return out
 
 
 def check_lb_addresses(ctx: _Context) -> tuple[Status, str]:
@@ -552,14 +726,40 @@ def _dest_filter(args: list[str], addrs: set[ipaddress.IPv4Address]) -> set[ipad
 
 def run(argv: Sequence[str], netns: str | None, *, check: bool = True) -> str:
     """Run a read-only command in the namespace and return its stdout; raise with stderr on failure."""
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
-    try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=30, check=False)
-    except FileNotFoundError:
-        raise RuntimeError(f"{argv[0]} is not installed") from None
+    proc = _exec(argv, netns)
     if check and proc.returncode != 0:
         raise RuntimeError(f"`{shlex.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def ip_batch(commands: Sequence[str], netns: str | None) -> list[str | None]:
+    """Run read-only `ip` commands in one process (`ip -o -force -batch`): each one's output line,
+    or None where the kernel refused it."""
+    if not commands:
+        return []
+    proc = _exec(["ip", "-o", "-force", "-batch", "-"], netns, "".join(f"{c}\n" for c in commands))
+    return batch_results(len(commands), proc.stdout, proc.stderr)
+
+
+def batch_results(count: int, stdout: str, stderr: str) -> list[str | None]:
+    """Match `ip -o -force -batch` output to its commands: "Command failed -:N" marks line N failed,
+    and the others printed one line each, in order."""
+    failed = {int(m) for m in re.findall(r"^Command failed -:(\d+)$", stderr, re.MULTILINE)}
+    lines = iter(stdout.splitlines())
+    out: list[str | None] = [None if i in failed else next(lines, None) for i in range(1, count + 1)]
+    if any(line is None for i, line in enumerate(out, 1) if i not in failed):
+        raise RuntimeError(f"`ip -batch` printed fewer lines than it ran commands: {stderr.strip()}")
+    return out
+
+
+def _exec(
+    argv: Sequence[str], netns: str | None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    try:
+        return subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise RuntimeError(f"{argv[0]} is not installed") from None
 
 
 def read_sysctl(path: str, netns: str | None) -> str:

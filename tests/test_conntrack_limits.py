@@ -224,24 +224,70 @@ def test_counters_warn_with_the_fix_for_each_kind() -> None:
     )
 
 
-def test_timeouts_far_above_the_configured_ones_warn() -> None:
-    status, detail = ct.assess_timeouts(stats(established=432000, close_wait=60), DEFAULTS)
+def test_timeouts_far_above_the_configured_ones_warn_only_while_the_table_fills() -> None:
+    # The kernel's defaults (5 days established, 60 s close_wait) in a table with room: no risk yet.
+    assert ct.assess_timeouts(stats(established=432000, close_wait=60), DEFAULTS) == (
+        "ok",
+        "tcp timeouts: established 432000 s (configured 86400 s), close_wait 60 s (configured 3600 s);"
+        " established is far above the configured value: harmless while the table has room (0.0% in"
+        " use, [conntrack] warn_usage = 0.75)",
+    )
+    # The same timeouts once the table reaches warn_usage: dead entries now take new connections' room.
+    status, detail = ct.assess_timeouts(stats(count=196608, established=432000, close_wait=60), DEFAULTS)
     assert status == "warn"
     assert detail.splitlines() == [
         "tcp timeouts: established 432000 s (configured 86400 s), close_wait 60 s (configured 3600 s)",
         "nf_conntrack_tcp_timeout_established = 432000 s is far above [conntrack] tcp_timeout_established"
-        " = 86400 s: idle and dead connections keep their entries that long and fill the table. Set"
-        " [conntrack] manage = true (the agent sets it at start in its network namespace), or sysctl -w"
-        " net.netfilter.nf_conntrack_tcp_timeout_established=86400 in the LB's network namespace and"
-        " persist it in /etc/sysctl.d/",
+        " = 86400 s while the table is 75% full: idle and dead connections keep their entries that long"
+        " and new connections find no room. Set [conntrack] manage = true (the agent sets it at start in"
+        " its network namespace), or sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=86400"
+        " in the LB's network namespace and persist it in /etc/sysctl.d/",
     ]
-    assert ct.assess_timeouts(stats(established=2 * 86400), DEFAULTS)[0] == "ok"  # twice is not "far"
-    assert ct.assess_timeouts(stats(close_wait=2 * 3600 + 1), DEFAULTS)[0] == "warn"
+    full = 196608
+    assert ct.assess_timeouts(stats(count=full - 1, established=432000), DEFAULTS)[0] == "ok"
+    assert ct.assess_timeouts(stats(count=full, established=2 * 86400), DEFAULTS)[0] == "ok"  # 2x is not far
+    assert ct.assess_timeouts(stats(count=full, close_wait=2 * 3600 + 1), DEFAULTS)[0] == "warn"
     unset = ConntrackConfig(tcp_timeout_established=0)
-    assert ct.assess_timeouts(stats(established=10**6), unset) == (
+    assert ct.assess_timeouts(stats(count=full, established=10**6), unset) == (
         "ok",
         "tcp timeouts: established 1000000 s (not configured), close_wait 3600 s (configured 3600 s)",
     )
+
+
+def test_an_established_timeout_shorter_than_configured_warns_even_in_an_empty_table() -> None:
+    status, detail = ct.assess_timeouts(stats(established=3600), DEFAULTS)
+    assert status == "warn"
+    assert detail.splitlines()[1] == (
+        "nf_conntrack_tcp_timeout_established = 3600 s is shorter than [conntrack] tcp_timeout_established"
+        " = 86400 s: a connection through the LB that idles longer than 3600 s loses its NAT state, and"
+        " its next packet is reset or lost. Set [conntrack] manage = true (the agent sets it at start in"
+        " its network namespace), or sysctl -w net.netfilter.nf_conntrack_tcp_timeout_established=86400"
+        " in the LB's network namespace and persist it in /etc/sysctl.d/"
+    )
+    assert ct.assess_timeouts(stats(established=86399), DEFAULTS)[0] == "warn"
+    assert ct.assess_timeouts(stats(established=86400), DEFAULTS)[0] == "ok"
+    # A short close_wait only ends half-closed connections that idle: the kernel's 60 s is no risk.
+    assert ct.assess_timeouts(stats(close_wait=60), DEFAULTS)[0] == "ok"
+    assert ct.assess_timeouts(stats(established=60), ConntrackConfig(tcp_timeout_established=0))[0] == "ok"
+
+
+@given(kernels, configs, st.floats(0.01, 1.0))
+def test_timeouts_warn_only_on_a_short_established_or_a_long_timeout_in_a_filling_table(
+    now: ct.Stats, cfg: ConntrackConfig, warn_usage: float
+) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, warn_usage=warn_usage)
+    short = 0 < now.tcp_timeout_established < cfg.tcp_timeout_established
+    long_ = any(
+        target and current > ct.FAR_ABOVE * target
+        for current, target in (
+            (now.tcp_timeout_established, cfg.tcp_timeout_established),
+            (now.tcp_timeout_close_wait, cfg.tcp_timeout_close_wait),
+        )
+    )
+    status, _ = ct.assess_timeouts(now, cfg)
+    assert (status == "warn") == (short or (long_ and now.usage >= warn_usage))
 
 
 # --- applying, against files under tmp_path -----------------------------------------------------------

@@ -22,12 +22,16 @@ import etcd3
 import pytest
 
 from flannel_lb import config as config_mod
+from flannel_lb import doctor
 from flannel_lb.doctor import CheckResult, find_conflicts, parse_save, run_checks
 from flannel_lb.lab.etcd_server import EtcdServer
+from flannel_lb.lab.lab import Lab
+from flannel_lb.lab.lbagent import LB_HOST, AgentProcess
 from flannel_lb.lab.netns import Namespaces
 from flannel_lb.lab.topology import batch
 from tests import kube_objects as k
 from tests.conftest import FAST_ETCD_ARGS
+from tests.test_lab import fetch, module_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
@@ -195,16 +199,284 @@ def test_flannel_device_down(ns: Namespaces, cfg: config_mod.Config) -> None:
     assert results["flannel interface"].detail.startswith("flannel.1 is down")
 
 
-def test_strict_rp_filter_and_missing_lb_address_warn(ns: Namespaces, cfg: config_mod.Config) -> None:
-    ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "0")
+def test_strict_rp_filter_alone_is_no_warning(ns: Namespaces, cfg: config_mod.Config) -> None:
+    # Strict everywhere, but every tested source's route back leaves where it arrives: nothing is dropped.
+    ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "1")
     ns.sysctl("lb", "net.ipv4.conf.flannel/1.rp_filter", "1")  # sysctl spells the dot in flannel.1 as /
+    ns.sysctl("lb", "net.ipv4.conf.eth1.rp_filter", "1")
+    result = by_name(run_checks(cfg, netns=ns.name("lb")))["rp_filter"]
+    assert result == CheckResult(
+        "rp_filter",
+        "ok",
+        "the kernel accepts replies from 1 pod addresses (one per other lease) and 1 client addresses of"
+        " the [lb] addresses on the interfaces they arrive on (rp_filter all=1, eth1=1, flannel.1=1; the"
+        " kernel applies max(all, interface))",
+    )
+    assert kernel_accepts(ns, LB_ADDR, "192.168.121.1", "eth1")  # the client tested
+    assert kernel_accepts(ns, "10.246.90.0", "10.246.92.1", "flannel.1")  # the pod reply tested
+
+
+def test_missing_lb_address_warns(ns: Namespaces, cfg: config_mod.Config) -> None:
     ns.run("lb", ["ip", "addr", "del", f"{LB_ADDR}/24", "dev", "eth1"])
     results = by_name(run_checks(cfg, netns=ns.name("lb")))
-    assert results["rp_filter"].status == "warn"
-    assert "rp_filter is strict (all=0, flannel.1=1)" in results["rp_filter"].detail
     assert results["lb addresses"].status == "warn"
     assert results["lb addresses"].detail.startswith(f"[lb] addresses not configured on this host: {LB_ADDR}")
+    assert results["rp_filter"].status == "ok"  # no client to test for an address that is not here
     assert failures(list(results.values())) == []  # warnings do not fail the doctor
+
+
+def kernel_accepts(ns: Namespaces, to: str, source: str, iif: str) -> bool:
+    """The kernel's verdict on a packet from `source` to `to` arriving on `iif` (rp_filter included)."""
+    return ns.run("lb", ["ip", "route", "get", to, "from", source, "iif", iif], check=False).returncode == 0
+
+
+def rp_filter_drops(ns: Namespaces) -> int:
+    """The LB namespace's count of packets rp_filter really dropped (TcpExt IPReversePathFilter)."""
+    lines = ns.run("lb", ["cat", "/proc/net/netstat"]).stdout.splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=True):
+        if head.startswith("TcpExt:"):
+            return int(dict(zip(head.split(), values.split(), strict=True))["IPReversePathFilter"])
+    raise AssertionError("no TcpExt in /proc/net/netstat")
+
+
+def ping_from_node(ns: Namespaces, source: str, target: str) -> None:
+    ns.run("node", ["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", source, target], check=False)
+
+
+def apply_fix(ns: Namespaces, detail: str) -> None:
+    """Run the `sysctl -w ...` the warning says to run."""
+    line = next(line for line in detail.splitlines() if line.startswith("Fix: sysctl -w "))
+    keys = line.removeprefix("Fix: sysctl -w ").split(" (")[0].split()
+    ns.run("lb", ["sysctl", "-q", "-w", *keys])
+
+
+def node_as_vxlan_peer(ns: Namespaces) -> None:
+    """`node` as the flannel vxlan host of 10.246.92.0/24, a pod address on lo: it can send pod replies."""
+    batch(
+        ns,
+        "node",
+        [
+            f"link add flannel.1 address {PEER_MAC} type vxlan id 1 local 10.245.1.3 dev eth1"
+            " dstport 8472 nolearning",
+            "addr add 10.246.92.0/32 dev flannel.1",
+            "link set flannel.1 up",
+            "addr add 10.246.92.1/32 dev lo",
+            f"neigh replace 10.246.90.0 lladdr {OWN_MAC} dev flannel.1 nud permanent",
+            "route replace 10.246.90.0/24 via 10.246.90.0 dev flannel.1 onlink",
+        ],
+    )
+    batch(ns, "node", [f"fdb replace {OWN_MAC} dev flannel.1 dst {LB_IP} self permanent"], tool="bridge")
+    ns.sysctl("node", "net.ipv4.conf.all.rp_filter", "0")
+
+
+def test_strict_rp_filter_that_drops_pod_replies_warns_and_names_the_lease(
+    ns: Namespaces, cfg: config_mod.Config
+) -> None:
+    # SNAT to the flannel address, but the lease routed via eth1 (a stale host-gw/DirectRouting route):
+    # the replies come back over the overlay, to flannel.1, where strict rp_filter expects eth1.
+    snat = dataclasses.replace(
+        cfg, dataplane=dataclasses.replace(cfg.dataplane, snat_addresses=("10.246.90.0",))
+    )
+    ns.run("lb", ["ip", "route", "replace", "10.246.92.0/24", "via", "10.245.1.3", "dev", "eth1"])
+    ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "0")
+    ns.sysctl("lb", "net.ipv4.conf.flannel/1.rp_filter", "1")
+    node_as_vxlan_peer(ns)
+
+    before = rp_filter_drops(ns)
+    ping_from_node(ns, "10.246.92.1", "10.246.90.0")  # a pod's reply, for real
+    assert rp_filter_drops(ns) > before  # the kernel really dropped it
+    result = by_name(run_checks(snat, netns=ns.name("lb")))["rp_filter"]
+    assert result.status == "warn"
+    assert result.detail.splitlines() == [
+        "the kernel drops 1 of 3 tested sources (rp_filter all=0, eth1=2, flannel.1=1):",
+        "replies from lease 10.246.92.0/24 (10.246.92.1 -> 10.246.90.0) arriving on flannel.1: the route"
+        " back leaves via eth1, and rp_filter is strict on flannel.1",
+        "Fix: sysctl -w net.ipv4.conf.flannel/1.rp_filter=2 (loose: any route back will do), and persist"
+        " it in /etc/sysctl.d/",
+    ]
+    # With MASQUERADE, the flow takes eth1's address, the replies come back on eth1: nothing to warn about.
+    assert by_name(run_checks(cfg, netns=ns.name("lb")))["rp_filter"].status == "ok"
+
+    apply_fix(ns, result.detail)  # what the warning says to do ends the drops
+    assert by_name(run_checks(snat, netns=ns.name("lb")))["rp_filter"].status == "ok"
+    before = rp_filter_drops(ns)
+    ping_from_node(ns, "10.246.92.1", "10.246.90.0")
+    assert rp_filter_drops(ns) == before
+
+
+def test_strict_rp_filter_that_drops_remote_clients_warns_and_names_the_gateway(
+    ns: Namespaces, cfg: config_mod.Config
+) -> None:
+    # Two default routes: the LB address's interface has one, but the preferred one leaves via eth2.
+    # Remote clients sent in through eth1's gateway are dropped by strict rp_filter on eth1.
+    ns.add("up")
+    ns.veth("lb", "eth2", "up", "eth0")
+    batch(
+        ns,
+        "lb",
+        [
+            "addr add 10.99.0.2/24 dev eth2",
+            "route add default via 10.99.0.1 dev eth2 metric 100",
+            "route add default via 192.168.121.254 dev eth1 metric 200",
+        ],
+    )
+    ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "1")
+    ns.sysctl("lb", "net.ipv4.conf.eth1.rp_filter", "1")
+    mac = json.loads(ns.run("lb", ["ip", "-j", "link", "show", "eth1"]).stdout)[0]["address"]
+    # A static neighbour: the LB would not answer ARP from a source its rp_filter rejects either.
+    batch(
+        ns,
+        "node",
+        [
+            "addr add 198.51.100.1/32 dev lo",
+            f"route add {LB_ADDR}/32 dev eth1",
+            f"neigh replace {LB_ADDR} lladdr {mac} dev eth1 nud permanent",
+        ],
+    )
+
+    before = rp_filter_drops(ns)
+    ping_from_node(ns, "198.51.100.1", LB_ADDR)  # a remote client, for real
+    assert rp_filter_drops(ns) > before
+    result = by_name(run_checks(cfg, netns=ns.name("lb")))["rp_filter"]
+    assert result.status == "warn"
+    assert result.detail.splitlines() == [
+        "the kernel drops 1 of 3 tested sources (rp_filter all=1, eth1=1, flannel.1=2):",
+        f"clients of {LB_ADDR} beyond the default route via 192.168.121.254 (198.51.100.1 -> {LB_ADDR})"
+        " arriving on eth1: the route back leaves via eth2, and rp_filter is strict on eth1",
+        "Fix: sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth1.rp_filter=2 (loose: any route"
+        " back will do), and persist it in /etc/sysctl.d/",
+    ]
+    assert not kernel_accepts(ns, LB_ADDR, "198.51.100.1", "eth1")
+    assert kernel_accepts(ns, LB_ADDR, "192.168.121.1", "eth1")  # on-link clients are fine
+
+    apply_fix(ns, result.detail)
+    assert by_name(run_checks(cfg, netns=ns.name("lb")))["rp_filter"].status == "ok"
+    before = rp_filter_drops(ns)
+    ping_from_node(ns, "198.51.100.1", LB_ADDR)
+    assert rp_filter_drops(ns) == before
+
+
+def test_loose_rp_filter_warns_only_without_a_route_back(ns: Namespaces, cfg: config_mod.Config) -> None:
+    ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "2")
+    ns.run("lb", ["ip", "route", "del", "10.246.92.0/24"])  # no route to the lease, no default either
+    snat = dataclasses.replace(
+        cfg, dataplane=dataclasses.replace(cfg.dataplane, snat_addresses=("10.246.90.0",))
+    )
+    result = by_name(run_checks(snat, netns=ns.name("lb")))["rp_filter"]
+    assert result.status == "warn"
+    assert result.detail.splitlines()[1:] == [
+        "replies from lease 10.246.92.0/24 (10.246.92.1 -> 10.246.90.0) arriving on flannel.1: there is"
+        " no route back to 10.246.92.1 (rp_filter 2 drops that)",
+        "No route back: add one (for a lease, see the lease paths check), or set rp_filter 0 on that"
+        " interface",
+    ]
+    ns.sysctl("lb", "net.ipv4.conf.all.rp_filter", "0")
+    ns.sysctl("lb", "net.ipv4.conf.flannel/1.rp_filter", "0")
+    assert by_name(run_checks(snat, netns=ns.name("lb")))["rp_filter"].status == "ok"
+
+
+# --- rp_filter's pure parts ---------------------------------------------------------------------------
+
+A = ipaddress.IPv4Address
+
+
+def test_batch_results_match_output_lines_to_commands() -> None:
+    accepted = ["local 10.0.1.1 from 10.9.0.5 dev lo \\    cache <local> iif vb", "local 10.0.1.1 dev lo"]
+    refused = "RTNETLINK answers: Invalid argument\nCommand failed -:{}\n"
+    stdout, stderr = "\n".join(accepted) + "\n", refused.format(1) + refused.format(3)
+    assert doctor.batch_results(4, stdout, stderr) == [None, accepted[0], None, accepted[1]]
+    with pytest.raises(RuntimeError, match="fewer lines"):
+        doctor.batch_results(4, stdout, refused.format(1))
+
+
+def test_route_field_reads_dev_and_src() -> None:
+    line = "10.246.92.1 via 10.246.92.0 dev flannel.1 src 10.246.90.0 uid 0 \\    cache"
+    assert doctor.route_field(line, "dev") == "flannel.1"
+    assert doctor.route_field(line, "src") == "10.246.90.0"
+    assert doctor.route_field("local 10.0.1.1 from 10.9.0.5 dev lo", "src") is None
+    assert doctor.route_field(None, "dev") is None
+
+
+def test_host_in_skips_local_addresses() -> None:
+    net = ipaddress.IPv4Network("10.246.92.0/24")
+    assert doctor.host_in(net, set()) == A("10.246.92.1")
+    assert doctor.host_in(net, {A("10.246.92.1"), A("10.246.92.2")}) == A("10.246.92.3")
+    assert doctor.host_in(ipaddress.IPv4Network("10.1.2.3/32"), set()) == A("10.1.2.3")
+    assert doctor.host_in(ipaddress.IPv4Network("10.1.2.3/32"), {A("10.1.2.3")}) is None
+
+
+def test_client_sources_are_on_link_and_behind_each_gateway() -> None:
+    routes = [
+        {"dst": "default", "gateway": "192.168.121.254", "metric": 200},
+        {"dst": "192.168.121.0/24", "protocol": "kernel", "scope": "link", "prefsrc": LB_ADDR},
+        {"dst": "10.20.0.0/16", "gateway": "192.168.121.9"},
+    ]
+    local = {A(LB_ADDR), A("192.168.121.1")}
+    assert doctor.client_sources(ipaddress.IPv4Interface(f"{LB_ADDR}/24"), routes, local) == [
+        (f"clients of {LB_ADDR} on-link in 192.168.121.0/24", A("192.168.121.2")),
+        (f"clients of {LB_ADDR} beyond the default route via 192.168.121.254", doctor.REMOTE_CLIENT),
+        (f"clients of {LB_ADDR} in 10.20.0.0/16 via 192.168.121.9", A("10.20.0.1")),
+    ]
+    assert doctor.client_sources(ipaddress.IPv4Interface(f"{LB_ADDR}/32"), [], local) == []
+
+
+PROBE = doctor.Arrival(
+    "pod", "replies from lease 10.246.92.0/24", A("10.246.92.1"), "flannel.1", A("10.246.90.0")
+)
+
+
+@pytest.mark.parametrize(
+    ("values", "back", "reason", "fixes"),
+    [
+        (
+            {"all": 0, "flannel.1": 1},
+            "10.246.92.1 via 10.245.1.3 dev eth1 src 10.246.90.0",
+            "the route back leaves via eth1, and rp_filter is strict on flannel.1",
+            [
+                "Fix: sysctl -w net.ipv4.conf.flannel/1.rp_filter=2 (loose: any route back will do), and"
+                " persist it in /etc/sysctl.d/"
+            ],
+        ),
+        (
+            {"all": 1, "flannel.1": 1},
+            "10.246.92.1 via 10.245.1.3 dev eth1 src 10.246.90.0",
+            "the route back leaves via eth1, and rp_filter is strict on flannel.1",
+            [
+                "Fix: sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.flannel/1.rp_filter=2 (loose: any"
+                " route back will do), and persist it in /etc/sysctl.d/"
+            ],
+        ),
+        (
+            {"all": 2, "flannel.1": 0},
+            None,
+            "there is no route back to 10.246.92.1 (rp_filter 2 drops that)",
+            [
+                "No route back: add one (for a lease, see the lease paths check), or set rp_filter 0 on that"
+                " interface"
+            ],
+        ),
+        (
+            {"all": 0, "flannel.1": 0},
+            "10.246.92.1 dev flannel.1 src 10.246.90.0",
+            "rejected although the route back leaves via flannel.1 (rp_filter 0: a martian source?)",
+            [],
+        ),
+    ],
+)
+def test_rp_drop_line_and_fixes(
+    values: dict[str, int], back: str | None, reason: str, fixes: list[str]
+) -> None:
+    line = doctor.rp_drop_line(PROBE, values, doctor.route_field(back, "dev"))
+    assert line == (
+        "replies from lease 10.246.92.0/24 (10.246.92.1 -> 10.246.90.0) arriving on flannel.1: " + reason
+    )
+    assert doctor.rp_fixes([PROBE], values, [back]) == fixes
+
+
+def test_effective_rp_filter_is_the_larger_of_all_and_the_interface() -> None:
+    assert doctor.effective_rp_filter({"all": 1, "eth1": 2}, "eth1") == 2
+    assert doctor.effective_rp_filter({"all": 0, "eth1": 1}, "eth1") == 1
+    assert doctor.effective_rp_filter({"all": 1}, "eth9") == 1
 
 
 def test_foreign_dnat_before_our_jump_warns(ns: Namespaces, cfg: config_mod.Config) -> None:
@@ -303,13 +575,23 @@ def test_conntrack_checks_read_the_namespace(
     assert results["conntrack drops"].detail.startswith("insert_failed 0, drop 0, early_drop 0 ")
     assert results["conntrack timeouts"].detail.startswith("tcp timeouts: established 86400 s (configured")
 
-    # A value only this namespace has: check reads the namespace, not the host, and says what to set.
+    # Values only this namespace has: check reads the namespace, not the host, and says what to set.
+    # Far above the configured day, in a table with room: no risk yet, so no warning.
     ns.sysctl("lb", "net.netfilter.nf_conntrack_tcp_timeout_established", "432001")
     timeouts = by_name(run_checks(cfg, netns=ns.name("lb")))["conntrack timeouts"]
+    assert timeouts.status == "ok"
+    assert timeouts.detail.startswith("tcp timeouts: established 432001 s (configured 86400 s)")
+    assert (
+        "established is far above the configured value: harmless while the table has room" in timeouts.detail
+    )
+    # Shorter than the configured day: idle connections lose their NAT state, a warning at once.
+    ns.sysctl("lb", "net.netfilter.nf_conntrack_tcp_timeout_established", "3601")
+    timeouts = by_name(run_checks(cfg, netns=ns.name("lb")))["conntrack timeouts"]
     assert timeouts.status == "warn"
-    assert "nf_conntrack_tcp_timeout_established = 432001 s is far above" in timeouts.detail
+    assert "nf_conntrack_tcp_timeout_established = 3601 s is shorter than" in timeouts.detail
     assert "Set [conntrack] manage = true" in timeouts.detail
     assert Path(ESTABLISHED).read_text() == host_before
+    ns.sysctl("lb", "net.netfilter.nf_conntrack_tcp_timeout_established", "432001")
 
     # A floor above this host's table: the max check warns and says to set it on the host.
     host_max = host_conntrack_max()
@@ -327,10 +609,16 @@ def test_conntrack_checks_read_the_namespace(
     tiny = config_mod.load(
         write_config(tmp_path, etcd.client_url, conntrack=HOST_SIZED + "warn_usage = 0.000001\n")
     )
-    table = by_name(run_checks(tiny, netns=ns.name("lb")))["conntrack table"]
+    results = by_name(run_checks(tiny, netns=ns.name("lb")))
+    table = results["conntrack table"]
     assert table.status == "warn"
     assert table.detail.startswith(f"1 of {host_max} entries in use")
     assert "([conntrack] warn_usage = 1e-06): when it is full the kernel drops" in table.detail
+    # ... and now that the table counts as filling, the 5-day timeout is a risk, and says so.
+    assert results["conntrack timeouts"].status == "warn"
+    assert (
+        "nf_conntrack_tcp_timeout_established = 432001 s is far above" in results["conntrack timeouts"].detail
+    )
 
 
 # --- the command, run inside the LB namespace against an etcd in that namespace -----------------------
@@ -404,3 +692,34 @@ def test_flannel_lb_check_via_cli(ns: Namespaces, etcd_in_lb: EtcdServer, tmp_pa
     argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "flannel_lb", "--config", str(config), "check"]
     proc = ns.run("lb", argv, check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- the project's own lab: check on a working load balancer ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from module_lab("d")
+
+
+def test_check_on_the_working_lab_warns_about_nothing(lab: Lab) -> None:
+    """The lab's LB as the seed's CentOS runs it (strict rp_filter, the kernel's 5-day established
+    timeout), serving: none of that is a risk there, so check must not warn about it."""
+    agent = AgentProcess(lab.namespace(LB_HOST), lab.config_file)
+    lab.exec_in(LB_HOST, agent.argv("sync", "--once")[4:], check=True, timeout=60)
+    try:
+        answers = fetch(lab, "client", [f"http://{LB_ADDR}/"] * 8)
+        assert all(answers), answers  # the lab works: the client reaches the pods through the LB
+        proc = lab.exec_in(LB_HOST, agent.argv("check")[4:], timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[-1] == "14 checks: 14 ok, 0 warnings, 0 failed", proc.stdout
+        # What the old check warned about is all there: strict rp_filter on every interface ...
+        assert "(rp_filter all=1, eth0=1, eth1=1, flannel.1=1;" in proc.stdout
+        assert "replies from 2 pod addresses (one per other lease) and 3 client addresses" in proc.stdout
+        # ... the kernel's default established timeout, and a table in use.
+        assert "tcp timeouts: established 432000 s (configured 86400 s)" in proc.stdout
+        table = next(line for line in lines if "] conntrack table" in line)
+        assert not table.split("conntrack table")[1].strip().startswith("0 of"), table
+    finally:
+        lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=True)
