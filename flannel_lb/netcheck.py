@@ -11,11 +11,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -39,13 +37,6 @@ NUD_FAILED = 0x20
 NUD_PERMANENT = 0x80
 RTN_NAMES = {2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 
-# rtnetlink multicast groups and message types used by wait_for_change().
-RTMGRP_LINK = 0x1
-RTMGRP_NEIGH = 0x4
-RTMGRP_IPV4_ROUTE = 0x40
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 _NLMSGHDR = struct.Struct("=IHHII")
 _NDMSG = struct.Struct("=B3xiHBB")
 
@@ -189,13 +180,13 @@ def _text(raw: bytes | None) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace") if raw else ""
 
 
-def open_netlink(netns: str | None, groups: int = 0, protocol: int = socket.NETLINK_ROUTE) -> socket.socket:
-    """A netlink socket (NETLINK_ROUTE unless told) inside `netns` (None: ours), subscribed to `groups`."""
+def open_netlink(netns: str | None, protocol: int = socket.NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket (NETLINK_ROUTE unless told) inside `netns` (None: ours)."""
     sock = (
         _socket_in(netns, protocol) if netns else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     )
     try:
-        sock.bind((0, groups))
+        sock.bind((0, 0))
     except OSError:
         sock.close()
         raise
@@ -479,17 +470,13 @@ class NetChecker:
         self.netns = netns
         self.notes: tuple[str, ...] = ()  # what the last check() could not verify, for humans
         self._logged_unchecked: set[str] = set()
-        self._watched: set[int] = set()  # ifindexes whose neighbour events matter
-        self._events_lock = threading.Lock()
         self._dump_lock = threading.Lock()
         self._rtnl: Rtnl | None = None
-        self._events = self._open_event_socket()
 
     # -- dumps
 
     def dump(self) -> KernelView:
         """One netlink dump of links, addresses, routes, neighbours and the FDB."""
-        self._drain()  # events from before this dump are reflected in it
         with self._dump_lock:
             if self._rtnl is None:
                 self._rtnl = Rtnl(self.netns)
@@ -521,7 +508,6 @@ class NetChecker:
             fault = self._check_one(view, lease, network)
             if fault:
                 faults[lease.subnet] = fault + _backend_hint(lease, network)
-        self._watched = {link.index for link in view.links.values() if link.name.startswith("flannel")}
         self._set_notes(unchecked, wireguard="wireguard" in seen)
         return faults
 
@@ -545,79 +531,7 @@ class NetChecker:
         self._logged_unchecked |= unchecked
         self.notes = tuple(notes)
 
-    # -- change notification
-
-    def _open_event_socket(self) -> socket.socket | None:
-        try:
-            sock = open_netlink(self.netns, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE)
-        except OSError as e:
-            log.warning("netcheck_no_events", netns=self.netns, error=str(e), fallback="polling")
-            return None
-        sock.setblocking(False)
-        return sock
-
-    def wait_for_change(self, timeout: float) -> bool:
-        """Block until a link, IPv4 route or relevant neighbour/FDB event arrives, or `timeout` passes.
-
-        True means "re-check now". Without an event socket this sleeps and returns True (polling).
-        """
-        sock = self._events
-        if sock is None:
-            time.sleep(timeout)
-            return True
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ready, _, _ = select.select([sock], [], [], left)
-            except (OSError, ValueError):  # closed underneath us
-                return False
-            if ready and self._drain():
-                return True
-        return False
-
-    def _drain(self) -> bool:
-        """Read every pending event; True if any of them can change a lease's path."""
-        sock = self._events
-        if sock is None:
-            return False
-        relevant = False
-        with self._events_lock:
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    return relevant
-                except OSError as e:
-                    if e.errno == errno.ENOBUFS:  # events were dropped: assume the worst
-                        relevant = True
-                        continue
-                    return relevant
-                relevant = self._relevant(data) or relevant
-
-    def _relevant(self, data: bytes) -> bool:
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(data):
-            length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
-            if kind in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE):
-                return True
-            if kind in (RTM_NEWNEIGH, RTM_DELNEIGH) and self._neighbour_matters(data, offset):
-                return True
-            if length < _NLMSGHDR.size:
-                break
-            offset += (length + 3) & ~3
-        return False
-
-    def _neighbour_matters(self, data: bytes, offset: int) -> bool:
-        # ARP churn on ordinary interfaces (REACHABLE/STALE/PROBE) must not wake the agent.
-        if offset + _NLMSGHDR.size + _NDMSG.size > len(data):
-            return True
-        _, ifindex, state, _, _ = _NDMSG.unpack_from(data, offset + _NLMSGHDR.size)
-        return ifindex in self._watched or bool(state & NUD_PERMANENT)
-
     def close(self) -> None:
-        sock, self._events = self._events, None
-        if sock is not None:
-            sock.close()
         with self._dump_lock:
             if self._rtnl is not None:
                 self._rtnl.close()
