@@ -34,7 +34,6 @@ RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
-NUD_PERMANENT = 0x80
 RTN_NAMES = {2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 
 _NLMSGHDR = struct.Struct("=IHHII")
