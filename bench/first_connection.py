@@ -12,9 +12,7 @@ step after the agent's sync reports N frontends; samples of the up and down pass
 cancels slow drift of the machine's load). Ratios are p50/p99 at N over p50/p99 at 1.
 
 `--writer nft` runs the agent with its nftables data plane: dispatch is the `services` verdict map,
-one hash lookup whatever N (the probe and bulk-00000 are then just two elements of it). The
-alternative iptables layouts reuse the iptables writer's FLB-FE chains, so they are measured with
-`--writer restore` only.
+one hash lookup whatever N (the probe and bulk-00000 are then just two elements of it).
 
 Run: sudo .venv/bin/python -m bench.first_connection [--quick] [--backend nft|legacy] [--writer nft]
 """
@@ -28,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import layouts, report
+from bench import report
 from bench.common import (
     NGINX_PORT,
     VIP,
@@ -51,7 +49,6 @@ from bench.common import (
     writer_section,
 )
 from bench.objects import BenchService, encoded
-from flannel_lb.dataplane.options import DEFAULT_MARK
 from flannel_lb.lab.lab import Lab
 
 PROBE_PORT = 60000
@@ -60,7 +57,7 @@ BLOCK = 250  # connections per measurement block; last/first probes alternate bl
 TARGET = 1.2  # p50 and p99 at 10k / at 1
 
 
-FLB_LAST, FLB_FIRST, BUCKETS, NFT_MAP = "flannel-lb", "flannel-lb first rule", "buckets", "nft-map"
+FLB_LAST, FLB_FIRST = "flannel-lb", "flannel-lb first rule"
 
 
 @dataclass
@@ -105,15 +102,9 @@ class Scale:
         return event
 
 
-GUARDED = " + overlay guard"
 LEGEND = (
     "Rows: `flannel-lb` = the agent's rules, probe on the last dispatch rule (VIP:60000); `first rule` ="
-    " bulk-00000 (VIP:20000), the linear chain's best case; `buckets` = two-level iptables dispatch"
-    " (sqrt(N) port-range buckets) and `nft-map` = nftables verdict map, both on extra LB addresses"
-    " reusing the agent's FE chains (`bench/layouts.py`); `+ overlay guard` = the same with flannel's"
-    " vxlan packets kept out of the nat dispatch (`-p udp --dport 8472 -j ACCEPT` first in nat"
-    " PREROUTING and OUTPUT). Without the guard every connection also pays two walks of the whole"
-    " FLB-SERVICES chain for its vxlan packets (new UDP conntrack flows), whatever its own layout."
+    " bulk-00000 (VIP:20000), the first dispatch entry."
 )
 LEGEND_NFT = (
     "Rows: `flannel-lb` = the agent's nftables table (`--writer nft`), probe VIP:60000; `first rule` ="
@@ -122,67 +113,40 @@ LEGEND_NFT = (
 )
 
 
-def targets(n: int, with_layouts: bool) -> dict[str, tuple[str, int]]:
-    """What to probe at scale n: label -> (address, port). Every probe is the last dispatch entry
-    of its layout, except `flannel-lb first rule` (bulk-00000, the best case of the linear chain)."""
+def targets(n: int) -> dict[str, tuple[str, int]]:
+    """What to probe at scale n: label -> (address, port): the last dispatch entry, and from N=2 on
+    `flannel-lb first rule` (bulk-00000)."""
     out = {FLB_LAST: (VIP, PROBE_PORT)}
     if n > 1:
         out[FLB_FIRST] = (VIP, BULK_BASE)
-    if with_layouts:
-        out[BUCKETS] = (layouts.BUCKET_ADDR, PROBE_PORT)
-        out[NFT_MAP] = (layouts.NFT_ADDR, PROBE_PORT)
     return out
 
 
-def _block(prober: Prober, probes: dict[str, tuple[str, int]], k: int, into: Samples, suffix: str) -> None:
-    for label, (host, port) in probes.items():
-        into.add(label + suffix, *prober.connect_times(host, port, k))
-
-
-def measure(
-    lab: Lab, prober: Prober, agent: TimedAgent, n: int, count: int, into: Samples, alt: bool
-) -> None:
+def measure(prober: Prober, agent: TimedAgent, n: int, count: int, into: Samples) -> None:
     """`count` connections to each target, interleaved in blocks of BLOCK.
 
     The agent is paused (SIGSTOP) meanwhile: its periodic work (netcheck every 2 s, the verifying
     full resync every `full_resync_interval`, seconds of CPU at 10k+ services) would otherwise
     compete for the CPU with the packets being timed. The figure is the data path's; the agent's
     CPU is `bench.cold_start`'s.
-    The alternative layouts (`bench.layouts`) exist only while the agent is paused. With `alt`, every
-    target is measured twice, block by block: as deployed, and with the overlay guard (vxlan packets
-    kept out of the nat dispatch; see `bench.layouts`).
     """
     agent.signal(signal.SIGSTOP)
-    guarded = False
     try:
-        if alt:
-            backends = [ip for _, _, ip in pods(lab)]
-            probed = {PROBE_PORT: backends, BULK_BASE: backends}
-            layouts.install(lab, VIP, probed, NGINX_PORT, DEFAULT_MARK)
-        probes = targets(n, alt)
+        probes = targets(n)
         for host, port in probes.values():
             prober.connect_times(host, port, 50)  # warm-up: ARP, route and conntrack caches
         done = 0
         while done < count:
             k = min(BLOCK, count - done)
-            _block(prober, probes, k, into, "")
-            if alt:
-                layouts.guard(lab, True)
-                guarded = True
-                _block(prober, probes, k, into, GUARDED)
-                layouts.guard(lab, False)
-                guarded = False
+            for label, (host, port) in probes.items():
+                into.add(label, *prober.connect_times(host, port, k))
             done += k
     finally:
-        if guarded:
-            layouts.guard(lab, False)
-        if alt:
-            layouts.remove(lab)
         agent.signal(signal.SIGCONT)
 
 
 def run(
-    lab: Lab, base: Path, scales: Sequence[int], count: int, backend: str, alt: bool, data_plane: str
+    lab: Lab, base: Path, scales: Sequence[int], count: int, backend: str, data_plane: str
 ) -> dict[int, Samples]:
     for pod, _, _ in pods(lab):
         start_nginx(lab, pod, base)
@@ -190,8 +154,6 @@ def run(
     prober = Prober(lab, base / "probe.log")
     agent: TimedAgent | None = None
     try:
-        if alt:
-            layouts.add_addresses(lab)
         probe = BenchService("probe", VIP, PROBE_PORT, NGINX_PORT, real_endpoints(lab))
         writer.write(encoded(probe, 0))
         agent = start_agent(lab, base, writer=data_plane, iptables_backend=backend)
@@ -203,7 +165,7 @@ def run(
             event = scale.set(n, timeout=1800)
             results[n].sync_seconds.append(float(str(event.get("seconds", 0))))
             log(f"  measuring {count} connections per probe at N={n} (pass {i // len(scales)})")
-            measure(lab, prober, agent, n, count, results[n], alt)
+            measure(prober, agent, n, count, results[n])
         return results
     finally:
         stop_agent(agent, cleanup=False)  # the lab's teardown removes the namespace and its rules
@@ -214,11 +176,10 @@ def run(
 def render(results: dict[int, Samples], backend: str, data_plane: str = "restore") -> tuple[str, str]:
     """(table for the terminal and the doc: one row per layout, one column per N; verdict)."""
     base = results[min(results)]
-    order = [FLB_LAST, FLB_FIRST, BUCKETS, NFT_MAP]
-    labels = [t + g for g in ("", GUARDED) for t in order if any(t + g in s.us for s in results.values())]
+    labels = [t for t in (FLB_LAST, FLB_FIRST) if any(t in s.us for s in results.values())]
     rows = []
     for label in labels:
-        ref = base.us.get(label) or base.us[FLB_LAST + (GUARDED if label.endswith(GUARDED) else "")]
+        ref = base.us.get(label) or base.us[FLB_LAST]
         b50 = percentile(ref, 50)
         row: list[object] = [label]
         for _, s in sorted(results.items()):
@@ -234,9 +195,7 @@ def render(results: dict[int, Samples], backend: str, data_plane: str = "restore
     counts = ", ".join(f"{n:,}: {len(s.us[FLB_LAST])}" for n, s in sorted(results.items()))
     syncs = ", ".join(f"{n:,}: {median(s.sync_seconds):.2f} s" for n, s in sorted(results.items()))
     failed = sum(s.failed for s in results.values())
-    legend = LEGEND if any(BUCKETS in label for label in labels) else LEGEND.split("; `buckets`")[0] + "."
-    if data_plane == "nft":
-        legend = LEGEND_NFT
+    legend = LEGEND_NFT if data_plane == "nft" else LEGEND
     notes = (
         f"{legend}\n\nConnections per cell (N: count): {counts}. Agent sync when the scale changed (median): "
         f"{syncs}. Failed connections: {failed}. Ratios are to N=1 of the same row (the first rule's "
@@ -250,9 +209,7 @@ def _verdict(results: dict[int, Samples], backend: str, data_plane: str = "resto
         return "Target (10k/1 <= 1.2) not evaluated: this run did not reach 10k service-ports."
     base = results[min(results)]
     parts = []
-    for label in (FLB_LAST, BUCKETS, NFT_MAP, FLB_LAST + GUARDED, BUCKETS + GUARDED, NFT_MAP + GUARDED):
-        if label not in results[10000].us:
-            continue
+    for label in (FLB_LAST,):
         r50 = percentile(results[10000].us[label], 50) / percentile(base.us[label], 50)
         r99 = percentile(results[10000].us[label], 99) / percentile(base.us[label], 99)
         met = r50 <= TARGET and r99 <= TARGET
@@ -268,19 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scales", help="comma-separated N (default 1,1000,10000,30000)")
     p.add_argument("--count", type=int, help="connections per scale and pass to each probe (default 2000)")
     p.add_argument("--backend", choices=["nft", "legacy"], help="iptables backend (default nft)")
-    p.add_argument(
-        "--layouts",
-        action=argparse.BooleanOptionalAction,
-        help="also the pre-bucket prototype layouts (flat-chain era; off by default: the agent's own"
-        " iptables layout is bucketed now, and the nft map is --writer nft)",
-    )
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     add_writer_option(p)
     args = p.parse_args(argv)
-    if args.writer == "nft" and (args.layouts or args.backend):
-        p.error("--layouts and --backend need the iptables writer (--writer restore)")
+    if args.writer == "nft" and args.backend:
+        p.error("--backend needs the iptables writer (--writer restore)")
     backend = args.backend or "nft"
-    alt = bool(args.layouts)
     scales = (
         [int(x) for x in args.scales.split(",")]
         if args.scales
@@ -289,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = args.count or (500 if args.quick else 2000)
     started = report.now()
     with bench_lab("fc") as lab, workdir("fc") as base:
-        results = run(lab, base, scales, count, backend, alt, args.writer)
+        results = run(lab, base, scales, count, backend, args.writer)
     table, verdict = render(results, backend, args.writer)
     print(table)
     print(verdict)
