@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
@@ -38,7 +37,9 @@ def _write(client: Any, puts: list[tuple[str, bytes]], deletes: list[str]) -> in
 
 def _dump(client: Any, prefixes: list[str], page: int = 500) -> dict[str, Any]:
     """Every key under `prefixes` at one revision, paged (gRPC's 4 MiB message limit)."""
-    from etcd3 import utils
+    from flannel_lb.source.etcdrpc import etcd3
+
+    utils = etcd3.utils
 
     revision = int(client.get_response("/").header.revision)
     kvs = []
@@ -59,8 +60,7 @@ def _dump(client: Any, prefixes: list[str], page: int = 500) -> dict[str, Any]:
 
 
 def serve(endpoint: str, stdin: IO[str], stdout: IO[str]) -> None:
-    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-    import etcd3
+    from flannel_lb.source.etcdrpc import etcd3
 
     url = urlsplit(endpoint)
     client = etcd3.client(host=url.hostname, port=url.port or 2379, timeout=60)

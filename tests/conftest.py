@@ -23,11 +23,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # etcd3 0.12.0's generated *_pb2 modules use protobuf's deprecated descriptor API.
-    config.addinivalue_line("filterwarnings", r"ignore::DeprecationWarning:etcd3\..*")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-slow"):
         return

@@ -1,8 +1,9 @@
 """Minimal protobuf wire-format reader and writer.
 
 Kubernetes stores objects as proto2 messages produced by gogo-protobuf. Only the wire format is
-needed to read them, so this module stays dependency-free: the project pins protobuf==3.20.3 for
-etcd3 and generated Kubernetes bindings would drag in hundreds of messages we never look at.
+needed to read them, so this module stays dependency-free: protobuf carries only etcd's gRPC
+messages (flannel_lb.source.etcdrpc), and generated Kubernetes bindings would drag in hundreds of
+messages we never look at.
 
 Every reader is bounds-checked against an explicit ``end`` and raises :class:`WireError` (never
 IndexError) on malformed input, so callers can feed it arbitrary bytes from etcd.

@@ -23,7 +23,6 @@ import argparse
 import base64
 import contextlib
 import json
-import os
 import select
 import subprocess
 import sys
@@ -90,8 +89,7 @@ def _handle(client: Any, cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 def serve(endpoint: str, stdin: IO[str], stdout: IO[str]) -> None:
-    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-    import etcd3  # late: only the subprocess pays for grpc
+    from flannel_lb.source.etcdrpc import etcd3  # late: only the subprocess pays for grpc
 
     url = urlsplit(endpoint)
     client = etcd3.client(host=url.hostname, port=url.port or 2379, timeout=10)

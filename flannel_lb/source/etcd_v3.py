@@ -25,13 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import etcd3
-import etcd3.etcdrpc as etcdrpc
-import etcd3.events
-import etcd3.exceptions
 import grpc  # type: ignore[import-untyped, unused-ignore]  # no stubs unless types-grpcio
 import structlog
 
+from flannel_lb.source.etcdrpc import etcd3, rpc_pb2
 from flannel_lb.source.records import Event, KeyValue
 from flannel_lb.source.settings import Endpoint, EtcdSettings
 
@@ -127,7 +124,7 @@ def list_prefixes(
 def current_revision(client: Any, prefix: str) -> int:
     """The store's revision now (one count-only range over `prefix`)."""
     start = prefix.encode()
-    req = etcdrpc.RangeRequest(key=start, range_end=prefix_end(start), count_only=True)
+    req = rpc_pb2.RangeRequest(key=start, range_end=prefix_end(start), count_only=True)
     try:
         resp = client.kvstub.Range(
             req, client.timeout, credentials=client.call_credentials, metadata=client.metadata
@@ -138,7 +135,7 @@ def current_revision(client: Any, prefix: str) -> int:
 
 
 def _range(client: Any, start: bytes, end: bytes, limit: int, revision: int) -> Any:
-    req = etcdrpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
+    req = rpc_pb2.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
     try:
         return client.kvstub.Range(
             req, client.timeout, credentials=client.call_credentials, metadata=client.metadata

@@ -18,13 +18,13 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import etcd3.exceptions
 import grpc  # type: ignore[import-untyped, unused-ignore]  # no stubs unless types-grpcio
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, stop_never
 from tenacity.wait import wait_exponential_jitter
 
 from flannel_lb.source import etcd_v2, etcd_v3
+from flannel_lb.source.etcdrpc import etcd3
 from flannel_lb.source.records import (
     EtcdUnavailable,
     Event,
