@@ -4,7 +4,7 @@ N Services x E endpoints are generated the way the other benchmarks write them t
 (`bench.objects`: each Service with its v1 Endpoints and one EndpointSlice, protobuf with the `k8s\\0`
 envelope, as kube-apiserver stores both), plus flannel's network config and one lease per node. The
 values are loaded into a fresh `ClusterState` from a `Snapshot`, the way the agent applies its first
-etcd read (`wiring.apply_update`), and planned once. Each measurement runs in a fresh interpreter:
+etcd read (`parts.apply_update`), and planned once. Each measurement runs in a fresh interpreter:
 
   load            Snapshot -> ClusterState (decode, convert, index): wall seconds, median of --repeat
                   runs, and the CPU seconds of the same runs (steadier on a shared machine)
@@ -64,10 +64,10 @@ def _child(mode: str, items_path: str, address: str) -> dict[str, Any]:
     import tracemalloc
 
     import flannel_lb
-    from flannel_lb import wiring
-    from flannel_lb.cluster import ClusterState
-    from flannel_lb.plan import PlanSettings, compute_plan
+    from flannel_lb import parts
+    from flannel_lb.plan.compute import PlanSettings, compute_plan
     from flannel_lb.source.records import KeyValue, Snapshot
+    from flannel_lb.state.cluster import ClusterState
 
     out: dict[str, Any] = {"flannel_lb": str(Path(flannel_lb.__file__).parent)}
     gc.collect()
@@ -81,7 +81,7 @@ def _child(mode: str, items_path: str, address: str) -> dict[str, Any]:
     gc.collect()
     state = ClusterState()
     wall, cpu = time.perf_counter(), time.process_time()
-    wiring.apply_update(state, snap)
+    parts.apply_update(state, snap)
     out["load"], out["load_cpu"] = time.perf_counter() - wall, time.process_time() - cpu
     out["peak_mb"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
     del snap

@@ -100,9 +100,9 @@ def _child(endpoint: str, stock: bool) -> dict[str, Any]:
         shim.etcd3 = etcd3  # type: ignore[attr-defined]
         shim.rpc_pb2 = etcd3.etcdrpc  # type: ignore[attr-defined]  # RangeRequest, star-imported there
         sys.modules["flannel_lb.source.etcdrpc"] = shim
-    from flannel_lb.cluster import KeyLayout
     from flannel_lb.source import etcd_v3
     from flannel_lb.source.settings import EtcdSettings
+    from flannel_lb.state.cluster import KeyLayout
 
     imported = time.perf_counter() - started
     from google.protobuf import __version__ as protobuf_version

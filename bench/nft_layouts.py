@@ -10,7 +10,7 @@ th dport vmap @services` of N elements, and the time of one endpoint change wher
                        one chain per endpoint doing the DNAT (optional: slow, `--kube-proxy-style`)
   global endpoint map  a handful of chains (one per endpoint count) and one map
                        `addr . proto . port . index -> ip . port` holding every endpoint
-                       (the layout the nft writer, flannel_lb/dataplane/nft_layout.py, grew from)
+                       (the layout the nft writer, flannel_lb/dataplane/nftables/layout.py, grew from)
   vmap only            the N-element verdict map alone, pointing at one chain (the floor)
 
 nft's userspace cost grows with the number of chains and anonymous sets, not with map elements;

@@ -26,18 +26,18 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from flannel_lb import config as config_mod
-from flannel_lb import wiring
-from flannel_lb.agent import dataplane_options
-from flannel_lb.cluster import ClusterState
-from flannel_lb.dataplane.changes import NFT_LEAF_BLOCK, compute_changes
-from flannel_lb.dataplane.nft_writer import KernelTable, NftWriter
+from flannel_lb import parts
+from flannel_lb.daemon.agent import dataplane_options
+from flannel_lb.dataplane.iptables.changes import NFT_LEAF_BLOCK, compute_changes
+from flannel_lb.dataplane.iptables.render import render_changes
+from flannel_lb.dataplane.iptables.restore import apply, cleanup, read_owned
+from flannel_lb.dataplane.iptables.rules import RuleBuilder, RuleSet, build_ruleset
+from flannel_lb.dataplane.nftables.writer import KernelTable, NftWriter
 from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.render import render_changes
-from flannel_lb.dataplane.restore import apply, cleanup, read_owned
-from flannel_lb.dataplane.rules import RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.tools import Tools, make_tools, run
-from flannel_lb.desired import Plan
-from flannel_lb.planner import Planner
+from flannel_lb.plan.model import Plan
+from flannel_lb.plan.planner import Planner
+from flannel_lb.state.cluster import ClusterState
 
 T = TypeVar("T")
 KERNEL_STAGES = ("kernel read", "iptables-restore", "nft -f")  # not Python: left out of `python`
@@ -103,8 +103,8 @@ class Pipeline:
     builder: RuleBuilder = field(init=False)
 
     def __post_init__(self) -> None:
-        self.state = wiring.new_state(self.cfg)
-        self.planner = Planner(self.state, wiring.plan_settings(self.cfg))
+        self.state = parts.new_state(self.cfg)
+        self.planner = Planner(self.state, parts.plan_settings(self.cfg))
         self.builder = RuleBuilder()  # as the agent's IptablesPlane: kept across syncs
 
     def _build(self, plan: Plan) -> RuleSet:
@@ -253,8 +253,8 @@ class NftPipeline:
     writer: _TimedNftWriter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.state = wiring.new_state(self.cfg)
-        self.planner = Planner(self.state, wiring.plan_settings(self.cfg))
+        self.state = parts.new_state(self.cfg)
+        self.planner = Planner(self.state, parts.plan_settings(self.cfg))
         self.writer = _TimedNftWriter(dataplane_options(self.cfg), self.netns)
 
     def _sync(self, out: Stages, timed: _Timer, plan: Plan) -> None:
@@ -342,10 +342,10 @@ def memory(config: Path, items: Sequence[tuple[str, bytes]], revision: int) -> l
             gc.collect()
             out.append((name, (tracemalloc.get_traced_memory()[0] - base) / 2**20))
 
-        state = wiring.new_state(cfg)
+        state = parts.new_state(cfg)
         state.replace(((k, v, None) for k, v in items), revision)
         mark("cluster state (decoded snapshot)")
-        planner = Planner(state, wiring.plan_settings(cfg))
+        planner = Planner(state, parts.plan_settings(cfg))
         plan = planner.plan(None)
         mark("+ planner's per-Service plans and the Plan")
         desired = build_ruleset(plan, dataplane_options(cfg))

@@ -61,7 +61,7 @@ from bench.common import (
     writer_section,
 )
 from bench.objects import BenchService, Endpoint, encoded
-from flannel_lb.dataplane.nft_layout import FAMILY, table_name
+from flannel_lb.dataplane.nftables.layout import FAMILY, table_name
 from flannel_lb.dataplane.options import Options
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST

@@ -76,23 +76,23 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def _live_planner(cfg: config_mod.Config, args: argparse.Namespace, *, netcheck: bool = True) -> Any:
     """A planner over one fresh etcd snapshot, with this host's kernel paths checked (as the agent does)."""
-    from flannel_lb import wiring
-    from flannel_lb.netcheck import NetChecker
-    from flannel_lb.planner import Planner
+    from flannel_lb import parts
+    from flannel_lb.kernel.netcheck import NetChecker
+    from flannel_lb.plan.planner import Planner
     from flannel_lb.source.records import EtcdUnavailable
 
-    state = wiring.new_state(cfg)
+    state = parts.new_state(cfg)
     try:
-        snap = wiring.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
+        snap = parts.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
     except EtcdUnavailable as e:
         raise _etcd_error(e, args) from None
-    wiring.apply_update(state, snap)
-    planner = Planner(state, wiring.plan_settings(cfg))
+    parts.apply_update(state, snap)
+    planner = Planner(state, parts.plan_settings(cfg))
     if netcheck:
         checker = NetChecker()
         try:
             planner.set_path_faults(
-                checker.check(state.leases(), state.network_config, wiring.own_subnet(cfg, state))
+                checker.check(state.leases(), state.network_config, parts.own_subnet(cfg, state))
             )
         finally:
             checker.close()
@@ -100,7 +100,7 @@ def _live_planner(cfg: config_mod.Config, args: argparse.Namespace, *, netcheck:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flannel_lb import report
+    from flannel_lb.plan import report
 
     cfg = _config(args)
     if not args.watch:
@@ -121,15 +121,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _watch_plans(cfg: config_mod.Config, netcheck: bool, show: Callable[[Any], None]) -> int:
     """Print the plan after the first snapshot and after every change, until interrupted."""
-    from flannel_lb import wiring
-    from flannel_lb.netcheck import NetChecker
-    from flannel_lb.planner import Planner
+    from flannel_lb import parts
+    from flannel_lb.kernel.netcheck import NetChecker
+    from flannel_lb.plan.planner import Planner
     from flannel_lb.source.records import Status
 
-    state = wiring.new_state(cfg)
-    planner = Planner(state, wiring.plan_settings(cfg))
+    state = parts.new_state(cfg)
+    planner = Planner(state, parts.plan_settings(cfg))
     checker = NetChecker() if netcheck else None
-    src = wiring.source(cfg)
+    src = parts.source(cfg)
     stop = threading.Event()
     last: dict[str, Any] | None = None
     try:
@@ -138,9 +138,9 @@ def _watch_plans(cfg: config_mod.Config, netcheck: bool, show: Callable[[Any], N
                 if not update.connected:
                     print(printable(f"etcd: {update.reason}"), file=sys.stderr, flush=True)
                 continue
-            change: Any = wiring.apply_update(state, update)
+            change: Any = parts.apply_update(state, update)
             if checker is not None:
-                own = wiring.own_subnet(cfg, state)
+                own = parts.own_subnet(cfg, state)
                 if planner.set_path_faults(checker.check(state.leases(), state.network_config, own)):
                     change = None
             plan = planner.plan(change)
@@ -159,7 +159,7 @@ def _watch_plans(cfg: config_mod.Config, netcheck: bool, show: Callable[[Any], N
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from flannel_lb import report
+    from flannel_lb.plan import report
 
     ns, sep, name = args.service.partition("/")
     if not sep or not ns or not name:
@@ -181,20 +181,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _desired(cfg: config_mod.Config, args: argparse.Namespace) -> Any:
     """The rule set the next sync would write, from a fresh etcd snapshot and netcheck."""
-    from flannel_lb.agent import dataplane_options
-    from flannel_lb.dataplane.rules import build_ruleset
+    from flannel_lb.daemon.agent import dataplane_options
+    from flannel_lb.dataplane.iptables.rules import build_ruleset
 
     planner = _live_planner(cfg, args)
     return build_ruleset(planner.plan(), dataplane_options(cfg, planner.state.network_config))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from flannel_lb.agent import dataplane_options, make_dataplane
-    from flannel_lb.dataplane.render import render
+    from flannel_lb.daemon.agent import dataplane_options, make_dataplane
+    from flannel_lb.dataplane.iptables.render import render
 
     cfg = _config(args)
     if cfg.dataplane.writer == "nft":
-        from flannel_lb.dataplane.nft_writer import NftWriter
+        from flannel_lb.dataplane.nftables.writer import NftWriter
 
         plan = _live_planner(cfg, args).plan()
         nft = NftWriter(dataplane_options(cfg))
@@ -217,13 +217,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from flannel_lb.dataplane.restore import diff
+    from flannel_lb.dataplane.iptables.restore import diff
     from flannel_lb.dataplane.tools import make_tools
 
     cfg = _config(args)
     if cfg.dataplane.writer == "nft":
-        from flannel_lb.agent import dataplane_options
-        from flannel_lb.dataplane.nft_writer import NftWriter
+        from flannel_lb.daemon.agent import dataplane_options
+        from flannel_lb.dataplane.nftables.writer import NftWriter
 
         nft = NftWriter(dataplane_options(cfg))
         drift = nft.drift(nft.read_kernel(), nft.builder.build(_live_planner(cfg, args).plan()))
@@ -235,7 +235,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from flannel_lb.agent import make_dataplane
+    from flannel_lb.daemon.agent import make_dataplane
 
     cfg = _config(args)
     plane = make_dataplane(cfg)
@@ -247,9 +247,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from flannel_lb import logs
-    from flannel_lb.agent import Agent
-    from flannel_lb.netcheck import NetChecker
+    from flannel_lb.daemon import logs
+    from flannel_lb.daemon.agent import Agent
+    from flannel_lb.kernel.netcheck import NetChecker
     from flannel_lb.source.records import EtcdUnavailable
 
     cfg = _config(args)
@@ -273,10 +273,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flannel_lb import logs
-    from flannel_lb.agent import Agent, install_signal_handlers
-    from flannel_lb.metrics import MetricsServer
-    from flannel_lb.netcheck import NetChecker
+    from flannel_lb.daemon import logs
+    from flannel_lb.daemon.agent import Agent, install_signal_handlers
+    from flannel_lb.daemon.metrics import MetricsServer
+    from flannel_lb.kernel.netcheck import NetChecker
 
     cfg = _config(args)
     logs.setup(cfg.log.level, cfg.log.format, stream=sys.stdout)
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from flannel_lb import logs
+    from flannel_lb.daemon import logs
 
     logs.setup(level="warning", fmt="console")
     args = build_parser().parse_args(argv)

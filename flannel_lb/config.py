@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flannel_lb.policy import PortRanges, parse_port_ranges
+from flannel_lb.plan.policy import PortRanges, parse_port_ranges
 from flannel_lb.untrusted import ascii_decimal
 
 DEFAULT_PATH = "/etc/flannel-lb/flannel-lb.toml"
@@ -65,7 +65,7 @@ class LBConfig:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """Who may claim the LB's addresses (see flannel_lb/policy.py and README "Tenancy")."""
+    """Who may claim the LB's addresses (see flannel_lb/plan/policy.py and README "Tenancy")."""
 
     namespaces: tuple[str, ...] = ("*",)
     annotation: str = ""
@@ -89,7 +89,7 @@ class DataplaneConfig:
 
 @dataclass(frozen=True, slots=True)
 class ConntrackConfig:
-    """Conntrack limits, as kube-proxy's `conntrack` settings (see flannel_lb/conntrack_limits.py)."""
+    """Conntrack limits, as kube-proxy's `conntrack` settings (see flannel_lb/kernel/conntrack_limits.py)."""
 
     manage: bool = False  # opt-in: set the limits below once at start
     max_per_core: int = 32768  # nf_conntrack_max = max(min, max_per_core * CPUs); 0 leaves it alone

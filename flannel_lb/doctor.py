@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flannel_lb import config as config_mod
-from flannel_lb import conntrack_limits, wiring
-from flannel_lb.cluster import ClusterState
+from flannel_lb import parts
 from flannel_lb.config import Config
 from flannel_lb.dataplane.options import DEFAULT_MARK
-from flannel_lb.model import Lease
-from flannel_lb.netcheck import KernelView, NetChecker, device_for
+from flannel_lb.decode.model import Lease
+from flannel_lb.kernel import conntrack_limits
+from flannel_lb.kernel.netcheck import KernelView, NetChecker, device_for
+from flannel_lb.state.cluster import ClusterState
 from flannel_lb.text import printable
 
 Status = Literal["ok", "warn", "fail"]
@@ -118,12 +119,12 @@ def check_etcd(ctx: _Context) -> tuple[Status, str]:
 
     cfg = ctx.cfg
     try:
-        snap = wiring.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
+        snap = parts.source(cfg).snapshot(retry_budget=cfg.etcd.retry_budget)
     except EtcdUnavailable as e:
         ctx.etcd_error = "etcd unreachable"
         return "fail", str(e)
-    ctx.state = wiring.new_state(cfg)
-    wiring.apply_update(ctx.state, snap)
+    ctx.state = parts.new_state(cfg)
+    parts.apply_update(ctx.state, snap)
     endpoints = [_probe_endpoint(cfg, url) for url in cfg.etcd.endpoints]
     detail = f"revision {snap.revision} ({len(snap.items)} keys); " + "; ".join(text for _, text in endpoints)
     return ("ok" if all(ok for ok, _ in endpoints) else "warn"), detail
@@ -134,7 +135,7 @@ def _probe_endpoint(cfg: Config, url: str) -> tuple[bool, str]:
     from flannel_lb.source import etcd_v3
     from flannel_lb.source.settings import parse_endpoint
 
-    settings = wiring.etcd_settings(cfg)
+    settings = parts.etcd_settings(cfg)
     try:
         client = etcd_v3.connect(parse_endpoint(url), settings)
         try:

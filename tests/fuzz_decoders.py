@@ -43,17 +43,17 @@ try:  # as a script with atheris: instrument the project's modules for coverage 
     import atheris
 
     with atheris.instrument_imports(include=["flannel_lb"]):
-        from flannel_lb.cluster import MAX_REASON, ClusterState
         from flannel_lb.decode import flannel, objects
         from flannel_lb.decode.kube import DecodeError, decode_used, decode_value, encode_protobuf
-        from flannel_lb.plan import PlanSettings, compute_plan
+        from flannel_lb.plan.compute import PlanSettings, compute_plan
+        from flannel_lb.state.cluster import MAX_REASON, ClusterState
     HAVE_ATHERIS = True
 except ImportError:
     HAVE_ATHERIS = False
-    from flannel_lb.cluster import MAX_REASON, ClusterState
     from flannel_lb.decode import flannel, objects
     from flannel_lb.decode.kube import DecodeError, decode_used, decode_value, encode_protobuf
-    from flannel_lb.plan import PlanSettings, compute_plan
+    from flannel_lb.plan.compute import PlanSettings, compute_plan
+    from flannel_lb.state.cluster import MAX_REASON, ClusterState
 
 from tests import kube_objects as k
 

@@ -46,16 +46,16 @@ from typing import Any
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flannel_lb import report
-from flannel_lb.cluster import MAX_REASON, ClusterState
-from flannel_lb.dataplane import nft_layout
-from flannel_lb.dataplane.nft_writer import NftWriter
+from flannel_lb.dataplane.iptables.render import render
+from flannel_lb.dataplane.iptables.rules import RuleSet, build_ruleset
+from flannel_lb.dataplane.nftables import layout as nft_layout
+from flannel_lb.dataplane.nftables.writer import NftWriter
 from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.render import render
-from flannel_lb.dataplane.rules import RuleSet, build_ruleset
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.desired import Frontend, Plan
-from flannel_lb.plan import PlanSettings, admission_for, compute_plan
+from flannel_lb.plan import report
+from flannel_lb.plan.compute import PlanSettings, admission_for, compute_plan
+from flannel_lb.plan.model import Frontend, Plan
+from flannel_lb.state.cluster import MAX_REASON, ClusterState
 from tests import kube_objects as k
 
 LB = "192.168.121.201"

@@ -6,7 +6,7 @@ import gc
 import json
 
 from flannel_lb import config
-from flannel_lb.agent import Agent
+from flannel_lb.daemon.agent import Agent
 from flannel_lb.source.records import KeyValue, Snapshot
 from tests.kube_objects import service
 

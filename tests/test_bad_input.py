@@ -33,19 +33,19 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from flannel_lb import config as config_mod
-from flannel_lb import wiring
-from flannel_lb.agent import Agent
-from flannel_lb.cluster import MAX_REASON, ClusterState
-from flannel_lb.dataplane.changes import Changes
-from flannel_lb.dataplane.rules import RuleSet, build_ruleset
+from flannel_lb import parts
+from flannel_lb.daemon.agent import Agent
+from flannel_lb.dataplane.iptables.changes import Changes
+from flannel_lb.dataplane.iptables.rules import RuleSet, build_ruleset
 from flannel_lb.dataplane.writer import SyncState
 from flannel_lb.decode import wire
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.desired import Plan
 from flannel_lb.lab.etcd_server import EtcdServer
-from flannel_lb.plan import PlanSettings, compute_plan
-from flannel_lb.planner import Planner
+from flannel_lb.plan.compute import PlanSettings, compute_plan
+from flannel_lb.plan.model import Plan
+from flannel_lb.plan.planner import Planner
 from flannel_lb.source import EventBatch, Snapshot
+from flannel_lb.state.cluster import MAX_REASON, ClusterState
 from tests import fuzz_decoders as fuzz
 from tests import kube_objects as k
 from tests.conftest import FAST_ETCD_ARGS, StreamConsumer, _require_etcd
@@ -431,13 +431,13 @@ class MemoryWriter(SyncState):
 
 
 def snapshot(cfg: config_mod.Config) -> Snapshot:
-    return wiring.source(cfg).snapshot(retry_budget=5)
+    return parts.source(cfg).snapshot(retry_budget=5)
 
 
 def fresh_plan(cfg: config_mod.Config, snap: Snapshot) -> Plan:
-    state = wiring.new_state(cfg)
-    wiring.apply_update(state, snap)
-    return compute_plan(state, wiring.plan_settings(cfg), now=time.time())
+    state = parts.new_state(cfg)
+    parts.apply_update(state, snap)
+    return compute_plan(state, parts.plan_settings(cfg), now=time.time())
 
 
 def new_agent(cfg: config_mod.Config, snap: Snapshot) -> Agent:
@@ -511,11 +511,11 @@ def test_bad_input_is_reported_and_everything_else_served(
     assert good_chains(agent) == before  # the good frontends' rules were not rewritten
 
     # 3. the same values arriving as watch events
-    state = wiring.new_state(cfg)
-    wiring.apply_update(state, healthy)
+    state = parts.new_state(cfg)
+    parts.apply_update(state, healthy)
     events = [ev for ev in _events(snap) if ev.key in case.writes]
-    wiring.apply_update(state, EventBatch(events, snap.revision))
-    assert_reports(compute_plan(state, wiring.plan_settings(cfg), now=time.time()), case)
+    parts.apply_update(state, EventBatch(events, snap.revision))
+    assert_reports(compute_plan(state, parts.plan_settings(cfg), now=time.time()), case)
 
 
 def _events(snap: Snapshot) -> list[Any]:
@@ -560,11 +560,11 @@ def test_good_values_turning_bad_keep_their_last_good_record(server: EtcdServer,
 
 
 def _timed_plan(cfg: config_mod.Config, snap: Snapshot) -> tuple[Plan, float, float, float]:
-    state = wiring.new_state(cfg)
+    state = parts.new_state(cfg)
     t0 = time.perf_counter()
-    wiring.apply_update(state, snap)
+    parts.apply_update(state, snap)
     t1 = time.perf_counter()
-    plan = compute_plan(state, wiring.plan_settings(cfg), now=time.time())
+    plan = compute_plan(state, parts.plan_settings(cfg), now=time.time())
     t2 = time.perf_counter()
     build_ruleset(plan)
     t3 = time.perf_counter()
@@ -627,7 +627,7 @@ def test_very_large_values(
     huge = encode_protobuf(svc)
     garbage = b"\x00\xff" * 750_000
     assert 1_500_000 <= len(huge) < 1_572_864 and len(garbage) == 1_500_000
-    source = wiring.source(cfg)
+    source = parts.source(cfg)
     consumer = consume(source)
     assert consumer.wait_for(lambda s: s.connected)
     etcd_client.put(SVC + "huge", huge)

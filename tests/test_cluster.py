@@ -1,6 +1,6 @@
 """ClusterState's lazy Endpoints: v1 Endpoints values are decoded only for Services without slices.
 
-What is promised (flannel_lb/cluster.py's docstring): the plan and `explain` are those of a state that
+What is promised (flannel_lb/state/cluster.py's docstring): the plan and `explain` are those of a state that
 decodes every value as it arrives (`lazy_endpoints=False`), except that a bad Endpoints value nobody
 reads is not reported, and a bad value that arrived while unread has no last good value behind it.
 """
@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb import cluster
-from flannel_lb.cluster import ClusterState
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.desired import Plan
-from flannel_lb.plan import Admission, PlanSettings, admission_for, compute_plan
-from flannel_lb.planner import Planner
-from flannel_lb.report import explain
+from flannel_lb.plan.compute import Admission, PlanSettings, admission_for, compute_plan
+from flannel_lb.plan.model import Plan
+from flannel_lb.plan.planner import Planner
+from flannel_lb.plan.report import explain
+from flannel_lb.state import cluster
+from flannel_lb.state.cluster import ClusterState
 from tests import kube_objects as k
 
 LB = "192.168.121.201"

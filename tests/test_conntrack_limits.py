@@ -20,10 +20,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flannel_lb import conntrack_limits as ct
 from flannel_lb.config import ConntrackConfig
+from flannel_lb.daemon.conntrack_monitor import Monitor
+from flannel_lb.daemon.metrics import Metrics
+from flannel_lb.kernel import conntrack_limits as ct
 from flannel_lb.lab.netns import Namespaces
-from flannel_lb.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -461,7 +462,7 @@ class FakeProc:
 
 def test_monitor_logs_each_crossing_once_and_fills_the_metrics(fake_log: FakeLog) -> None:
     proc, metrics = FakeProc(), Metrics()
-    monitor = ct.Monitor(metrics, read=proc)
+    monitor = Monitor(metrics, read=proc)
     for count in (100, 749, 750, 900, 999, 740, 100, 800):
         proc.count = count
         assert monitor.sample(0.75) is not None
@@ -484,7 +485,7 @@ def test_monitor_logs_each_crossing_once_and_fills_the_metrics(fake_log: FakeLog
 
 def test_monitor_survives_unreadable_stats_and_says_so_once(fake_log: FakeLog) -> None:
     proc, metrics = FakeProc(), Metrics()
-    monitor = ct.Monitor(metrics, read=proc)
+    monitor = Monitor(metrics, read=proc)
     assert "flannel_lb_conntrack_insert_failed" not in metrics.exposition().decode()  # nothing read yet
     proc.error = FileNotFoundError("/proc/sys/net/netfilter/nf_conntrack_count")
     assert monitor.sample(0.75) is None
@@ -500,12 +501,12 @@ def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog
     import threading
 
     from flannel_lb import config
-    from flannel_lb.agent import Agent
+    from flannel_lb.daemon.agent import Agent
 
     cfg = config.parse({"lb": {"addresses": ["192.168.121.201"]}})
     agent = Agent(cfg, writer=object())  # type: ignore[arg-type]  # no sync happens in this step
     proc = FakeProc()
-    agent.conntrack = ct.Monitor(agent.metrics, read=proc)
+    agent.conntrack = Monitor(agent.metrics, read=proc)
     agent.have_snapshot = True
     agent._next_full = float("inf")
     proc.error = OSError("boom")
@@ -518,13 +519,13 @@ def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog
 
 def test_sighup_applies_a_changed_conntrack_section(tmp_path: Path, fake_log: FakeLog) -> None:
     from flannel_lb import config
-    from flannel_lb.agent import Agent
+    from flannel_lb.daemon.agent import Agent
 
     path = tmp_path / "flannel-lb.toml"
     path.write_text('[lb]\naddresses = ["192.168.121.201"]\n')
     agent = Agent(config.load(str(path)), writer=object())  # type: ignore[arg-type]  # no sync here
     paths = fake_kernel(tmp_path, max_=1000, hashsize=250, host=False)
-    agent.conntrack = ct.Monitor(agent.metrics, paths=paths)
+    agent.conntrack = Monitor(agent.metrics, paths=paths)
     agent._reload()  # [conntrack] unchanged: nothing is applied
     assert value(paths, ct.ESTABLISHED) == 432000 and "conntrack_limit_set" not in str(fake_log.events)
     path.write_text(path.read_text() + "[conntrack]\nmanage = true\ntcp_timeout_established = 7200\n")
@@ -538,7 +539,8 @@ def test_sighup_applies_a_changed_conntrack_section(tmp_path: Path, fake_log: Fa
 
 APPLY_IN_NETNS = """
 import dataclasses, json, sys
-from flannel_lb import conntrack_limits as ct, logs
+from flannel_lb.kernel import conntrack_limits as ct
+from flannel_lb.daemon import logs
 from flannel_lb.config import ConntrackConfig
 logs.setup(level="info", fmt="json")
 settings = ConntrackConfig(manage=True, min=int(sys.argv[1]), tcp_timeout_established=7211,

@@ -16,12 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.dataplane import rules
-from flannel_lb.dataplane.changes import compute_changes
-from flannel_lb.dataplane.options import Options, overlay_udp_port
-from flannel_lb.dataplane.plane import IptablesPlane
-from flannel_lb.dataplane.render import render
-from flannel_lb.dataplane.rules import (
+from flannel_lb.dataplane.iptables import rules
+from flannel_lb.dataplane.iptables.changes import compute_changes
+from flannel_lb.dataplane.iptables.render import render
+from flannel_lb.dataplane.iptables.rules import (
     Chain,
     Rule,
     RuleBuilder,
@@ -29,9 +27,11 @@ from flannel_lb.dataplane.rules import (
     bucket_leaves,
     build_ruleset,
 )
-from flannel_lb.dataplane.savefile import parse_save
+from flannel_lb.dataplane.iptables.savefile import parse_save
+from flannel_lb.dataplane.options import Options, overlay_udp_port
+from flannel_lb.dataplane.plane import IptablesPlane
 from flannel_lb.dataplane.writer import SyncState
-from flannel_lb.desired import Backend, Frontend, Plan
+from flannel_lb.plan.model import Backend, Frontend, Plan
 from tests.test_dataplane_rules import LB, as_iptables_save, frontend_st
 
 VIP = "192.168.121.210"

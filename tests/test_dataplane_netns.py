@@ -27,16 +27,16 @@ from typing import Any
 
 import pytest
 
-from flannel_lb.dataplane.changes import compute_changes
-from flannel_lb.dataplane.conntrack import ConntrackCounts, clear_stale, stale_flows
+from flannel_lb.dataplane.iptables.changes import compute_changes
+from flannel_lb.dataplane.iptables.restore import RestoreError, RestoreWriter, diff
+from flannel_lb.dataplane.iptables.rules import Chain, Rule, RuleBuilder, RuleSet, build_ruleset
+from flannel_lb.dataplane.iptables.savefile import foreign_lines, parse_save
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import IptablesPlane
-from flannel_lb.dataplane.restore import RestoreError, RestoreWriter, diff
-from flannel_lb.dataplane.rules import Chain, Rule, RuleBuilder, RuleSet, build_ruleset
-from flannel_lb.dataplane.savefile import foreign_lines, parse_save
 from flannel_lb.dataplane.writer import SyncState, Writer
-from flannel_lb.desired import Affinity, Backend, Frontend, Plan
+from flannel_lb.kernel.conntrack import ConntrackCounts, clear_stale, stale_flows
 from flannel_lb.lab.netns import Namespaces, unique_prefix
+from flannel_lb.plan.model import Affinity, Backend, Frontend, Plan
 
 pytestmark = pytest.mark.netns
 
@@ -260,7 +260,7 @@ def lab_legacy() -> Iterator[Lab]:
 def _make_writer(kind: str, lab: Lab) -> Writer:
     if kind == "libiptc":
         pytest.importorskip("iptc", reason="python-iptables is not installed")
-        from flannel_lb.dataplane.libiptc import LibiptcWriter
+        from flannel_lb.dataplane.iptables.libiptc import LibiptcWriter
 
         return LibiptcWriter(backend=lab.backend, netns=lab.lb)
     return RestoreWriter(backend=lab.backend, netns=lab.lb)
@@ -634,7 +634,7 @@ def test_staged_transactions_program_the_same_rules(lab_nft: Lab) -> None:
 
 def test_libiptc_refuses_an_nft_host(lab_nft: Lab) -> None:
     pytest.importorskip("iptc", reason="python-iptables is not installed")
-    from flannel_lb.dataplane.libiptc import LibiptcWriter, UnsupportedHost
+    from flannel_lb.dataplane.iptables.libiptc import LibiptcWriter, UnsupportedHost
 
     with pytest.raises(UnsupportedHost, match="nf_tables"):
         LibiptcWriter(backend="nft", netns=lab_nft.lb)

@@ -24,11 +24,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
-from flannel_lb.dataplane.nft_layout import LayoutBuilder
-from flannel_lb.dataplane.nft_writer import NftError, NftWriter
+from flannel_lb.dataplane.nftables.layout import LayoutBuilder
+from flannel_lb.dataplane.nftables.writer import NftError, NftWriter
 from flannel_lb.dataplane.options import Options
-from flannel_lb.desired import Frontend, Plan
+from flannel_lb.kernel.conntrack import clear_stale, stale_flows
+from flannel_lb.plan.model import Frontend, Plan
 from tests.test_dataplane_netns import (
     CLIENT,
     LB,

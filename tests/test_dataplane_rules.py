@@ -10,11 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
-from flannel_lb.dataplane.conntrack import StaleFlows, stale_flows
-from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.render import render, render_changes
-from flannel_lb.dataplane.rules import (
+from flannel_lb.dataplane.iptables.changes import Changes, compute_changes, transactions
+from flannel_lb.dataplane.iptables.render import render, render_changes
+from flannel_lb.dataplane.iptables.rules import (
     BUILTIN_CHAINS,
     Rule,
     RuleSet,
@@ -24,8 +22,10 @@ from flannel_lb.dataplane.rules import (
     normalize_args,
     probability,
 )
-from flannel_lb.dataplane.savefile import foreign_lines, parse_save, quote, split_line
-from flannel_lb.desired import Affinity, Backend, Frontend, Plan
+from flannel_lb.dataplane.iptables.savefile import foreign_lines, parse_save, quote, split_line
+from flannel_lb.dataplane.options import Options
+from flannel_lb.kernel.conntrack import StaleFlows, stale_flows
+from flannel_lb.plan.model import Affinity, Backend, Frontend, Plan
 
 LB = "192.168.121.201"
 WEB = Frontend(

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from flannel_lb.decode import objects
 from flannel_lb.decode.kube import decode_used, decode_value, encode_protobuf
-from flannel_lb.model import Endpoint
+from flannel_lb.decode.model import Endpoint
 from tests import kube_objects as k
 from tests.test_decode_kube import _NO_FIXTURES, FIXTURES, _fixture_params
 

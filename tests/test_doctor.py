@@ -47,7 +47,8 @@ ESTABLISHED = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
 
 DRIVER = """
 import argparse, sys
-from flannel_lb import doctor, logs
+from flannel_lb import doctor
+from flannel_lb.daemon import logs
 logs.setup(level="warning", fmt="console")
 p = argparse.ArgumentParser(prog="flannel-lb")
 p.add_argument("--config")

@@ -24,7 +24,7 @@ import etcd3
 import pytest
 
 from flannel_lb import config as config_mod
-from flannel_lb.agent import Agent
+from flannel_lb.daemon.agent import Agent
 from flannel_lb.lab.etcd_server import EtcdServer, EtcdTLS
 from flannel_lb.source import etcd_v3
 from flannel_lb.source.settings import EtcdSettings, parse_endpoint

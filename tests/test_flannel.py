@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flannel_lb.decode import flannel
-from flannel_lb.model import Node
+from flannel_lb.decode.model import Node
 
 NET = ipaddress.IPv4Network
 

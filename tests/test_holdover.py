@@ -8,11 +8,11 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flannel_lb.cluster import ClusterState
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.desired import Affinity, Backend, Excluded, Frontend, frontend_json
-from flannel_lb.holdover import Saver, StateFile, frontend_from_json, load
-from flannel_lb.planner import Planner
+from flannel_lb.plan.holdover import Saver, StateFile, frontend_from_json, load
+from flannel_lb.plan.model import Affinity, Backend, Excluded, Frontend, frontend_json
+from flannel_lb.plan.planner import Planner
+from flannel_lb.state.cluster import ClusterState
 from tests import kube_objects as k
 from tests.test_plan import LB, SETTINGS, SLICES, SVC, base_state
 
@@ -66,7 +66,7 @@ def test_undecodable_spec_after_a_restart_is_served_from_the_saved_frontends(tmp
 
     # It decodes again (with another port): the live value wins, nothing is held.
     state.put(SVC + "default/web", encode_protobuf(k.service("web", external_ips=[LB], ports=[k.port(82)])))
-    from flannel_lb.cluster import Change
+    from flannel_lb.state.cluster import Change
 
     plan = planner.plan(Change({("default", "web")}))
     assert planner.held == set()

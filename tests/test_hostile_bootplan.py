@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flannel_lb.bootplan import Header, boot_plan, read_header
-from flannel_lb.desired import Frontend
+from flannel_lb.plan.bootplan import Header, boot_plan, read_header
+from flannel_lb.plan.model import Frontend
 from tests.test_plan import LB, SETTINGS
 
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flannel_lb import config
-from flannel_lb.agent import Agent
+from flannel_lb.daemon.agent import Agent
 
 BASE = '[lb]\naddresses = ["192.168.121.201"]\n'
 KEYS = sorted(config.NUMBERS)

@@ -8,13 +8,13 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.cluster import ClusterState
 from flannel_lb.decode.flannel import Lease, parse_lease
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.desired import Exclusion, Plan
-from flannel_lb.netcheck import own_lease_subnet
-from flannel_lb.plan import PlanSettings, compute_plan
-from flannel_lb.policy import ExposurePolicy
+from flannel_lb.kernel.netcheck import own_lease_subnet
+from flannel_lb.plan.compute import PlanSettings, compute_plan
+from flannel_lb.plan.model import Exclusion, Plan
+from flannel_lb.plan.policy import ExposurePolicy
+from flannel_lb.state.cluster import ClusterState
 from tests import kube_objects as k
 
 LB = "192.168.121.201"
@@ -229,7 +229,7 @@ def _kinds_of(state: ClusterState, faults: dict[ipaddress.IPv4Network, str] | No
 
 
 def _holdover_other() -> set[Exclusion]:
-    from flannel_lb.holdover import frontend_from_json
+    from flannel_lb.plan.holdover import frontend_from_json
 
     f = frontend_from_json(
         {

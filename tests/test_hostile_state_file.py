@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.desired import Backend, Frontend, frontend_json
-from flannel_lb.holdover import load
+from flannel_lb.plan.holdover import load
+from flannel_lb.plan.model import Backend, Frontend, frontend_json
 
 HEADER = b'{"version": 1, "saved": 0, "revision": 1}'
 

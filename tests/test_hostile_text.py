@@ -12,9 +12,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb import cli, report
-from flannel_lb.cluster import ClusterState
-from flannel_lb.plan import PlanSettings, admission_for, compute_plan
+from flannel_lb import cli
+from flannel_lb.plan import report
+from flannel_lb.plan.compute import PlanSettings, admission_for, compute_plan
+from flannel_lb.state.cluster import ClusterState
 from flannel_lb.text import printable
 from tests import kube_objects as k
 
@@ -119,7 +120,7 @@ def test_emit_refuses_nan() -> None:
 @given(st.text(st.characters(), max_size=300))
 def test_rule_comments_cannot_break_the_restore_text(name: str) -> None:
     """A name reaches iptables only through clean_comment: a whitelist without quotes or newlines."""
-    from flannel_lb.dataplane.rules import MAX_COMMENT, clean_comment
+    from flannel_lb.dataplane.iptables.rules import MAX_COMMENT, clean_comment
 
     out = clean_comment(name)
     assert len(out) <= MAX_COMMENT

@@ -7,9 +7,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.cluster import MAX_KEY_PROBLEMS, ClusterState
-from flannel_lb.desired import Problem
-from flannel_lb.problemlog import ProblemLog
+from flannel_lb.daemon.problemlog import ProblemLog
+from flannel_lb.decode.model import Problem
+from flannel_lb.state.cluster import MAX_KEY_PROBLEMS, ClusterState
 from tests.kube_objects import endpoint, endpoint_slice
 
 KEY = "/registry/endpointslices/default/web-abc"

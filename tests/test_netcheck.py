@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from flannel_lb.decode.model import Lease, NetworkConfig
+from flannel_lb.kernel.netcheck import NetChecker
 from flannel_lb.lab.netns import Namespaces
 from flannel_lb.lab.topology import batch
-from flannel_lb.model import Lease, NetworkConfig
-from flannel_lb.netcheck import NetChecker
 
 pytestmark = pytest.mark.netns
 
@@ -342,7 +342,7 @@ def test_raw_dump_agrees_with_pyroute2(ns: Namespaces) -> None:
     """The struct-based reader sees what pyroute2's decoder sees (links, main routes, neighbours, FDB)."""
     from pyroute2 import IPRoute
 
-    from flannel_lb.netcheck import Rtnl, read_view
+    from flannel_lb.kernel.netcheck import Rtnl, read_view
 
     ip(ns, "route", "add", "10.246.7.0/24", "nexthop", "via", "10.245.1.3", "nexthop", "via", "10.245.1.4")
     rtnl = Rtnl(ns.name("lb"))

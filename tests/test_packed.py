@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flannel_lb.packed import PackedValues
+from flannel_lb.state.packed import PackedValues
 
 KEYS = st.sampled_from([f"/registry/services/endpoints/default/svc-{i}" for i in range(6)])
 OPS = st.lists(st.tuples(st.booleans(), KEYS, st.binary(max_size=40)), max_size=80)

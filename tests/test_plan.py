@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannel_lb.cluster import ClusterState
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.desired import Plan
-from flannel_lb.plan import PlanSettings, compute_plan
-from flannel_lb.planner import Planner
+from flannel_lb.plan.compute import PlanSettings, compute_plan
+from flannel_lb.plan.model import Plan
+from flannel_lb.plan.planner import Planner
+from flannel_lb.state.cluster import ClusterState
 from tests import kube_objects as k
 
 LB = "192.168.121.201"
@@ -408,7 +408,7 @@ def _lease_items() -> list[tuple[str, bytes]]:
 
 
 def test_policy_limits_namespaces_annotations_and_ports() -> None:
-    from flannel_lb.policy import ExposurePolicy
+    from flannel_lb.plan.policy import ExposurePolicy
 
     state = base_state()
     state.put(
@@ -445,7 +445,7 @@ def test_policy_limits_namespaces_annotations_and_ports() -> None:
 
 def test_a_denied_hijacker_does_not_win_a_conflict() -> None:
     """An older Service in a forbidden namespace must not take the address from an allowed one."""
-    from flannel_lb.policy import ExposurePolicy
+    from flannel_lb.plan.policy import ExposurePolicy
 
     state = base_state()
     state.put(

@@ -1,8 +1,10 @@
-"""The data plane: a Plan rendered into iptables NAT/filter chains flannel-lb owns, and programmed.
+"""The data plane: a Plan programmed, atomically, into NAT rules flannel-lb owns (iptables or nftables).
 
-- `rules`: the owned chains as data, built from a Plan (`build_ruleset`, pure)
-- `changes`/`render`: partial-sync deltas and their iptables-restore text (pure)
-- `restore`: the default writer (iptables-restore), plus read-back, diff and cleanup
-- `libiptc`: the python-iptables writer (legacy x_tables hosts only)
-- `conntrack`: deletes UDP/SCTP flows still pinned to removed backends
+- `plane`: the interface the agent and the CLI sync through, and the choice of data plane
+- `writer`: the sync bookkeeping both writers share (adopt, partial, full, verify)
+- `options`: what the config decides about the rules (marks, SNAT, prefixes)
+- `generation`: whether the kernel's tables changed since the last sync, without reading them back
+- `tools`: the iptables/nft binaries of this host, run in a network namespace when asked
+- `iptables/`: the owned chains as a typed rule set, their restore text, the restore and libiptc writers
+- `nftables/`: one owned table of maps (services, endpoints) and its writer
 """

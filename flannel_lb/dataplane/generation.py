@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from flannel_lb.netcheck import open_netlink
+from flannel_lb.kernel.netcheck import open_netlink
 
 
 class GenerationError(RuntimeError):

@@ -11,10 +11,10 @@ from typing import Protocol
 
 import structlog
 
+from flannel_lb.dataplane.iptables.rules import FILTER, RuleBuilder, RuleSet, with_forward_jump
 from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.rules import FILTER, RuleBuilder, RuleSet, with_forward_jump
 from flannel_lb.dataplane.writer import SyncResult, SyncState, Writer
-from flannel_lb.desired import Plan
+from flannel_lb.plan.model import Plan
 
 log = structlog.get_logger("flannel_lb.dataplane")
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.generation import after_own_commits
-from flannel_lb.dataplane.render import render_changes, render_transactions
-from flannel_lb.dataplane.rules import RuleSet
+from flannel_lb.dataplane.iptables.changes import Changes, compute_changes, transactions
+from flannel_lb.dataplane.iptables.render import render_changes, render_transactions
+from flannel_lb.dataplane.iptables.rules import RuleSet
 
 Mode = Literal["adopt", "verify", "full", "partial"]
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from flannel_lb.model import Lease, NetworkConfig, Node
+from flannel_lb.decode.model import Lease, NetworkConfig, Node
 from flannel_lb.untrusted import JSONDepthError, load_json
 
 # v0.17+: "A.B.C.D-len" with an optional "&<ipv6>-<len>" for dual stack (MakeSubnetKey/ParseSubnetKey).

@@ -22,7 +22,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-from flannel_lb.model import (
+from flannel_lb.decode.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     MAX_AFFINITY_TIMEOUT,
     PROTOCOLS,

@@ -17,7 +17,7 @@ from flannel_lb.lab.demo import run_demo
 from flannel_lb.lab.lab import DEFAULT_NAME, Lab, LabError
 from flannel_lb.lab.lbagent import LB_HOST
 from flannel_lb.lab.overlay import BACKENDS
-from flannel_lb.report import counted
+from flannel_lb.plan.report import counted
 
 DEMO_NAME = "demo"
 

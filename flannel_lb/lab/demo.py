@@ -23,7 +23,7 @@ from typing import Any
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
 from flannel_lb.lab.topology import CLIENT_IP, LB_INFRA_IP
-from flannel_lb.report import counted
+from flannel_lb.plan.report import counted
 
 VIP = LB_INFRA_IP
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from flannel_lb.dataplane.rules import TABLES, Chain, Jump, RuleSet
+from flannel_lb.dataplane.iptables.rules import TABLES, Chain, Jump, RuleSet
 
 LEAF_ROLES = ("frontend", "endpoint")  # chains nothing but the dispatch (or their frontend) jumps to
 NFT_LEAF_BLOCK = 500  # iptables-nft: chains per early transaction (see `transactions`)

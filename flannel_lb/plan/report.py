@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flannel_lb.cluster import ClusterState, ServiceRef
-from flannel_lb.desired import Backend, Excluded, Plan
-from flannel_lb.plan import Admission, PlanSettings, endpoint_report, exposed_addresses
+from flannel_lb.plan.compute import Admission, PlanSettings, endpoint_report, exposed_addresses
+from flannel_lb.plan.model import Backend, Excluded, Plan
+from flannel_lb.state.cluster import ClusterState, ServiceRef
 from flannel_lb.text import printable
 
 

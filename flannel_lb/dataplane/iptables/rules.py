@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from flannel_lb.dataplane.options import Options
-from flannel_lb.desired import Backend, Frontend, Plan
-from flannel_lb.ipv4 import ipv4_int
+from flannel_lb.plan.ipv4 import ipv4_int
+from flannel_lb.plan.model import Backend, Frontend, Plan
 
 NAT = "nat"
 FILTER = "filter"

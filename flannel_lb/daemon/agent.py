@@ -25,21 +25,24 @@ from typing import Protocol
 
 import structlog
 
-from flannel_lb import bootplan, conntrack_limits, holdover, wiring
 from flannel_lb import config as config_mod
-from flannel_lb.cluster import Change, ClusterState
-from flannel_lb.dataplane.conntrack import clear_stale, stale_flows
+from flannel_lb import parts
+from flannel_lb.daemon.conntrack_monitor import Monitor
+from flannel_lb.daemon.metrics import HealthState, Metrics
+from flannel_lb.daemon.problemlog import ProblemLog
+from flannel_lb.daemon.sdnotify import Notifier
 from flannel_lb.dataplane.options import Options, overlay_udp_port
 from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport
 from flannel_lb.dataplane.writer import Writer
-from flannel_lb.desired import Plan
-from flannel_lb.metrics import HealthState, Metrics
-from flannel_lb.model import Lease, NetworkConfig
-from flannel_lb.planner import Planner
-from flannel_lb.problemlog import ProblemLog
-from flannel_lb.sdnotify import Notifier
+from flannel_lb.decode.model import Lease, NetworkConfig
+from flannel_lb.kernel import conntrack_limits
+from flannel_lb.kernel.conntrack import clear_stale, stale_flows
+from flannel_lb.plan import bootplan, holdover
+from flannel_lb.plan.model import Plan
+from flannel_lb.plan.planner import Planner
 from flannel_lb.source.records import Snapshot, Status, Update
 from flannel_lb.source.watcher import ClusterSource
+from flannel_lb.state.cluster import Change, ClusterState
 
 log = structlog.get_logger("flannel_lb.agent")
 
@@ -82,7 +85,7 @@ def dataplane_options(cfg: config_mod.Config, network: NetworkConfig | None = No
 def make_dataplane(cfg: config_mod.Config, netns: str | None = None) -> DataPlane:
     """The configured data plane: `writer = "nft"` programs an nftables table, the others iptables."""
     if cfg.dataplane.writer == "nft":
-        from flannel_lb.dataplane.nft_writer import NftWriter
+        from flannel_lb.dataplane.nftables.writer import NftWriter
 
         return NftWriter(dataplane_options(cfg), netns=netns)
     return IptablesPlane(make_writer(cfg, netns), dataplane_options(cfg))
@@ -92,10 +95,10 @@ def make_writer(cfg: config_mod.Config, netns: str | None = None) -> Writer:
     """The iptables RuleSet writer (`restore` or `libiptc`)."""
     d = cfg.dataplane
     if d.writer == "libiptc":
-        from flannel_lb.dataplane.libiptc import LibiptcWriter
+        from flannel_lb.dataplane.iptables.libiptc import LibiptcWriter
 
         return LibiptcWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
-    from flannel_lb.dataplane.restore import RestoreWriter
+    from flannel_lb.dataplane.iptables.restore import RestoreWriter
 
     return RestoreWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
 
@@ -121,8 +124,8 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
-        self.state: ClusterState = wiring.new_state(cfg)
-        self.planner = Planner(self.state, wiring.plan_settings(cfg))
+        self.state: ClusterState = parts.new_state(cfg)
+        self.planner = Planner(self.state, parts.plan_settings(cfg))
         self.options = dataplane_options(cfg)
         if dataplane is None:
             dataplane = IptablesPlane(writer, self.options) if writer else make_dataplane(cfg)
@@ -137,7 +140,7 @@ class Agent:
             self.metrics.state_file_skipped.set(len(loaded.skipped))
             self.saver = holdover.Saver(Path(cfg.lb.state_file))
         self.checker = checker
-        self.conntrack = conntrack_limits.Monitor(self.metrics)
+        self.conntrack = Monitor(self.metrics)
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -161,7 +164,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
         self.prepare_host()
-        source = wiring.source(self.cfg)
+        source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
         try:
@@ -281,7 +284,7 @@ class Agent:
                 now=item.revision,
                 action="serving the listed state",
             )
-        change = wiring.apply_update(self.state, item)
+        change = parts.apply_update(self.state, item)
         if isinstance(item, Snapshot):
             log.info("etcd_snapshot", revision=item.revision, keys=len(item.items))
             if not self.have_snapshot:
@@ -307,7 +310,7 @@ class Agent:
         if self.checker is None:
             return
         try:
-            own = wiring.own_subnet(self.cfg, self.state)
+            own = parts.own_subnet(self.cfg, self.state)
             faults = self.checker.check(self.state.leases(), self.state.network_config, own)
         except Exception as e:  # a broken netlink read must not stop serving
             log.error("netcheck_failed", error=repr(e))
@@ -339,7 +342,7 @@ class Agent:
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
-        self.planner.settings = wiring.plan_settings(cfg)
+        self.planner.settings = parts.plan_settings(cfg)
         self.options = self.dataplane.options = dataplane_options(cfg, self.state.network_config)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", path=cfg.path)
@@ -507,7 +510,7 @@ class Agent:
 
     def sync_once(self, retry_budget: float | None = None) -> SyncReport:
         """`flannel-lb sync --once`: one snapshot, one netcheck, one sync; the host prepared as for `run`."""
-        source = wiring.source(self.cfg)
+        source = parts.source(self.cfg)
         snap = source.snapshot(retry_budget=retry_budget)
         self.prepare_host()
         self._handle(snap)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flannel_lb.dataplane.changes import Changes, compute_changes, transactions
-from flannel_lb.dataplane.rules import Rule, RuleSet
-from flannel_lb.dataplane.savefile import spell
+from flannel_lb.dataplane.iptables.changes import Changes, compute_changes, transactions
+from flannel_lb.dataplane.iptables.rules import Rule, RuleSet
+from flannel_lb.dataplane.iptables.savefile import spell
 
 
 def rule_line(op: str, chain: str, rule: Rule, *position: str) -> str:

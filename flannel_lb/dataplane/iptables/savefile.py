@@ -6,7 +6,7 @@ import functools
 import re
 from collections.abc import Iterator
 
-from flannel_lb.dataplane.rules import (
+from flannel_lb.dataplane.iptables.rules import (
     BUCKET_TAGS,
     BUILTIN_CHAINS,
     FILTER,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import difflib
 import re
 
-from flannel_lb.dataplane.changes import NFT_LEAF_BLOCK, Changes
 from flannel_lb.dataplane.generation import GenerationError, read_generation
-from flannel_lb.dataplane.render import render, render_changes
-from flannel_lb.dataplane.rules import TABLES, RuleSet, without_forward_jump
-from flannel_lb.dataplane.savefile import parse_save, spell
+from flannel_lb.dataplane.iptables.changes import NFT_LEAF_BLOCK, Changes
+from flannel_lb.dataplane.iptables.render import render, render_changes
+from flannel_lb.dataplane.iptables.rules import TABLES, RuleSet, without_forward_jump
+from flannel_lb.dataplane.iptables.savefile import parse_save, spell
 from flannel_lb.dataplane.tools import Tools, make_tools, run
 from flannel_lb.dataplane.writer import SyncState
 

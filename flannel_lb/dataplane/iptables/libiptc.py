@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from flannel_lb.dataplane.changes import Changes
-from flannel_lb.dataplane.restore import read_owned
-from flannel_lb.dataplane.rules import Rule, RuleSet
+from flannel_lb.dataplane.iptables.changes import Changes
+from flannel_lb.dataplane.iptables.restore import read_owned
+from flannel_lb.dataplane.iptables.rules import Rule, RuleSet
 from flannel_lb.dataplane.tools import Tools, make_tools, run
 from flannel_lb.dataplane.writer import SyncState
 

@@ -27,8 +27,9 @@ from typing import Any
 
 import structlog
 
-from flannel_lb.cluster import ClusterState
-from flannel_lb.desired import (
+from flannel_lb.decode.model import PROTOCOLS
+from flannel_lb.plan.compute import ServicePlan
+from flannel_lb.plan.model import (
     Affinity,
     Backend,
     Excluded,
@@ -38,8 +39,7 @@ from flannel_lb.desired import (
     ServiceVerdict,
     frontend_json,
 )
-from flannel_lb.model import PROTOCOLS
-from flannel_lb.plan import ServicePlan
+from flannel_lb.state.cluster import ClusterState
 from flannel_lb.untrusted import load_json
 
 log = structlog.get_logger("flannel_lb.holdover")

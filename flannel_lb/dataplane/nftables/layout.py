@@ -23,9 +23,15 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from flannel_lb.dataplane.iptables.rules import (
+    LAYOUT_VERSION,
+    PROTOCOLS,
+    frontend_problem,
+    hash16,
+    usable_backends,
+)
 from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.rules import LAYOUT_VERSION, PROTOCOLS, frontend_problem, hash16, usable_backends
-from flannel_lb.desired import Backend, Frontend, Plan
+from flannel_lb.plan.model import Backend, Frontend, Plan
 
 FAMILY = "ip"
 SERVICES, LOCAL_SERVICES = "services", "local-services"

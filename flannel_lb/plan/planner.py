@@ -11,10 +11,17 @@ import ipaddress
 import time
 from collections.abc import Callable, Mapping
 
-from flannel_lb.cluster import Change, ClusterState, ServiceRef
-from flannel_lb.desired import Plan
-from flannel_lb.holdover import Saved, held_plans
-from flannel_lb.plan import Admission, PlanSettings, ServicePlan, admission_for, assemble, plan_service
+from flannel_lb.plan.compute import (
+    Admission,
+    PlanSettings,
+    ServicePlan,
+    admission_for,
+    assemble,
+    plan_service,
+)
+from flannel_lb.plan.holdover import Saved, held_plans
+from flannel_lb.plan.model import Plan
+from flannel_lb.state.cluster import Change, ClusterState, ServiceRef
 
 
 class Planner:

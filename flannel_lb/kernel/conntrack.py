@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from flannel_lb.desired import Frontend, Plan
+from flannel_lb.plan.model import Frontend, Plan
 
 IPS_DST_NAT = 1 << 5  # the entry's original destination was rewritten (our DNAT)
 PROTO_NUMBERS = {"UDP": socket.IPPROTO_UDP, "SCTP": getattr(socket, "IPPROTO_SCTP", 132)}

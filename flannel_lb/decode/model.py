@@ -131,3 +131,12 @@ class Lease:
     expires: float | None = None  # epoch seconds; None = no expiry known (v3 lease, reservation)
     node: str = ""  # node name, when known (kube subnet manager, or matched via Node addresses)
     key: str = ""  # the etcd key (or Node key) it came from
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A piece of input flannel-lb could not use, with where it came from and why."""
+
+    key: str
+    reason: str
+    kind: str = "decode"  # a short metric label: decode, encrypted, invalid, lease, config, ...

@@ -32,9 +32,8 @@ from typing import Any
 
 from flannel_lb.decode import flannel, objects
 from flannel_lb.decode.kube import DecodeError, EncryptedValueError, UnsupportedKindError, decode_used
-from flannel_lb.desired import Problem
-from flannel_lb.model import EndpointGroup, Lease, NetworkConfig, Node, Service
-from flannel_lb.packed import PackedValues
+from flannel_lb.decode.model import EndpointGroup, Lease, NetworkConfig, Node, Problem, Service
+from flannel_lb.state.packed import PackedValues
 
 ServiceRef = tuple[str, str]  # (namespace, name)
 

@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from flannel_lb.model import Service
+from flannel_lb.decode.model import Service
 from flannel_lb.untrusted import ascii_decimal
 
 PortRanges = tuple[tuple[int, int], ...]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import structlog
 
-from flannel_lb.desired import Plan, ServiceVerdict
-from flannel_lb.holdover import Saved
-from flannel_lb.plan import PlanSettings, ServicePlan, assemble
+from flannel_lb.plan.compute import PlanSettings, ServicePlan, assemble
+from flannel_lb.plan.holdover import Saved
+from flannel_lb.plan.model import Plan, ServiceVerdict
 
 log = structlog.get_logger("flannel_lb.bootplan")
 

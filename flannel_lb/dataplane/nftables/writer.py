@@ -20,13 +20,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flannel_lb.dataplane import nft_layout as nl
 from flannel_lb.dataplane.generation import after_own_commits, read_generation
-from flannel_lb.dataplane.nft_layout import FrontendKey
+from flannel_lb.dataplane.nftables import layout as nl
+from flannel_lb.dataplane.nftables.layout import FrontendKey
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
 from flannel_lb.dataplane.writer import Mode
-from flannel_lb.desired import Plan
+from flannel_lb.plan.model import Plan
 from flannel_lb.untrusted import ascii_decimal
 
 _ERROR_LINE = re.compile(r"^/dev/stdin:(\d+):", re.MULTILINE)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from flannel_lb.desired import Problem
+from flannel_lb.decode.model import Problem
 
 log = structlog.get_logger("flannel_lb.agent")
 

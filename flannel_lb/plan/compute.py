@@ -12,8 +12,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flannel_lb.cluster import ClusterState, ServiceRef, lease_overlaps
-from flannel_lb.desired import (
+from flannel_lb.decode.model import Endpoint, EndpointGroup, Lease, Problem, Service, ServicePort
+from flannel_lb.plan.ipv4 import ipv4_int
+from flannel_lb.plan.model import (
     Affinity,
     Backend,
     Conflict,
@@ -22,12 +23,10 @@ from flannel_lb.desired import (
     Exclusion,
     Frontend,
     Plan,
-    Problem,
     ServiceVerdict,
 )
-from flannel_lb.ipv4 import ipv4_int
-from flannel_lb.model import Endpoint, EndpointGroup, Lease, Service, ServicePort
-from flannel_lb.policy import ExposurePolicy
+from flannel_lb.plan.policy import ExposurePolicy
+from flannel_lb.state.cluster import ClusterState, ServiceRef, lease_overlaps
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The desired state: what the load balancer should do, as plain data.
 
-A `Plan` is computed by pure functions (`flannel_lb.plan`) from the cluster records and read by
+A `Plan` is computed by pure functions (`flannel_lb.plan.compute`) from the cluster records and read by
 everything that acts or reports: the data plane renders it into rules, the CLI prints it.
 """
 
@@ -10,6 +10,8 @@ import enum
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from flannel_lb.decode.model import Problem
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -106,15 +108,6 @@ class Denial:
     port: int
     protocol: str
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A piece of input flannel-lb could not use, with where it came from and why."""
-
-    key: str
-    reason: str
-    kind: str = "decode"  # a short metric label: decode, encrypted, invalid, lease, config, ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import structlog
 from pyroute2 import netns as pyroute2_netns
 
-from flannel_lb.model import Lease, NetworkConfig
+from flannel_lb.decode.model import Lease, NetworkConfig
 
 log = structlog.get_logger(__name__)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from flannel_lb.cluster import Change, ClusterState, KeyLayout
 from flannel_lb.config import Config
-from flannel_lb.plan import PlanSettings
-from flannel_lb.policy import ExposurePolicy
+from flannel_lb.plan.compute import PlanSettings
+from flannel_lb.plan.policy import ExposurePolicy
 from flannel_lb.source.records import EventBatch, Snapshot
 from flannel_lb.source.settings import EtcdSettings
 from flannel_lb.source.watcher import ClusterSource
+from flannel_lb.state.cluster import Change, ClusterState, KeyLayout
 
 
 def layout(cfg: Config) -> KeyLayout:

@@ -1,0 +1,1 @@
+"""The long-running agent: its loop, metrics, logs and systemd notifications."""

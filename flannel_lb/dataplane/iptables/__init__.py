@@ -1,0 +1,1 @@
+"""The iptables data plane: owned chains as a typed rule set, applied atomically."""

@@ -1,0 +1,1 @@
+"""The nftables data plane: one owned table, services and endpoints as map elements."""

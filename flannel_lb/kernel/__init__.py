@@ -1,0 +1,1 @@
+"""This host's kernel, read and tuned: lease paths (netlink), conntrack limits and entries."""

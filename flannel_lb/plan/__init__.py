@@ -1,0 +1,1 @@
+"""From cluster state to the desired load balancer: frontends, backends, reasons, reports."""
