@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from bench.objects import BenchService, Endpoint
+from flannel_lb.kernel.netns import in_netns
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
 from flannel_lb.lab.progress import Progress
@@ -135,7 +136,7 @@ def run_daemon(lab: Lab, host: str, argv: Sequence[str], log: Path) -> None:
     """Start a self-daemonising server in a lab namespace; it lives until the lab is torn down."""
     with open(log, "wb") as err:
         proc = subprocess.run(
-            ["ip", "netns", "exec", lab.namespace(host), *argv],
+            in_netns(argv, lab.namespace(host)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -266,7 +267,7 @@ class _LineProcess:
         self.log = log
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", lab.namespace(host), *argv],
+                in_netns(argv, lab.namespace(host)),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,

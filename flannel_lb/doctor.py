@@ -27,6 +27,7 @@ from flannel_lb.dataplane.options import DEFAULT_MARK
 from flannel_lb.decode.model import Lease
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.netcheck import KernelView, NetChecker, device_for
+from flannel_lb.kernel.netns import in_netns
 from flannel_lb.state.cluster import ClusterState
 from flannel_lb.text import printable
 
@@ -756,7 +757,7 @@ def batch_results(count: int, stdout: str, stderr: str) -> list[str | None]:
 def _exec(
     argv: Sequence[str], netns: str | None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    full = in_netns(argv, netns)
     try:
         return subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:

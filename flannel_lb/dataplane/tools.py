@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from flannel_lb.kernel.netns import in_netns
+
 Backend = Literal["nft", "legacy"]
 BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
 
@@ -28,7 +30,7 @@ class Tools:
     wait: int = 5  # seconds to wait for the xtables lock (-w) before failing
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
+        return in_netns(argv, self.netns)
 
     def binary(self, kind: str) -> str:
         """`iptables-nft-restore` etc.; old distributions only ship the unsuffixed legacy names."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flannel_lb import config as config_mod
+from flannel_lb.kernel.netns import in_netns
 from flannel_lb.lab import diagram
 from flannel_lb.lab.demo import run_demo
 from flannel_lb.lab.lab import DEFAULT_NAME, Lab, LabError
@@ -150,7 +151,7 @@ def _in_lb(lab: Lab, argv: list[str]) -> int:
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
     sys.stdout.flush()
-    os.execvpe("ip", ["ip", "netns", "exec", lab.namespace(LB_HOST), *argv], env)
+    os.execvpe("ip", in_netns(argv, lab.namespace(LB_HOST)), env)
     return 1  # not reached
 
 

@@ -27,6 +27,8 @@ from types import TracebackType
 
 import structlog
 
+from flannel_lb.kernel.netns import in_netns
+
 log = structlog.get_logger(__name__)
 
 _LIVE: weakref.WeakSet[EtcdServer] = weakref.WeakSet()
@@ -132,9 +134,7 @@ class EtcdServer:
             if self.tls.client_cert_auth:
                 args += ["--client-cert-auth", f"--trusted-ca-file={self.tls.ca_file}"]
         args += self.extra_args
-        if self.netns:
-            args = ["ip", "netns", "exec", self.netns, *args]
-        return args
+        return in_netns(args, self.netns)
 
     def start(self, timeout: float = 15.0) -> None:
         """Spawn etcd and wait until /health says true; raise EtcdError with its log tail otherwise."""
@@ -205,7 +205,7 @@ class EtcdServer:
             str(tls.client_key_file or "") if tls else "",
         ]
         assert self.netns is not None
-        cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-c", probe, *argv]
+        cmd = in_netns([sys.executable, "-c", probe, *argv], self.netns)
         try:
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=5)
         except subprocess.TimeoutExpired:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flannel_lb.kernel.netns import in_netns
 from flannel_lb.lab import etcd_server, overlay, pods
 from flannel_lb.lab.cluster import (
     APISERVER_PORT,
@@ -425,7 +426,7 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside a lab host or pod namespace."""
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.namespace(host), *argv],
+            in_netns(argv, self.namespace(host)),
             input=input,
             capture_output=True,
             text=True,

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
+from flannel_lb.kernel.netns import in_netns
+
 NETNS_DIR = "/run/netns"
 
 
@@ -92,7 +94,7 @@ class Namespaces:
         return name
 
     def argv(self, short: str, argv: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self._names[short], *argv]
+        return in_netns(argv, self._names[short])
 
     def run(
         self,

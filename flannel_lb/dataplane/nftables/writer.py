@@ -26,6 +26,7 @@ from flannel_lb.dataplane.nftables.layout import FrontendKey
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.tools import run
 from flannel_lb.dataplane.writer import Mode
+from flannel_lb.kernel.netns import in_netns
 from flannel_lb.plan.model import Plan
 from flannel_lb.untrusted import ascii_decimal
 
@@ -212,8 +213,7 @@ class NftWriter:
     # --- the kernel -----------------------------------------------------------------------------
 
     def _argv(self, args: Sequence[str]) -> list[str]:
-        argv = ["nft", *args]
-        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+        return in_netns(["nft", *args], self.netns)
 
     def _apply(self, text: str) -> None:
         proc = run(self._argv(["-f", "-"]), input=text)
