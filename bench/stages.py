@@ -27,13 +27,13 @@ from typing import Any, Protocol, TypeVar
 
 from flannel_lb import config as config_mod
 from flannel_lb import parts
-from flannel_lb.daemon.agent import dataplane_options
 from flannel_lb.dataplane.iptables.changes import NFT_LEAF_BLOCK, compute_changes
 from flannel_lb.dataplane.iptables.render import render_changes
 from flannel_lb.dataplane.iptables.restore import apply, cleanup, read_owned
 from flannel_lb.dataplane.iptables.rules import RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.nftables.writer import KernelTable, NftWriter
 from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.plane import dataplane_options
 from flannel_lb.dataplane.tools import Tools, make_tools, run
 from flannel_lb.kernel.netns import in_netns
 from flannel_lb.plan.model import Plan

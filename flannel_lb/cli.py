@@ -179,37 +179,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # --- data plane: render / diff / cleanup / sync / run ---------------------------------------------
 
 
-def _desired(cfg: config_mod.Config, args: argparse.Namespace) -> Any:
-    """The rule set the next sync would write, from a fresh etcd snapshot and netcheck."""
-    from flannel_lb.daemon.agent import dataplane_options
-    from flannel_lb.dataplane.iptables.rules import build_ruleset
+def _plane_and_plan(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The configured data plane, set up as the agent's next sync would be, and a fresh plan."""
+    from flannel_lb.dataplane.plane import dataplane_options, make_dataplane
 
+    cfg = _config(args)
     planner = _live_planner(cfg, args)
-    return build_ruleset(planner.plan(), dataplane_options(cfg, planner.state.network_config))
+    plane = make_dataplane(cfg)
+    plane.options = dataplane_options(cfg, planner.state.network_config)
+    return plane, planner.plan()
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from flannel_lb.daemon.agent import dataplane_options, make_dataplane
-    from flannel_lb.dataplane.iptables.render import render
-
-    cfg = _config(args)
-    if cfg.dataplane.writer == "nft":
-        from flannel_lb.dataplane.nftables.writer import NftWriter
-
-        plan = _live_planner(cfg, args).plan()
-        nft = NftWriter(dataplane_options(cfg))
-        text = nft.plan(plan, full=True)[1] if args.all else nft.render(plan)
-    elif args.all:
-        sys.stdout.write(render(_desired(cfg, args), None, full=True))
-        return EXIT_OK
-    else:
-        planner = _live_planner(cfg, args)
-        plane = make_dataplane(cfg)
-        plane.options = dataplane_options(cfg, planner.state.network_config)
-        try:
-            text = plane.render(planner.plan())
-        finally:
-            plane.close()
+    plane, plan = _plane_and_plan(args)
+    try:
+        text = plane.render(plan, full=args.all)
+    finally:
+        plane.close()
     sys.stdout.write(
         text or "# the kernel already holds exactly these rules: the next sync changes nothing\n"
     )
@@ -217,25 +203,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from flannel_lb.dataplane.iptables.restore import diff
-    from flannel_lb.dataplane.tools import make_tools
-
-    cfg = _config(args)
-    if cfg.dataplane.writer == "nft":
-        from flannel_lb.daemon.agent import dataplane_options
-        from flannel_lb.dataplane.nftables.writer import NftWriter
-
-        nft = NftWriter(dataplane_options(cfg))
-        drift = nft.drift(nft.read_kernel(), nft.builder.build(_live_planner(cfg, args).plan()))
-        text = "".join(f"{line}\n" for line in drift)
-    else:
-        text = diff(_desired(cfg, args), make_tools(cfg.dataplane.iptables_backend))
+    plane, plan = _plane_and_plan(args)
+    try:
+        text = plane.diff(plan)
+    finally:
+        plane.close()
     sys.stdout.write(text or "# in step with the kernel: nothing to change\n")
     return EXIT_FAILED if text else EXIT_OK
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from flannel_lb.daemon.agent import make_dataplane
+    from flannel_lb.dataplane.plane import make_dataplane
 
     cfg = _config(args)
     plane = make_dataplane(cfg)

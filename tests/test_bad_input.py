@@ -37,7 +37,7 @@ from flannel_lb import parts
 from flannel_lb.daemon.agent import Agent
 from flannel_lb.dataplane.iptables.changes import Changes
 from flannel_lb.dataplane.iptables.rules import RuleSet, build_ruleset
-from flannel_lb.dataplane.writer import SyncState
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.decode import wire
 from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab.etcd_server import EtcdServer

@@ -28,9 +28,9 @@ from flannel_lb.dataplane.iptables.rules import (
     build_ruleset,
 )
 from flannel_lb.dataplane.iptables.savefile import parse_save
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.options import Options, overlay_udp_port
 from flannel_lb.dataplane.plane import IptablesPlane
-from flannel_lb.dataplane.writer import SyncState
 from flannel_lb.plan.model import Backend, Frontend, Plan
 from tests.test_dataplane_rules import LB, as_iptables_save, frontend_st
 

@@ -31,9 +31,9 @@ from flannel_lb.dataplane.iptables.changes import compute_changes
 from flannel_lb.dataplane.iptables.restore import RestoreError, RestoreWriter, diff
 from flannel_lb.dataplane.iptables.rules import Chain, Rule, RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.iptables.savefile import foreign_lines, parse_save
+from flannel_lb.dataplane.iptables.sync_state import SyncState, Writer
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import IptablesPlane
-from flannel_lb.dataplane.writer import SyncState, Writer
 from flannel_lb.kernel.conntrack import ConntrackCounts, clear_stale, stale_flows
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 from flannel_lb.plan.model import Affinity, Backend, Frontend, Plan

@@ -31,9 +31,8 @@ from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.problemlog import ProblemLog
 from flannel_lb.daemon.sdnotify import Notifier
-from flannel_lb.dataplane.options import Options, overlay_udp_port
-from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport
-from flannel_lb.dataplane.writer import Writer
+from flannel_lb.dataplane.iptables.sync_state import Writer
+from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport, dataplane_options, make_dataplane
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
@@ -67,40 +66,6 @@ class _Reload:
 @dataclass(slots=True)
 class _SourceDone:
     error: BaseException | None
-
-
-def dataplane_options(cfg: config_mod.Config, network: NetworkConfig | None = None) -> Options:
-    """The data plane's options from the config, and flannel's overlay port from its network config."""
-    d = cfg.dataplane
-    return Options(
-        prefix=d.chain_prefix,
-        masquerade=d.masquerade,
-        random_fully=d.random_fully,
-        snat_pool=d.snat_addresses,
-        overlay_udp_port=overlay_udp_port(network.backend_type, network.port) if network else None,
-        forward_accept="auto" if d.forward_accept == "auto" else "always",
-    )
-
-
-def make_dataplane(cfg: config_mod.Config, netns: str | None = None) -> DataPlane:
-    """The configured data plane: `writer = "nft"` programs an nftables table, the others iptables."""
-    if cfg.dataplane.writer == "nft":
-        from flannel_lb.dataplane.nftables.writer import NftWriter
-
-        return NftWriter(dataplane_options(cfg), netns=netns)
-    return IptablesPlane(make_writer(cfg, netns), dataplane_options(cfg))
-
-
-def make_writer(cfg: config_mod.Config, netns: str | None = None) -> Writer:
-    """The iptables RuleSet writer (`restore` or `libiptc`)."""
-    d = cfg.dataplane
-    if d.writer == "libiptc":
-        from flannel_lb.dataplane.iptables.libiptc import LibiptcWriter
-
-        return LibiptcWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
-    from flannel_lb.dataplane.iptables.restore import RestoreWriter
-
-    return RestoreWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
 
 
 def enable_ip_forward(path: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> bool:

@@ -1,20 +1,27 @@
-"""What the agent drives: a data plane that turns a Plan into kernel state, with iptables or nftables.
+"""The one data-plane interface the agent, the CLI and the doctor use, and the one place that picks it.
 
-`dataplane.writer` chooses it. The iptables writers program a `RuleSet` (`rules.build_ruleset`); the
-nftables writer programs its own table from the plan (`nft_layout`). Both remember what they applied,
-adopt what a previous agent left, and send only what changed.
+`[dataplane] writer` chooses (`make_dataplane`): the iptables writers program a `RuleSet`
+(`iptables.rules.build_ruleset`); the nftables writer programs its own table from the plan
+(`nftables.layout`). Both remember what they applied, adopt what a previous agent left, and send
+only what changed.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 
+from flannel_lb import config as config_mod
+from flannel_lb.dataplane.iptables.render import render
+from flannel_lb.dataplane.iptables.restore import diff_rulesets
 from flannel_lb.dataplane.iptables.rules import FILTER, RuleBuilder, RuleSet, with_forward_jump
-from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.writer import SyncResult, SyncState, Writer
+from flannel_lb.dataplane.iptables.sync_state import SyncResult, SyncState, Writer
+from flannel_lb.dataplane.options import Options, overlay_udp_port
+from flannel_lb.decode.model import NetworkConfig
 from flannel_lb.plan.model import Plan
+
+Mode = Literal["adopt", "verify", "full", "partial"]
 
 log = structlog.get_logger("flannel_lb.dataplane")
 
@@ -40,13 +47,57 @@ class SyncReport(Protocol):
 class DataPlane(Protocol):
     options: Options
 
-    def sync(self, plan: Plan, *, verify: bool = False) -> SyncReport: ...
+    def sync(self, plan: Plan, *, verify: bool = False) -> SyncReport:
+        """Make the kernel hold `plan` in one atomic step (verify: against a fresh read-back)."""
+        ...
 
-    def render(self, plan: Plan) -> str: ...
+    def render(self, plan: Plan, *, full: bool = False) -> str:
+        """The exact text the next sync would send ("" if nothing); full: the whole owned state."""
+        ...
 
-    def cleanup(self) -> str: ...
+    def diff(self, plan: Plan) -> str:
+        """How the kernel's owned state differs from `plan`, newline-terminated lines ("" when in step)."""
+        ...
+
+    def cleanup(self) -> str:
+        """Remove everything flannel-lb owns in the kernel, nothing else; says what went."""
+        ...
 
     def close(self) -> None: ...
+
+
+def dataplane_options(cfg: config_mod.Config, network: NetworkConfig | None = None) -> Options:
+    """The data plane's options from the config, and flannel's overlay port from its network config."""
+    d = cfg.dataplane
+    return Options(
+        prefix=d.chain_prefix,
+        masquerade=d.masquerade,
+        random_fully=d.random_fully,
+        snat_pool=d.snat_addresses,
+        overlay_udp_port=overlay_udp_port(network.backend_type, network.port) if network else None,
+        forward_accept="auto" if d.forward_accept == "auto" else "always",
+    )
+
+
+def make_dataplane(cfg: config_mod.Config, netns: str | None = None) -> DataPlane:
+    """The configured data plane: `writer = "nft"` programs an nftables table, the others iptables."""
+    if cfg.dataplane.writer == "nft":
+        from flannel_lb.dataplane.nftables.writer import NftWriter
+
+        return NftWriter(dataplane_options(cfg), netns=netns)
+    return IptablesPlane(make_writer(cfg, netns), dataplane_options(cfg))
+
+
+def make_writer(cfg: config_mod.Config, netns: str | None = None) -> Writer:
+    """The iptables RuleSet writer (`restore` or `libiptc`)."""
+    d = cfg.dataplane
+    if d.writer == "libiptc":
+        from flannel_lb.dataplane.iptables.libiptc import LibiptcWriter
+
+        return LibiptcWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
+    from flannel_lb.dataplane.iptables.restore import RestoreWriter
+
+    return RestoreWriter(prefix=d.chain_prefix, backend=d.iptables_backend, netns=netns)
 
 
 class IptablesPlane:
@@ -91,9 +142,13 @@ class IptablesPlane:
         have = any(j.table == FILTER and j.chain == "FORWARD" for j in desired.jumps)
         return desired if want == have else with_forward_jump(desired, want)
 
-    def render(self, plan: Plan) -> str:
-        filtered = self.forward_filtered is not False
-        return self.writer.render(self.builder.build(plan, self.options, forward_filtered=filtered))
+    def render(self, plan: Plan, *, full: bool = False) -> str:
+        desired = self.builder.build(plan, self.options, forward_filtered=self.forward_filtered is not False)
+        return render(desired, None, full=True) if full else self.writer.render(desired)
+
+    def diff(self, plan: Plan) -> str:
+        desired = self.builder.build(plan, self.options, forward_filtered=self.forward_filtered is not False)
+        return diff_rulesets(self.writer.read_owned(), desired)
 
     def cleanup(self) -> str:
         changes = self.writer.cleanup()

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 from flannel_lb.dataplane.iptables.changes import Changes
 from flannel_lb.dataplane.iptables.restore import read_owned
 from flannel_lb.dataplane.iptables.rules import Rule, RuleSet
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.tools import Tools, make_tools, run
-from flannel_lb.dataplane.writer import SyncState
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"

@@ -15,8 +15,8 @@ from flannel_lb.dataplane.iptables.changes import NFT_LEAF_BLOCK, Changes
 from flannel_lb.dataplane.iptables.render import render, render_changes
 from flannel_lb.dataplane.iptables.rules import TABLES, RuleSet, without_forward_jump
 from flannel_lb.dataplane.iptables.savefile import parse_save, spell
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.tools import Tools, make_tools, run
-from flannel_lb.dataplane.writer import SyncState
 
 _ERROR_LINE = re.compile(r"line:? (\d+)")
 _QUOTED_NAME = re.compile(r"['`]([^'`\s]+)'")
@@ -27,6 +27,7 @@ __all__ = [
     "apply",
     "cleanup",
     "diff",
+    "diff_rulesets",
     "read_owned",
     "render",
     "render_changes",
@@ -84,7 +85,11 @@ def read_owned(tools: Tools, prefix: str) -> RuleSet:
 
 def diff(desired: RuleSet, tools: Tools) -> str:
     """A unified diff from the kernel's owned chains to `desired`, newline-terminated ("" when they match)."""
-    current = read_owned(tools, desired.prefix)
+    return diff_rulesets(read_owned(tools, desired.prefix), desired)
+
+
+def diff_rulesets(current: RuleSet, desired: RuleSet) -> str:
+    """A unified diff from `current` (the kernel's owned chains) to `desired` ("" when they match)."""
     if desired.forward_auto and current.forward_filtered is False:
         # FORWARD accepts everything: flannel-lb's accept there is optional (kept once it was needed)
         desired, current = without_forward_jump(desired), without_forward_jump(current)

@@ -24,8 +24,8 @@ from flannel_lb.dataplane.generation import after_own_commits, read_generation
 from flannel_lb.dataplane.nftables import layout as nl
 from flannel_lb.dataplane.nftables.layout import FrontendKey
 from flannel_lb.dataplane.options import Options
+from flannel_lb.dataplane.plane import Mode
 from flannel_lb.dataplane.tools import run
-from flannel_lb.dataplane.writer import Mode
 from flannel_lb.kernel.netns import in_netns
 from flannel_lb.plan.model import Plan
 from flannel_lb.untrusted import ascii_decimal
@@ -259,6 +259,9 @@ class NftWriter:
             missing, unexpected = len(want_elements - kernel.elements), len(kernel.elements - want_elements)
             out.append(f"elements differ: {missing} missing, {unexpected} unexpected")
         return out
+
+    def diff(self, plan: Plan) -> str:
+        return "".join(f"{line}\n" for line in self.drift(self.read_kernel(), self.builder.build(plan)))
 
     def cleanup(self) -> str:
         """Delete the owned table (nothing else); the next sync starts over."""

@@ -1,4 +1,4 @@
-"""The Writer protocol and the sync bookkeeping both writers share.
+"""The iptables Writer protocol and the sync bookkeeping both iptables writers share.
 
 A writer remembers what it last applied, so a sync only carries what changed. It trusts that memory
 only while it is earned: the first sync adopts what the kernel has (a restarted agent takes over
@@ -13,14 +13,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from flannel_lb.dataplane.generation import after_own_commits
 from flannel_lb.dataplane.iptables.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.iptables.render import render_changes, render_transactions
 from flannel_lb.dataplane.iptables.rules import RuleSet
 
-Mode = Literal["adopt", "verify", "full", "partial"]
+if TYPE_CHECKING:
+    from flannel_lb.dataplane.plane import Mode
 
 
 @dataclass(frozen=True, slots=True)
