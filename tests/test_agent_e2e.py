@@ -304,6 +304,29 @@ def test_sync_once_and_render(lab: Lab, tmp_path: Path) -> None:
         lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=True)
 
 
+def test_render_and_diff_through_the_nft_data_plane(lab: Lab, tmp_path: Path) -> None:
+    """The same verbs, the same interface, with `writer = "nft"`: no branch of the CLI knows the writer."""
+    config = tmp_path / "flannel-lb.toml"
+    config.write_text(agent_config(lab.etcd_url, writer="nft"))
+    agent = AgentProcess(lab.namespace(LB_HOST), config)
+
+    def verb(*argv: str) -> subprocess.CompletedProcess[str]:
+        return lab.exec_in(LB_HOST, agent.argv(*argv)[4:], check=False)
+
+    try:
+        pending = verb("diff")
+        assert pending.returncode == 1 and pending.stdout == "the table does not exist\n", pending
+        whole = verb("render", "--all").stdout
+        assert whole.startswith("table ip flb\n") and "map services" in whole, whole[:400]
+        assert verb("sync", "--once").returncode == 0
+        in_step = verb("diff")
+        assert in_step.returncode == 0 and "nothing to change" in in_step.stdout, in_step
+        assert "the next sync changes nothing" in verb("render").stdout
+        assert traffic(lab, "http", f"{VIP}:80", count=20)["failed"] == 0
+    finally:
+        lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=True)
+
+
 def test_sighup_reloads_the_config(lab: Lab, agent: AgentProcess) -> None:
     original = agent.config.read_text()
 
