@@ -34,8 +34,8 @@ from flannel_lb.dataplane.iptables.rules import RuleBuilder, RuleSet, build_rule
 from flannel_lb.dataplane.nftables.writer import KernelTable, NftWriter
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import dataplane_options
-from flannel_lb.dataplane.tools import Tools, make_tools, run
-from flannel_lb.kernel.netns import in_netns
+from flannel_lb.dataplane.tools import Tools, make_tools
+from flannel_lb.kernel.netns import run
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
 from flannel_lb.state.cluster import ClusterState
@@ -304,7 +304,7 @@ def replay_nft(
     remover = NftWriter(dataplane_options(cfg), netns=netns)
 
     def load_raw(text: str) -> None:
-        proc = run(in_netns(["nft", "-f", "-"], netns), input=text, timeout=600)
+        proc = run(["nft", "-f", "-"], netns, input=text, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"raw nft -f failed: {proc.stderr.strip()[:500]}")
 

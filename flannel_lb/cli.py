@@ -92,7 +92,7 @@ def _live_planner(cfg: config_mod.Config, args: argparse.Namespace, *, netcheck:
         checker = NetChecker()
         try:
             planner.set_path_faults(
-                checker.check(state.leases(), state.network_config, parts.own_subnet(cfg, state))
+                checker.check(state.leases(), state.network_config, parts.lease_hint(cfg, state))
             )
         finally:
             checker.close()
@@ -140,7 +140,7 @@ def _watch_plans(cfg: config_mod.Config, netcheck: bool, show: Callable[[Any], N
                 continue
             change: Any = parts.apply_update(state, update)
             if checker is not None:
-                own = parts.own_subnet(cfg, state)
+                own = parts.lease_hint(cfg, state)
                 if planner.set_path_faults(checker.check(state.leases(), state.network_config, own)):
                     change = None
             plan = planner.plan(change)

@@ -12,9 +12,7 @@ import argparse
 import ipaddress
 import json
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,16 +21,27 @@ from typing import Any, Literal
 from flannel_lb import config as config_mod
 from flannel_lb import parts
 from flannel_lb.config import Config
+from flannel_lb.dataplane.iptables.rules import NAT, Rule
+from flannel_lb.dataplane.iptables.savefile import SavedRule, table_chains
 from flannel_lb.dataplane.options import DEFAULT_MARK
+from flannel_lb.dataplane.tools import choose_backend, host_iptables, make_tools
 from flannel_lb.decode.model import Lease
 from flannel_lb.kernel import conntrack_limits
-from flannel_lb.kernel.netcheck import KernelView, NetChecker, device_for
-from flannel_lb.kernel.netns import in_netns
+from flannel_lb.kernel.netcheck import (
+    KernelView,
+    NetChecker,
+    device_for,
+    local_addresses,
+    own_lease,
+    own_lease_candidates,
+)
+from flannel_lb.kernel.netns import CommandError, output, run
 from flannel_lb.state.cluster import ClusterState
 from flannel_lb.text import printable
 
 Status = Literal["ok", "warn", "fail"]
 MAX_LISTED = 20  # longer lists are cut, with a count of the rest
+TIMEOUT = 30.0  # seconds any one read-only command may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +190,9 @@ def _backend(ctx: _Context) -> tuple[str, int]:
     nc = state.network_config
     if nc is not None and ctx.cfg.flannel.subnet_manager == "etcd":
         return nc.backend_type, nc.vni
-    own = _own_leases(ctx)
-    if own:
-        return own[0].backend_type, own[0].vni or 1
+    own = _own_lease(ctx)
+    if own is not None:
+        return own.backend_type, own.vni or 1
     backends = sorted({lease.backend_type for lease in state.leases()})
     return (backends[0] if len(backends) == 1 else "unknown"), 1
 
@@ -192,43 +201,47 @@ def _local_addresses(view: KernelView) -> dict[ipaddress.IPv4Address, str]:
     return {iface.ip: view.name_of(index) for index, ifaces in view.addresses.items() for iface in ifaces}
 
 
-def _own_leases(ctx: _Context) -> list[Lease]:
-    """Leases that are this host's: PublicIP is a local address, or a flannel device's address is inside."""
-    view, state = ctx.view, ctx.cluster()
-    local = _local_addresses(view)
-    flannel_ips = [ip for ip, dev in local.items() if dev.startswith("flannel")]
-    return [
-        lease
-        for lease in state.leases()
-        if lease.public_ip in local or any(ip in lease.subnet for ip in flannel_ips)
-    ]
-
-
-def check_own_lease(ctx: _Context) -> tuple[Status, str]:
-    own = _own_leases(ctx)
-    if not own:
-        local = ", ".join(sorted(map(str, _local_addresses(ctx.view)))) or "none"
-        return "fail", (
-            "no lease belongs to this host: no lease's PublicIP is a local address (local: "
-            f"{local}) and no flannel device holds an address inside a leased subnet. "
-            "Is flanneld running here, against this etcd and prefix?"
-        )
-    text = "; ".join(f"{lease.subnet} (PublicIP {lease.public_ip}, {lease.backend_type})" for lease in own)
-    if len(own) > 1:
-        return (
-            "warn",
-            f"{len(own)} leases look like this host's (a stale one after a PublicIP change?): {text}",
-        )
-    return "ok", text
+def _own_lease(ctx: _Context) -> Lease | None:
+    """This host's own lease exactly as the agent's netcheck decides it (and skips it)."""
+    state = ctx.cluster()
+    return own_lease(state.leases(), parts.lease_hint(ctx.cfg, state), local_addresses(ctx.view))
 
 
 def _own_subnet(ctx: _Context) -> ipaddress.IPv4Network | None:
-    own = _own_leases(ctx)
-    view = ctx.view
-    flannel_ips = [ip for ip, dev in _local_addresses(view).items() if dev.startswith("flannel")]
-    # With several candidates, the one the flannel device's address sits in is the live one.
-    best = [lease for lease in own if any(ip in lease.subnet for ip in flannel_ips)] or own
-    return best[0].subnet if best else None
+    own = _own_lease(ctx)
+    return own.subnet if own is not None else None
+
+
+def _lease_text(lease: Lease) -> str:
+    return f"{lease.subnet} (PublicIP {lease.public_ip}, {lease.backend_type})"
+
+
+def check_own_lease(ctx: _Context) -> tuple[Status, str]:
+    state, view = ctx.cluster(), ctx.view
+    hint = parts.lease_hint(ctx.cfg, state)
+    own = _own_lease(ctx)
+    if own is None:
+        if hint is not None:
+            return "fail", (
+                f"lease {hint} names an [lb] address as its PublicIP, but no address of this host is"
+                " inside it (flanneld gives its device an address in its own lease), so it is path-checked"
+                " like any node's. Is flanneld running here, against this etcd and prefix?"
+            )
+        local = ", ".join(sorted(map(str, _local_addresses(view)))) or "none"
+        return "fail", (
+            "no lease belongs to this host: none has a local PublicIP (local: "
+            f"{local}) and a local address inside its subnet (flanneld gives its device one; host-gw"
+            " needs the PublicIP only). Is flanneld running here, against this etcd and prefix?"
+        )
+    candidates = own_lease_candidates(state.leases(), hint, local_addresses(view))
+    if len(candidates) > 1:
+        others = "; ".join(_lease_text(lease) for lease in candidates if lease.subnet != own.subnet)
+        return "warn", (
+            f"{len(candidates)} leases look like this host's (a stale or a forged one?): the most specific,"
+            f" {_lease_text(own)}, is taken as its own; the lease paths check treats the others like any"
+            f" node's: {others}"
+        )
+    return "ok", _lease_text(own)
 
 
 # --- the kernel side ----------------------------------------------------------------------------------
@@ -259,22 +272,23 @@ def check_flannel_interface(ctx: _Context) -> tuple[Status, str]:
 
 def _host_gw_interface(ctx: _Context) -> tuple[Status, str]:
     """host-gw has no device: the interface holding this host's PublicIP carries the traffic."""
-    own = [lease for lease in _own_leases(ctx) if lease.public_ip in _local_addresses(ctx.view)]
-    if not own:
+    own, view = _own_lease(ctx), ctx.view
+    local = _local_addresses(view)
+    if own is None or own.public_ip not in local:
         return "fail", "host-gw: no lease's PublicIP is a local address, so no interface to check"
-    view = ctx.view
-    name = _local_addresses(view)[own[0].public_ip]
+    name = local[own.public_ip]
     fault = view.device_fault(name, "host-gw")
     if fault:
         return "fail", f"host-gw routes leave through {name}: {fault}"
-    return "ok", f"host-gw uses no flannel device; {name} (holding PublicIP {own[0].public_ip}) is up"
+    return "ok", f"host-gw uses no flannel device; {name} (holding PublicIP {own.public_ip}) is up"
 
 
 def check_lease_paths(ctx: _Context) -> tuple[Status, str]:
     state = ctx.cluster()
+    # The agent's own call (daemon/agent.py `_netcheck`): it skips the lease `_own_lease` names.
+    faults = ctx.checker.check(state.leases(), state.network_config, parts.lease_hint(ctx.cfg, state))
     own = _own_subnet(ctx)
     others = [lease for lease in state.leases() if lease.subnet != own]
-    faults = ctx.checker.check(state.leases(), state.network_config, own)
     notes = "".join(f"\n{note}" for note in ctx.checker.notes)
     if not others:
         return "warn", "no other leases: there is no node to reach yet" + notes
@@ -409,7 +423,7 @@ def _client_arrivals(ctx: _Context) -> list[Arrival]:
         dev, iface = held.get(address, ("", None))
         if iface is None or dev == "lo":
             continue  # not here (the lb addresses check says so), or on lo: arrives wherever it is routed
-        text = run(["ip", "-j", "route", "show", "table", "main", "dev", dev], ctx.netns)
+        text = output(["ip", "-j", "route", "show", "table", "main", "dev", dev], ctx.netns, timeout=TIMEOUT)
         for what, source in client_sources(iface, json.loads(text or "[]"), set(held)):
             out.append(Arrival("client", what, source, dev, address))
     return out
@@ -553,29 +567,38 @@ def check_conntrack_timeouts(ctx: _Context) -> tuple[Status, str]:
 
 
 def check_iptables_backend(ctx: _Context) -> tuple[Status, str]:
-    version = run(["iptables", "--version"], ctx.netns).strip()
-    host = "nft" if "nf_tables" in version else "legacy"
-    warnings: list[str] = []
     dp = ctx.cfg.dataplane
-    if dp.writer == "libiptc" and host == "nft":
+    try:
+        host = host_iptables(ctx.netns)
+        chosen = choose_backend(dp.iptables_backend, ctx.netns)  # what the agent's writers program
+    except CommandError as e:
+        return (
+            "fail",
+            f"{e}: the agent's iptables writers cannot choose a backend here"
+            " (set [dataplane] iptables_backend)",
+        )
+    warnings: list[str] = []
+    if dp.writer == "libiptc" and host.backend == "nft":
         warnings.append(
             "[dataplane] writer = libiptc programs legacy x_tables, but this host's iptables is nf_tables:"
             " the first NAT hook to bind a connection wins, so those rules can be silently ineffective"
         )
-    if dp.iptables_backend not in ("auto", host):
+    if dp.iptables_backend not in ("auto", host.backend):
         warnings.append(
-            f"[dataplane] iptables_backend = {dp.iptables_backend}, but `iptables` here is {host}"
+            f"[dataplane] iptables_backend = {dp.iptables_backend}, but `iptables` here is {host.backend}"
         )
-    other = "legacy" if host == "nft" else "nft"
+    other = "legacy" if chosen == "nft" else "nft"
     count = _nat_rule_count(other, ctx.netns)
     if count:
         warnings.append(
             f"iptables-{other} also holds {count} nat rules: two NAT backends on one host compete for"
             f" the same connections (list them with iptables-{other}-save -t nat)"
         )
+    why = "[dataplane] iptables_backend" if dp.iptables_backend != "auto" else "the host's iptables"
+    uses = f"flannel-lb's iptables writers use iptables-{chosen} ({why})"
     if warnings:
-        return "warn", f"{version}; " + "; ".join(warnings)
-    return "ok", f"{version}; no nat rules in iptables-{other}"
+        return "warn", f"{host.version}; {uses}; " + "; ".join(warnings)
+    return "ok", f"{host.version}; {uses}; no nat rules in iptables-{other}"
 
 
 def check_forward_path(ctx: _Context) -> tuple[Status, str]:
@@ -591,7 +614,7 @@ def check_forward_path(ctx: _Context) -> tuple[Status, str]:
     if shutil.which("nft") is None:
         return "fail", "writer = nft, but the `nft` command is missing (apt install nftables)"
     policy = ""
-    for line in run(["iptables-save", "-t", "filter"], ctx.netns, check=False).splitlines():
+    for line in run(["iptables-save", "-t", "filter"], ctx.netns, timeout=TIMEOUT).stdout.splitlines():
         if line.startswith(":FORWARD "):
             policy = line.split()[1]
     if policy == "DROP":
@@ -608,19 +631,19 @@ def check_forward_path(ctx: _Context) -> tuple[Status, str]:
 def _nat_rule_count(backend: str, netns: str | None) -> int:
     if backend == "legacy":
         # Without a legacy nat table there is nothing to list, and listing would load the module.
-        names = run(["cat", "/proc/net/ip_tables_names"], netns, check=False)
+        names = run(["cat", "/proc/net/ip_tables_names"], netns, timeout=TIMEOUT).stdout
         if "nat" not in names.split():
             return 0
     binary = f"iptables-{backend}-save"
     if shutil.which(binary) is None:
         return 0
-    return sum(1 for line in run([binary, "-t", "nat"], netns).splitlines() if line.startswith("-A "))
+    saved = output([binary, "-t", "nat"], netns, timeout=TIMEOUT)
+    return sum(len(rules) for rules in table_chains(saved, NAT).values())
 
 
 def check_nat_conflicts(ctx: _Context) -> tuple[Status, str]:
-    backend = _effective_backend(ctx)
-    binary = f"iptables-{backend}-save"
-    rules = parse_save(run([binary if shutil.which(binary) else "iptables-save", "-t", "nat"], ctx.netns))
+    tools = make_tools(ctx.cfg.dataplane.iptables_backend, ctx.netns)  # the agent's backend and binary
+    rules = table_chains(tools.output(tools.save_argv(NAT), timeout=TIMEOUT), NAT)
     addrs = {ipaddress.IPv4Address(a) for a in ctx.cfg.lb.addresses}
     prefix = ctx.cfg.dataplane.chain_prefix
     found: list[str] = []
@@ -630,7 +653,7 @@ def check_nat_conflicts(ctx: _Context) -> tuple[Status, str]:
         found += hits
         if jumped:
             jumps.append(chain)
-    where = f"nat PREROUTING/OUTPUT (iptables-{backend})"
+    where = f"nat PREROUTING/OUTPUT (iptables-{tools.backend})"
     if found:
         head = f"{len(found)} foreign DNAT/REDIRECT rules in {where} catch [lb] addresses before flannel-lb:"
         return "warn", "\n".join([head, *_cut(found)])
@@ -640,33 +663,8 @@ def check_nat_conflicts(ctx: _Context) -> tuple[Status, str]:
     return "ok", f"no foreign DNAT/REDIRECT for [lb] addresses in {where}; {installed}"
 
 
-def _effective_backend(ctx: _Context) -> str:
-    chosen = ctx.cfg.dataplane.iptables_backend
-    if chosen != "auto":
-        return chosen
-    return "nft" if "nf_tables" in run(["iptables", "--version"], ctx.netns) else "legacy"
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    args: list[str]  # after `-A CHAIN`
-    text: str  # the line as iptables-save printed it
-
-
-Rules = dict[str, list[Rule]]  # chain -> its rules, in order
+Rules = dict[str, list[SavedRule]]  # chain -> its rules, in order (`savefile.table_chains`)
 _NAT_TARGETS = {"DNAT", "REDIRECT"}
-
-
-def parse_save(text: str) -> Rules:
-    """The `-A` lines of iptables-save output, per chain, in order."""
-    rules: Rules = {}
-    for line in text.splitlines():
-        if line.startswith(":"):
-            rules.setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            args = shlex.split(line)
-            rules.setdefault(args[1], []).append(Rule(args[2:], line))
-    return rules
 
 
 def find_conflicts(
@@ -677,44 +675,34 @@ def find_conflicts(
     The destination filters along the path (-d, ! -d) narrow which LB addresses could get there.
     """
     found: list[str] = []
-    for rule in rules.get(chain, []):
-        if _target(rule).startswith(prefix):
+    for saved in rules.get(chain, []):
+        if saved.rule.jump.startswith(prefix):
             return found, True
-        hit = _dest_filter(rule.args, addrs)
+        hit = _dest_filter(saved.rule, addrs)
         if hit:
-            found += _walk(rules, rule, hit, prefix, (chain,))
+            found += _walk(rules, saved, hit, prefix, (chain,))
     return found, False
 
 
-def _target(rule: Rule) -> str:
-    return _option(rule.args, "-j") or _option(rule.args, "-g") or ""
-
-
 def _walk(
-    rules: Rules, rule: Rule, addrs: set[ipaddress.IPv4Address], prefix: str, path: tuple[str, ...]
+    rules: Rules, saved: SavedRule, addrs: set[ipaddress.IPv4Address], prefix: str, path: tuple[str, ...]
 ) -> list[str]:
-    target = _target(rule)
+    target = saved.rule.jump
     if target in _NAT_TARGETS:
-        return [f"{' -> '.join(path)}: {rule.text} (catches {', '.join(sorted(map(str, addrs)))})"]
+        return [f"{' -> '.join(path)}: {saved.line} (catches {', '.join(sorted(map(str, addrs)))})"]
     if target not in rules or target in path or target.startswith(prefix) or len(path) > 16:
         return []
     out: list[str] = []
     for sub in rules[target]:
-        hit = _dest_filter(sub.args, addrs)
+        hit = _dest_filter(sub.rule, addrs)
         if hit:
             out += _walk(rules, sub, hit, prefix, (*path, target))
     return out
 
 
-def _option(args: Sequence[str], flag: str) -> str | None:
-    for i, arg in enumerate(args[:-1]):
-        if arg == flag:
-            return args[i + 1]
-    return None
-
-
-def _dest_filter(args: list[str], addrs: set[ipaddress.IPv4Address]) -> set[ipaddress.IPv4Address]:
+def _dest_filter(rule: Rule, addrs: set[ipaddress.IPv4Address]) -> set[ipaddress.IPv4Address]:
     """The LB addresses a rule's `-d`/`! -d` lets through (all of them without a -d)."""
+    args = rule.matches
     for i, arg in enumerate(args[:-1]):
         if arg in ("-d", "--destination"):
             nets = [ipaddress.IPv4Network(n, strict=False) for n in args[i + 1].split(",")]
@@ -726,20 +714,13 @@ def _dest_filter(args: list[str], addrs: set[ipaddress.IPv4Address]) -> set[ipad
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def run(argv: Sequence[str], netns: str | None, *, check: bool = True) -> str:
-    """Run a read-only command in the namespace and return its stdout; raise with stderr on failure."""
-    proc = _exec(argv, netns)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"`{shlex.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
 def ip_batch(commands: Sequence[str], netns: str | None) -> list[str | None]:
     """Run read-only `ip` commands in one process (`ip -o -force -batch`): each one's output line,
     or None where the kernel refused it."""
     if not commands:
         return []
-    proc = _exec(["ip", "-o", "-force", "-batch", "-"], netns, "".join(f"{c}\n" for c in commands))
+    stdin = "".join(f"{c}\n" for c in commands)
+    proc = run(["ip", "-o", "-force", "-batch", "-"], netns, input=stdin, timeout=TIMEOUT)
     return batch_results(len(commands), proc.stdout, proc.stderr)
 
 
@@ -754,22 +735,12 @@ def batch_results(count: int, stdout: str, stderr: str) -> list[str | None]:
     return out
 
 
-def _exec(
-    argv: Sequence[str], netns: str | None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    full = in_netns(argv, netns)
-    try:
-        return subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=30, check=False)
-    except FileNotFoundError:
-        raise RuntimeError(f"{argv[0]} is not installed") from None
-
-
 def read_sysctl(path: str, netns: str | None) -> str:
     """/proc/sys/<path> as the namespace sees it (/proc/sys/net follows the reader's namespace)."""
     if netns is None:
         with open(f"/proc/sys/{path}") as f:
             return f.read().strip()
-    return run(["cat", f"/proc/sys/{path}"], netns).strip()
+    return output(["cat", f"/proc/sys/{path}"], netns, timeout=TIMEOUT).strip()
 
 
 def read_file(path: str, netns: str | None) -> str:
@@ -778,8 +749,8 @@ def read_file(path: str, netns: str | None) -> str:
         with open(path) as f:
             return f.read()
     try:
-        return run(["cat", path], netns)
-    except RuntimeError as e:
+        return output(["cat", path], netns, timeout=TIMEOUT)
+    except CommandError as e:
         if f"{path}: No such file or directory" in str(e):  # cat's words, not `ip netns exec`'s
             raise FileNotFoundError(path) from None
         raise

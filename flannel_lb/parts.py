@@ -35,15 +35,12 @@ def plan_settings(cfg: Config) -> PlanSettings:
     )
 
 
-def own_subnet(cfg: Config, state: ClusterState) -> ipaddress.IPv4Network | None:
-    """The LB's own flannel lease: the one lease whose PublicIP is one of the LB's addresses.
+def lease_hint(cfg: Config, state: ClusterState) -> ipaddress.IPv4Network | None:
+    """The lease the config points at as the LB's own (`netcheck.lease_hint`); `netcheck.own_lease`
+    decides with the kernel's addresses, for the agent's netcheck and for `check` alike."""
+    from flannel_lb.kernel import netcheck  # pyroute2: only for the commands that look at the kernel
 
-    Anyone who can write a lease can give it the LB's PublicIP, so with several such leases none is
-    taken on trust (None); netcheck then lets the kernel tell (see `NetChecker.check`).
-    """
-    mine = set(cfg.lb.addresses)
-    subnets = {lease.subnet for lease in state.leases() if str(lease.public_ip) in mine}
-    return subnets.pop() if len(subnets) == 1 else None
+    return netcheck.lease_hint(state.leases(), cfg.lb.addresses)
 
 
 def etcd_settings(cfg: Config) -> EtcdSettings:

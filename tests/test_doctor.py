@@ -23,7 +23,8 @@ import pytest
 
 from flannel_lb import config as config_mod
 from flannel_lb import doctor
-from flannel_lb.doctor import CheckResult, find_conflicts, parse_save, run_checks
+from flannel_lb.dataplane.iptables.savefile import table_chains
+from flannel_lb.doctor import CheckResult, find_conflicts, run_checks
 from flannel_lb.lab.etcd_server import EtcdServer
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess
@@ -507,9 +508,10 @@ def test_foreign_dnat_before_our_jump_warns(ns: Namespaces, cfg: config_mod.Conf
 
 
 def test_our_jump_first_means_no_conflict() -> None:
-    rules = parse_save(
+    rules = table_chains(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:FLB-SVC - [0:0]\n-A PREROUTING -j FLB-SVC\n"
-        f"-A PREROUTING -d {LB_ADDR}/32 -j DNAT --to-destination 10.1.1.1\nCOMMIT\n"
+        f"-A PREROUTING -d {LB_ADDR}/32 -j DNAT --to-destination 10.1.1.1\nCOMMIT\n",
+        "nat",
     )
     assert find_conflicts(rules, "PREROUTING", {ipaddress.IPv4Address(LB_ADDR)}, "FLB-") == ([], True)
 
@@ -696,6 +698,111 @@ def test_flannel_lb_check_via_cli(ns: Namespaces, etcd_in_lb: EtcdServer, tmp_pa
 
 
 # --- the project's own lab: check on a working load balancer ------------------------------------------
+
+
+# --- check reports what the agent runs -------------------------------------------------------------------
+
+
+def _reported_backend(results: dict[str, CheckResult]) -> str:
+    """The backend `check` says flannel-lb writes, from both checks that name it (they must agree)."""
+    backend = (
+        results["iptables backend"].detail.split("flannel-lb's iptables writers use iptables-")[1].split()[0]
+    )
+    assert f"(iptables-{backend})" in results["nat conflicts"].detail, results["nat conflicts"].detail
+    return backend
+
+
+@pytest.mark.parametrize("holder", ["nft", "legacy"])
+@pytest.mark.parametrize("configured", ["auto", "nft", "legacy"])
+def test_check_reports_the_backend_the_agent_writes(
+    ns: Namespaces, cfg: config_mod.Config, holder: str, configured: str
+) -> None:
+    """Only `holder` holds (foreign) NAT rules; the backend check names is the agent's writer's."""
+    from flannel_lb.dataplane.iptables.restore import RestoreWriter
+    from flannel_lb.dataplane.plane import make_writer
+
+    if shutil.which(f"iptables-{holder}") is None:
+        pytest.skip(f"needs iptables-{holder}")
+    ns.run("lb", [f"iptables-{holder}", "-t", "nat", "-A", "PREROUTING", "-d", "10.9.9.9", "-j", "DNAT",
+                  "--to-destination", "10.1.1.1"])  # fmt: skip
+    chosen = dataclasses.replace(
+        cfg, dataplane=dataclasses.replace(cfg.dataplane, iptables_backend=configured)
+    )
+    writer = make_writer(chosen, ns.name("lb"))
+    assert isinstance(writer, RestoreWriter)
+    agent = writer.tools.backend
+    writer.close()
+    results = by_name(run_checks(chosen, netns=ns.name("lb")))
+    assert _reported_backend(results) == agent
+    if configured != "auto":
+        assert agent == configured
+    # The other backend's rules are the competing ones: check names them exactly when they exist.
+    other = "legacy" if agent == "nft" else "nft"
+    assert ("also holds 1 nat rules" in results["iptables backend"].detail) == (holder == other)
+
+
+def test_check_fails_where_the_agent_cannot_choose_a_backend(
+    ns: Namespaces, cfg: config_mod.Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `iptables` whose version names no backend: the agent refuses to guess, and check fails with
+    the agent's own words."""
+    from flannel_lb.dataplane.plane import make_writer
+    from flannel_lb.kernel.netns import CommandError
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "iptables").write_text("#!/bin/sh\necho 'iptables v9.9 (mystery)'\n")
+    (fake / "iptables").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")  # `ip netns exec` keeps the environment
+    with pytest.raises(CommandError, match="cannot tell the iptables backend") as refused:
+        make_writer(cfg, ns.name("lb"))
+    result = by_name(run_checks(cfg, netns=ns.name("lb")))["iptables backend"]
+    assert result.status == "fail"
+    assert str(refused.value) in result.detail
+
+
+def test_check_reports_the_own_lease_netcheck_skips(ns: Namespaces, etcd: EtcdServer, tmp_path: Path) -> None:
+    """A forged /23 around the LB's /24 with the LB's PublicIP: check and the agent's netcheck both take
+    the /24 as the own lease, and both path-check the /23."""
+    from flannel_lb import parts
+    from flannel_lb.kernel.netcheck import NetChecker
+
+    u = urllib.parse.urlsplit(etcd.client_url)
+    client = etcd3.client(host=u.hostname, port=u.port)
+    seed(client.put)
+    client.put(f"{FLANNEL}/subnets/10.246.90.0-23", k.vxlan_lease(LB_IP, OWN_MAC))
+    client.close()
+    cfg = config_mod.load(write_config(tmp_path, etcd.client_url))
+    results = by_name(run_checks(cfg, netns=ns.name("lb")))
+    own = results["own lease"]
+    assert own.status == "warn"
+    assert (
+        "the most specific, 10.246.90.0/24 (PublicIP 10.245.1.142, vxlan), is taken as its own" in own.detail
+    )
+    assert "10.246.90.0/23" in results["lease paths"].detail
+    assert "10.246.90.0/24" not in results["lease paths"].detail
+
+    state = parts.new_state(cfg)
+    parts.apply_update(state, parts.source(cfg).snapshot(retry_budget=3.0))
+    with NetChecker(ns.name("lb")) as checker:  # the agent's call (daemon/agent.py `_netcheck`)
+        faults = checker.check(state.leases(), state.network_config, parts.lease_hint(cfg, state))
+    assert ipaddress.IPv4Network("10.246.90.0/24") not in faults  # skipped: the own lease
+    assert ipaddress.IPv4Network("10.246.90.0/23") in faults  # checked like any node's
+
+
+def test_table_chains_reads_every_chain_of_one_table() -> None:
+    saved = table_chains(
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n"
+        "*nat\n:PREROUTING ACCEPT [3:180]\n:KUBE-X - [0:0]\n"
+        '[5:300] -A PREROUTING -m comment --comment "a \\"b\\"" -j KUBE-X\n'
+        "-A KUBE-X ! -d 10.0.0.0/8 -j DNAT --to-destination 10.1.1.1\nCOMMIT\n",
+        "nat",
+    )
+    assert list(saved) == ["PREROUTING", "KUBE-X"]
+    first = saved["PREROUTING"][0]
+    assert first.line == '-A PREROUTING -m comment --comment "a \\"b\\"" -j KUBE-X'
+    assert (first.rule.comment, first.rule.jump) == ('a "b"', "KUBE-X")
+    assert saved["KUBE-X"][0].rule.matches == ("!", "-d", "10.0.0.0/8")
 
 
 @pytest.fixture(scope="module")

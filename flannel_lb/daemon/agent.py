@@ -275,7 +275,7 @@ class Agent:
         if self.checker is None:
             return
         try:
-            own = parts.own_subnet(self.cfg, self.state)
+            own = parts.lease_hint(self.cfg, self.state)
             faults = self.checker.check(self.state.leases(), self.state.network_config, own)
         except Exception as e:  # a broken netlink read must not stop serving
             log.error("netcheck_failed", error=repr(e))

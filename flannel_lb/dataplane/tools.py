@@ -2,7 +2,8 @@
 
 iptables-nft and iptables-legacy program two different kernel subsystems; rules written to the one the
 rest of the host does not use are silently ineffective, so the backend follows the host's `iptables`
-unless the operator overrides it.
+unless the operator overrides it. `choose_backend` is that decision, for the agent's writers and for
+`flannel-lb check` alike.
 """
 
 from __future__ import annotations
@@ -13,14 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from flannel_lb.kernel.netns import in_netns
+from flannel_lb.kernel.netns import CommandError, output, run
 
 Backend = Literal["nft", "legacy"]
 BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
-
-
-class ToolError(RuntimeError):
-    """An iptables tool could not be run or failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +25,6 @@ class Tools:
     backend: Backend
     netns: str | None = None  # run every command inside this named namespace (ip netns exec)
     wait: int = 5  # seconds to wait for the xtables lock (-w) before failing
-
-    def wrap(self, argv: Sequence[str]) -> list[str]:
-        return in_netns(argv, self.netns)
 
     def binary(self, kind: str) -> str:
         """`iptables-nft-restore` etc.; old distributions only ship the unsuffixed legacy names."""
@@ -40,47 +34,60 @@ class Tools:
         return f"iptables{kind}"
 
     def restore_argv(self) -> list[str]:
-        return self.wrap([self.binary("-restore"), "-w", str(self.wait), "--noflush"])
+        return [self.binary("-restore"), "-w", str(self.wait), "--noflush"]
 
     def save_argv(self, table: str, *, counters: bool = False) -> list[str]:
-        return self.wrap([self.binary("-save"), "-t", table, *(["-c"] if counters else [])])
+        return [self.binary("-save"), "-t", table, *(["-c"] if counters else [])]
 
-    def run(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0) -> str:
-        """Run a tool; return stdout, raise ToolError with stderr on failure."""
-        proc = run(argv, input=input, timeout=timeout)
-        if proc.returncode != 0:
-            raise ToolError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
-        return proc.stdout
+    def run(
+        self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in this namespace, whatever its exit status (CommandError: could not run it)."""
+        return run(argv, self.netns, input=input, timeout=timeout)
 
-
-def run(
-    argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0
-) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError as e:
-        raise ToolError(f"{argv[0]}: not installed") from e
-    except subprocess.TimeoutExpired as e:
-        raise ToolError(f"{' '.join(argv)}: no answer within {timeout} s") from e
+    def output(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0) -> str:
+        """Run a command in this namespace; its stdout, or CommandError with its stderr on failure."""
+        return output(argv, self.netns, input=input, timeout=timeout)
 
 
-def detect_backend(netns: str | None = None) -> Backend:
-    """The backend of the host's `iptables` (what everything else on the host writes to)."""
-    argv = Tools("nft", netns).wrap(["iptables", "--version"])
-    out = run(argv, timeout=30).stdout
-    if "(nf_tables)" in out:
-        return "nft"
-    if "(legacy)" in out or (out.startswith("iptables v1.") and "(" not in out):  # < 1.8 knows only legacy
-        return "legacy"
-    raise ToolError(f"cannot tell the iptables backend from {out.strip()!r} ({' '.join(argv)})")
+@dataclass(frozen=True, slots=True)
+class HostIptables:
+    """What the namespace's `iptables` is: its backend, and its version line as printed."""
+
+    backend: Backend
+    version: str
+
+
+def host_iptables(netns: str | None = None) -> HostIptables:
+    """The backend of the host's `iptables` (what everything else on the host writes to).
+
+    Never a guess: an `iptables` that cannot be run, or whose version line names neither backend,
+    raises CommandError, and the agent does not start (`check` fails with the same message).
+    """
+    version = output(["iptables", "--version"], netns, timeout=30).strip()
+    if "(nf_tables)" in version:
+        return HostIptables("nft", version)
+    if "(legacy)" in version or (version.startswith("iptables v1.") and "(" not in version):  # < 1.8: legacy
+        return HostIptables("legacy", version)
+    raise CommandError(f"cannot tell the iptables backend from {version!r} (`iptables --version`)")
+
+
+def choose_backend(backend: str = "auto", netns: str | None = None) -> Backend:
+    """The backend flannel-lb's iptables writers program: `backend` ([dataplane] iptables_backend), and
+    for "auto" the host's `iptables`.
+
+    The rules already in either backend do not choose: an empty namespace (neither holds rules) still
+    has the `iptables` its firewall tools will use, and where both hold rules (or only the other one
+    does) flannel-lb still joins the host's `iptables`, and `check` warns about the other backend's NAT
+    rules, which compete for the same connections.
+    """
+    if backend == "auto":
+        return host_iptables(netns).backend
+    if backend not in BACKENDS:
+        raise ValueError(f"iptables backend {backend!r}: expected auto, nft or legacy")
+    return "nft" if backend == "nft" else "legacy"
 
 
 def make_tools(backend: str = "auto", netns: str | None = None, wait: int = 5) -> Tools:
-    """Tools for `backend` ("auto" follows the host's `iptables`)."""
-    if backend == "auto":
-        return Tools(detect_backend(netns), netns, wait)
-    if backend not in BACKENDS:
-        raise ValueError(f"iptables backend {backend!r}: expected auto, nft or legacy")
-    return Tools("nft" if backend == "nft" else "legacy", netns, wait)
+    """Tools for `backend` ("auto" follows the host's `iptables`: `choose_backend`)."""
+    return Tools(choose_backend(backend, netns), netns, wait)

@@ -438,25 +438,62 @@ def check_device_route(
     return f"no route to {lease.subnet} through {dev} ({backend}: {expected}){found}"
 
 
-def own_lease_subnet(
+# --- the LB's own lease: the one definition the agent's netcheck and `flannel-lb check` share --------
+
+
+def lease_hint(leases: Iterable[Lease], lb_addresses: Iterable[str]) -> IPv4Network | None:
+    """The lease the config points at: the one lease whose PublicIP is one of the [lb] addresses.
+
+    Anyone who can write a lease can give it the LB's PublicIP, so with several such leases none is
+    taken on trust (None); `own_lease` then lets the kernel tell.
+    """
+    mine = set(lb_addresses)
+    subnets = {lease.subnet for lease in leases if str(lease.public_ip) in mine}
+    return subnets.pop() if len(subnets) == 1 else None
+
+
+def own_lease_candidates(
     leases: Iterable[Lease], own_subnet: IPv4Network | None, local: set[IPv4Address]
-) -> IPv4Network | None:
-    """The one lease subnet that is this host's own and needs no path, or None.
+) -> list[Lease]:
+    """The leases that could be this host's own (`own_lease` says which one is).
 
     It must be exactly `own_subnet` (without one: a lease whose PublicIP is local), and this kernel
     must hold an address in it, as flanneld gives the flannel device its lease's address. A PublicIP
     alone proves nothing, since any lease can name the LB's: a forged lease elsewhere would skip the
     check and admit endpoints no path leads to. host-gw puts no address on the LB, so there the
-    subnet (or the PublicIP) has to do. Of several candidates only the most specific is taken (a
-    forged /23 around the LB's /24 holds the same address), so at most one subnet is ever skipped.
+    subnet (or the PublicIP) has to do.
     """
-    found = {
-        lease.subnet
+    return [
+        lease
         for lease in leases
         if (lease.subnet == own_subnet if own_subnet is not None else lease.public_ip in local)
         and (lease.backend_type == "host-gw" or any(ip in lease.subnet for ip in local))
-    }
-    return min(found, key=lambda n: (-n.prefixlen, int(n.network_address)), default=None)
+    ]
+
+
+def own_lease(
+    leases: Iterable[Lease], own_subnet: IPv4Network | None, local: set[IPv4Address]
+) -> Lease | None:
+    """This host's own lease, which needs no path (netcheck skips it), or None.
+
+    Of several candidates only the most specific is taken (a forged /23 around the LB's /24 holds the
+    same address), so at most one subnet is ever skipped.
+    """
+    found = own_lease_candidates(leases, own_subnet, local)
+    return min(found, key=lambda x: (-x.subnet.prefixlen, int(x.subnet.network_address)), default=None)
+
+
+def own_lease_subnet(
+    leases: Iterable[Lease], own_subnet: IPv4Network | None, local: set[IPv4Address]
+) -> IPv4Network | None:
+    """The subnet of `own_lease`."""
+    lease = own_lease(leases, own_subnet, local)
+    return lease.subnet if lease is not None else None
+
+
+def local_addresses(view: KernelView) -> set[IPv4Address]:
+    """Every IPv4 address of the namespace (what `own_lease` calls local)."""
+    return {iface.ip for ifaces in view.addresses.values() for iface in ifaces}
 
 
 # --- the checker --------------------------------------------------------------------------------
@@ -494,9 +531,8 @@ class NetChecker:
         faults: dict[IPv4Network, str] = {}
         unchecked: set[str] = set()
         seen: set[str] = set()
-        local = {iface.ip for ifaces in view.addresses.values() for iface in ifaces}
         leases = list(leases)
-        own = own_lease_subnet(leases, own_subnet, local)
+        own = own_lease_subnet(leases, own_subnet, local_addresses(view))
         for lease in leases:
             if own is not None and lease.subnet == own:
                 continue  # this host's own lease: its pods (if any) are local, no overlay path needed

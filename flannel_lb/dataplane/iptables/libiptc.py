@@ -29,7 +29,7 @@ from flannel_lb.dataplane.iptables.changes import Changes
 from flannel_lb.dataplane.iptables.restore import read_owned
 from flannel_lb.dataplane.iptables.rules import Rule, RuleSet
 from flannel_lb.dataplane.iptables.sync_state import SyncState
-from flannel_lb.dataplane.tools import Tools, make_tools, run
+from flannel_lb.dataplane.tools import Tools, make_tools
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
@@ -56,7 +56,7 @@ def check_host(tools: Tools) -> None:
             "(set iptables_backend = legacy only if this host really runs iptables-legacy)"
         )
     try:
-        proc = run(tools.wrap(["nft", "list", "tables"]), timeout=30)
+        proc = tools.run(["nft", "list", "tables"], timeout=30)
     except Exception:  # no nft binary: nothing can have created nft tables through it
         return
     tables = [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith(("table ip ", "table inet "))]

@@ -16,7 +16,7 @@ from flannel_lb.dataplane.iptables.render import render, render_changes
 from flannel_lb.dataplane.iptables.rules import TABLES, RuleSet, without_forward_jump
 from flannel_lb.dataplane.iptables.savefile import parse_save, spell
 from flannel_lb.dataplane.iptables.sync_state import SyncState
-from flannel_lb.dataplane.tools import Tools, make_tools, run
+from flannel_lb.dataplane.tools import Tools, make_tools
 
 _ERROR_LINE = re.compile(r"line:? (\d+)")
 _QUOTED_NAME = re.compile(r"['`]([^'`\s]+)'")
@@ -48,7 +48,7 @@ def apply(text: str, tools: Tools) -> None:
     """Apply restore text atomically; on failure raise RestoreError naming the offending line."""
     if not text:
         return
-    proc = run(tools.restore_argv(), input=text)
+    proc = tools.run(tools.restore_argv(), input=text)
     if proc.returncode == 0:
         return
     stderr = proc.stderr.strip()
@@ -80,7 +80,7 @@ def _offending_line(text: str, stderr: str) -> int | None:
 
 def read_owned(tools: Tools, prefix: str) -> RuleSet:
     """The kernel's chains named `prefix*` (nat, filter) and the builtin-chain jumps to them."""
-    return parse_save("".join(tools.run(tools.save_argv(t)) for t in TABLES), prefix)
+    return parse_save("".join(tools.output(tools.save_argv(t)) for t in TABLES), prefix)
 
 
 def diff(desired: RuleSet, tools: Tools) -> str:

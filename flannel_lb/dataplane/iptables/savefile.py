@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from flannel_lb.dataplane.iptables.rules import (
     BUCKET_TAGS,
@@ -138,3 +139,29 @@ def foreign_lines(text: str, prefix: str) -> list[str]:
             continue
         out.append(f"{table} {' '.join(tokens)}")
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class SavedRule:
+    """A rule of any chain, owned or not: parsed, and its line as iptables-save printed it."""
+
+    rule: Rule
+    line: str  # "-A CHAIN ...", counters removed
+
+
+def table_chains(text: str, table: str) -> dict[str, list[SavedRule]]:
+    """Every chain of `table` in iptables-save output (flannel-lb's and everyone else's), its rules
+    in order: what `check` walks to find foreign rules that act before flannel-lb's jumps."""
+    chains: dict[str, list[SavedRule]] = {}
+    for in_table, line in _lines(text):
+        if in_table != table:
+            continue
+        if line.startswith(":"):
+            chains.setdefault(line[1:].split(None, 1)[0], [])
+            continue
+        if line.startswith("["):  # iptables-save -c
+            line = _COUNTERS.sub("", line, count=1).strip()
+        tokens = split_line(line)
+        if len(tokens) >= 2 and tokens[0] == "-A":
+            chains.setdefault(tokens[1], []).append(SavedRule(Rule.from_args(tokens[2:]), line))
+    return chains

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,7 @@ from flannel_lb.dataplane.nftables import layout as nl
 from flannel_lb.dataplane.nftables.layout import FrontendKey
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import Mode
-from flannel_lb.dataplane.tools import run
-from flannel_lb.kernel.netns import in_netns
+from flannel_lb.kernel.netns import run
 from flannel_lb.plan.model import Plan
 from flannel_lb.untrusted import ascii_decimal
 
@@ -212,11 +212,11 @@ class NftWriter:
 
     # --- the kernel -----------------------------------------------------------------------------
 
-    def _argv(self, args: Sequence[str]) -> list[str]:
-        return in_netns(["nft", *args], self.netns)
+    def _nft(self, args: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run(["nft", *args], self.netns, input=input)
 
     def _apply(self, text: str) -> None:
-        proc = run(self._argv(["-f", "-"]), input=text)
+        proc = self._nft(["-f", "-"], input=text)
         if proc.returncode == 0:
             return
         stderr = proc.stderr.strip()
@@ -231,7 +231,7 @@ class NftWriter:
 
     def read_kernel(self) -> KernelTable | None:
         """The owned table as the kernel holds it; None when it does not exist."""
-        proc = run(self._argv(["-j", "list", "table", nl.FAMILY, self.table]))
+        proc = self._nft(["-j", "list", "table", nl.FAMILY, self.table])
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr:
                 return None
@@ -268,7 +268,7 @@ class NftWriter:
         self._current, self._need_full = None, True
         existed = self.read_kernel() is not None
         table = f"{nl.FAMILY} {self.table}"
-        proc = run(self._argv(["-f", "-"]), input=f"table {table}\ndelete table {table}\n")
+        proc = self._nft(["-f", "-"], input=f"table {table}\ndelete table {table}\n")
         if proc.returncode != 0:
             raise NftError(f"nft delete table {table} failed: {proc.stderr.strip()}")
         return f"removed nftables table {table}" if existed else f"no nftables table {table} to remove"
