@@ -4,7 +4,7 @@
 - `writer`: the sync bookkeeping both writers share (adopt, partial, full, verify)
 - `options`: what the config decides about the rules (marks, SNAT, prefixes)
 - `generation`: whether the kernel's tables changed since the last sync, without reading them back
-- `tools`: the iptables/nft binaries of this host, run in a network namespace when asked
+- `tools`: which iptables backend and binaries flannel-lb writes through (`choose_backend`, also `check`'s)
 - `iptables/`: the owned chains as a typed rule set, their restore text, the restore and libiptc writers
 - `nftables/`: one owned table of maps (services, endpoints) and its writer
 """
