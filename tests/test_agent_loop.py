@@ -22,10 +22,10 @@ def test_first_snapshot_is_frozen_out_of_the_collector() -> None:
         KeyValue("/registry/services/specs/default/web", svc, 2),
     ]
     assert gc.get_freeze_count() == 0
-    agent._handle(Snapshot(2, items))
+    agent.handle(Snapshot(2, items))
     decoded = agent.state.services[("default", "web")]
     assert agent.have_snapshot and gc.get_freeze_count() > 0
     assert not any(o is decoded for o in gc.get_objects())  # in the permanent generation now
     frozen = gc.get_freeze_count()
-    agent._handle(Snapshot(3, items))
+    agent.handle(Snapshot(3, items))
     assert gc.get_freeze_count() <= frozen  # not frozen again (frozen objects may still be freed)

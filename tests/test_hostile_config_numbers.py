@@ -119,7 +119,7 @@ def test_sighup_refuses_a_non_finite_number_and_keeps_the_running_config(tmp_pat
     running = agent.cfg
     for bad in ("nan", "inf", "-1.0", "true", "1e999"):
         path.write_text(BASE + f"[dataplane]\nfull_resync_interval = {bad}\n")
-        agent._reload()
+        agent.reload()
         assert agent.cfg is running
     exposition = agent.metrics.exposition().decode()
     assert re.search(r'flannel_lb_config_reloads_total\{result="error"\} 5\.0', exposition), exposition

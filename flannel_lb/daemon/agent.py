@@ -30,6 +30,7 @@ from flannel_lb import parts
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.problemlog import ProblemLog
+from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
 from flannel_lb.dataplane.iptables.sync_state import Writer
 from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport, dataplane_options, make_dataplane
@@ -113,13 +114,14 @@ class Agent:
         self.plan: Plan | None = None  # what the kernel holds (the last plan applied)
         self.have_snapshot = False
         self._pending: Change | None = None  # changes not yet synced
-        self._pending_since = 0.0
-        self._last_sync = -1e9
         self.last_sync_seconds = 0.0  # the last successful sync: plan, kernel write, conntrack cleanup
-        self._next_full = clock() + cfg.dataplane.full_resync_interval
-        self._next_netcheck = 0.0
-        self._retry_at: float | None = None
-        self._retry_wait = 1.0
+        self.scheduler = SyncScheduler(
+            min_interval=cfg.dataplane.min_sync_interval,
+            full_interval=cfg.dataplane.full_resync_interval,
+            netcheck_interval=NETCHECK_INTERVAL,
+            retry_max=SYNC_RETRY_MAX,
+            now=clock(),
+        )
         self._ready_sent = False
         self._settled = False  # the first sync from an etcd snapshot is done (its memory frozen)
         self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
@@ -134,7 +136,7 @@ class Agent:
         feeder.start()
         try:
             while not stop.is_set():
-                self._step(stop)
+                self.step()
         finally:
             stop.set()
             self.notifier.stopping()
@@ -172,14 +174,17 @@ class Agent:
         except BaseException as e:  # the loop decides; a dead feeder must not go unnoticed
             self.inbox.put(_SourceDone(e))
 
-    def _step(self, stop: threading.Event) -> None:
+    def step(self) -> None:
+        """One turn of the loop: take what arrived (waiting at most until the scheduler's next
+        deadline), then run the netcheck and the sync that are due."""
         now = self.clock()
+        wait = self.scheduler.deadline(now, watching=self.have_snapshot) - now
         try:
-            item = self.inbox.get(timeout=max(0.0, min(self._deadline(now) - now, 1.0)))
+            item = self.inbox.get(timeout=max(0.0, min(wait, 1.0)))
         except queue.Empty:
             item = None
         while item is not None:
-            self._handle(item)
+            self.handle(item)
             try:
                 item = self.inbox.get_nowait()  # coalesce everything already waiting
             except queue.Empty:
@@ -190,37 +195,21 @@ class Agent:
         if not self.have_snapshot:
             return
         now = self.clock()
-        if now >= self._next_netcheck:
+        if self.scheduler.netcheck_due(now):
             self._netcheck()
             self.conntrack.sample(self.cfg.conntrack.warn_usage)  # never raises
-            self._next_netcheck = now + NETCHECK_INTERVAL
+            self.scheduler.netcheck_done(now)
         expiry = self.planner.next_expiry()
         if expiry is not None and time.time() >= expiry:
             self._mark(None)  # a v2 lease ran out: nothing in etcd says so until its TTL event
-        if now >= self._next_full:
-            self._sync(full=True)
-        elif self._pending is not None and self._due(now):
-            self._sync(full=False)
-
-    def _deadline(self, now: float) -> float:
-        times = [self._next_full, self._next_netcheck if self.have_snapshot else now + 1.0]
-        if self._pending is not None:
-            times.append(
-                self._retry_at if self._retry_at is not None else self._last_sync + self._min_interval()
-            )
-        return min(times)
-
-    def _min_interval(self) -> float:
-        return self.cfg.dataplane.min_sync_interval
-
-    def _due(self, now: float) -> bool:
-        if self._retry_at is not None:
-            return now >= self._retry_at
-        return now - self._last_sync >= self._min_interval()
+        due = self.scheduler.due(now)
+        if due is not None:
+            self.sync(full=due == "full")
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def _handle(self, item: Update | _Reload | _SourceDone) -> None:
+    def handle(self, item: Update | _Reload | _SourceDone) -> None:
+        """Apply one input: an etcd update or status, a reload request, the end of the source."""
         if isinstance(item, Status):
             self.metrics.etcd_connected.set(1 if item.connected else 0)
             if item.connected:
@@ -234,7 +223,7 @@ class Agent:
                     self._serve_last_good(item.reason)
             return
         if isinstance(item, _Reload):
-            self._reload()
+            self.reload()
             return
         if isinstance(item, _SourceDone):
             if item.error is not None:
@@ -268,7 +257,7 @@ class Agent:
             return
         if self._pending is None:
             self._pending = Change(set())
-            self._pending_since = self.clock()
+            self.scheduler.change(self.clock())
         self._pending.merge(change or Change(set(), everything=True))
 
     def _netcheck(self) -> None:
@@ -285,7 +274,8 @@ class Agent:
             log.info("lease_paths_changed", faults={str(k): v for k, v in faults.items()})
             self._mark(None)
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP, through `request_reload`); a broken one is refused."""
         self.notifier.reloading()
         try:
             cfg = config_mod.load(self.cfg.path)
@@ -307,6 +297,8 @@ class Agent:
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
+        self.scheduler.min_interval = cfg.dataplane.min_sync_interval
+        self.scheduler.full_interval = cfg.dataplane.full_resync_interval
         self.planner.settings = parts.plan_settings(cfg)
         self.options = self.dataplane.options = dataplane_options(cfg, self.state.network_config)
         self.metrics.config_reloads.labels("ok").inc()
@@ -316,8 +308,9 @@ class Agent:
 
     # --- output -----------------------------------------------------------------------------------
 
-    def _sync(self, *, full: bool) -> SyncReport | None:
-        change, since = self._pending, self._pending_since
+    def sync(self, *, full: bool) -> SyncReport | None:
+        """Plan what changed and program it (full: the periodic verifying resync); None if it failed."""
+        change, since = self._pending, self.scheduler.pending_since or 0.0
         started = time.perf_counter()
         plan = self.planner.plan(change if change is not None else Change(set()))
         kind = "full" if full else "partial"
@@ -329,17 +322,12 @@ class Agent:
             result = self.dataplane.sync(plan, verify=full)
         except Exception as e:
             self.metrics.syncs.labels(kind, "error").inc()
-            self._retry_at = self.clock() + self._retry_wait
-            log.error("sync_failed", error=str(e), retry_in=self._retry_wait, rules="unchanged")
-            self._retry_wait = min(self._retry_wait * 2, SYNC_RETRY_MAX)
-            self._next_full = max(self._next_full, self.clock())  # the retry is a full sync anyway
+            wait = self.scheduler.failed(self.clock())
+            log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
             return None
         now = self.clock()
-        self._retry_at, self._retry_wait = None, 1.0
+        self.scheduler.synced(now, full=full)
         self._pending = None
-        self._last_sync = now
-        if full:
-            self._next_full = now + self.cfg.dataplane.full_resync_interval
         old, self.plan = self.plan, plan
         if self.saver is not None and (old is None or not _same_frontends(old, plan)):
             self.saver.header_extra = {"overlay_udp_port": self.options.overlay_udp_port}
@@ -478,9 +466,9 @@ class Agent:
         source = parts.source(self.cfg)
         snap = source.snapshot(retry_budget=retry_budget)
         self.prepare_host()
-        self._handle(snap)
+        self.handle(snap)
         self._netcheck()
-        result = self._sync(full=False)
+        result = self.sync(full=False)
         if result is None:
             raise RuntimeError("the sync failed; see the log for iptables' message")
         return result
