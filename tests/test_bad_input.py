@@ -38,6 +38,7 @@ from flannel_lb.daemon.agent import Agent
 from flannel_lb.dataplane.iptables.changes import Changes
 from flannel_lb.dataplane.iptables.rules import RuleSet, build_ruleset
 from flannel_lb.dataplane.iptables.sync_state import SyncState
+from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 from flannel_lb.decode import wire
 from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab.etcd_server import EtcdServer
@@ -441,7 +442,7 @@ def fresh_plan(cfg: config_mod.Config, snap: Snapshot) -> Plan:
 
 
 def new_agent(cfg: config_mod.Config, snap: Snapshot) -> Agent:
-    agent = Agent(cfg, writer=MemoryWriter())
+    agent = Agent(cfg, dataplane=IptablesPlane(MemoryWriter(), dataplane_options(cfg)))
     agent.handle(snap)
     assert agent.sync(full=False) is not None
     return agent

@@ -26,6 +26,7 @@ from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import Metrics
 from flannel_lb.kernel import conntrack_limits as ct
 from flannel_lb.lab.netns import Namespaces
+from tests.conftest import idle_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -502,10 +503,9 @@ def test_monitor_survives_unreadable_stats_and_says_so_once(fake_log: FakeLog) -
 def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog) -> None:
 
     from flannel_lb import config
-    from flannel_lb.daemon.agent import Agent
 
     cfg = config.parse({"lb": {"addresses": ["192.168.121.201"]}})
-    agent = Agent(cfg, writer=object())  # type: ignore[arg-type]  # no sync happens in this step
+    agent = idle_agent(cfg)
     proc = FakeProc()
     agent.conntrack = Monitor(agent.metrics, read=proc)
     agent.have_snapshot = True
@@ -521,11 +521,10 @@ def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog
 
 def test_sighup_applies_a_changed_conntrack_section(tmp_path: Path, fake_log: FakeLog) -> None:
     from flannel_lb import config
-    from flannel_lb.daemon.agent import Agent
 
     path = tmp_path / "flannel-lb.toml"
     path.write_text('[lb]\naddresses = ["192.168.121.201"]\n')
-    agent = Agent(config.load(str(path)), writer=object())  # type: ignore[arg-type]  # no sync here
+    agent = idle_agent(config.load(str(path)))  # no sync here
     paths = fake_kernel(tmp_path, max_=1000, hashsize=250, host=False)
     agent.conntrack = Monitor(agent.metrics, paths=paths)
     agent.reload()  # [conntrack] unchanged: nothing is applied

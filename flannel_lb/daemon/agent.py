@@ -11,9 +11,7 @@ garbage: the rules only change when a fresh, decoded state says so. SIGTERM leav
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import ipaddress
 import queue
 import threading
@@ -27,13 +25,13 @@ import structlog
 
 from flannel_lb import config as config_mod
 from flannel_lb import parts
+from flannel_lb.daemon import memory
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
-from flannel_lb.daemon.problemlog import ProblemLog
+from flannel_lb.daemon.reporting import SyncReporter
 from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
-from flannel_lb.dataplane.iptables.sync_state import Writer
-from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport, dataplane_options, make_dataplane
+from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options, make_dataplane
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
@@ -82,7 +80,6 @@ class Agent:
         self,
         cfg: config_mod.Config,
         *,
-        writer: Writer | None = None,
         dataplane: DataPlane | None = None,
         checker: PathChecker | None = None,
         metrics: Metrics | None = None,
@@ -93,13 +90,10 @@ class Agent:
         self.state: ClusterState = parts.new_state(cfg)
         self.planner = Planner(self.state, parts.plan_settings(cfg))
         self.options = dataplane_options(cfg)
-        if dataplane is None:
-            dataplane = IptablesPlane(writer, self.options) if writer else make_dataplane(cfg)
-        self.dataplane = dataplane
+        self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
         self.saver: holdover.Saver | None = None
-        self._held: set[str] = set()
-        self.problem_log = ProblemLog()  # bad keys logged once when they go bad and once when they recover
         self.metrics = metrics or Metrics()
+        self.reporter = SyncReporter(self.metrics)
         if cfg.lb.state_file:
             loaded = holdover.load(Path(cfg.lb.state_file))
             self.planner.holdover = loaded.saved
@@ -244,11 +238,7 @@ class Agent:
             if not self.have_snapshot:
                 self.have_snapshot = True
                 change = Change(set(), everything=True)
-                # The decoded cluster is ~1M long-lived objects at 10k services: out of the collector's
-                # sight before the first plan, which would otherwise pay for full collections walking
-                # them (plan and layout 1.0 -> 0.6 s). Nothing unreachable is left at this point to be
-                # frozen with them (measured: a collection here finds 0 objects, and costs 0.15 s).
-                gc.freeze()
+                memory.first_snapshot_decoded()
         self.metrics.etcd_revision.set(self.state.revision)
         self._mark(change)
 
@@ -321,7 +311,7 @@ class Agent:
             # the periodic resync reads the kernel back and rewrites only what drifted
             result = self.dataplane.sync(plan, verify=full)
         except Exception as e:
-            self.metrics.syncs.labels(kind, "error").inc()
+            self.reporter.failed(kind)
             wait = self.scheduler.failed(self.clock())
             log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
             return None
@@ -332,15 +322,6 @@ class Agent:
         if self.saver is not None and (old is None or not _same_frontends(old, plan)):
             self.saver.header_extra = {"overlay_udp_port": self.options.overlay_udp_port}
             self.saver.offer(plan)
-        if self.planner.held != self._held:
-            self._report_held(plan)
-        for d in set(plan.denied) - set(old.denied if old else ()):
-            log.warning(
-                "exposure_denied",
-                service=d.service,
-                frontend=f"{d.address}:{d.port}/{d.protocol}",
-                reason=d.reason,
-            )
         cleared = None
         if self.cfg.dataplane.conntrack_cleanup:
             try:
@@ -348,21 +329,20 @@ class Agent:
                 self.metrics.conntrack_deleted.inc(cleared.deleted + cleared.unnatted)
             except Exception as e:
                 log.warning("conntrack_cleanup_failed", error=repr(e))
-        self.problem_log.update(plan.problems)
-        backends, excluded = _tally(plan)
         # One figure for the whole sync (plan, kernel write, conntrack cleanup): the histogram, the
         # log line and `sync --once` all report this one.
         self.last_sync_seconds = round(time.perf_counter() - started, 4)
-        self._record(plan, result, kind, self.last_sync_seconds, now - since if change else None)
-        self.metrics.backends.set(backends)
-        self._record_excluded(excluded)
+        latency = now - since if change else None
+        counted = self.reporter.applied(
+            old, plan, result, kind, self.last_sync_seconds, latency, self.planner.held
+        )
         log.info(
             "sync",
             mode=result.mode,
             revision=plan.revision,
             frontends=len(plan.frontends),
-            backends=backends,
-            excluded=sum(excluded.values()),
+            backends=counted.backends,
+            excluded=sum(counted.excluded.values()),
             problems=len(plan.problems),
             conflicts=len(plan.conflicts),
             changed=result.summary(),
@@ -377,11 +357,7 @@ class Agent:
             self.metrics.serving_stale.set(0)
             self.notifier.status(f"serving {len(plan.frontends)} frontends")
         if not self._settled:
-            # What the first sync built (plan, rules) joins the decoded cluster out of the collector's
-            # sight: otherwise every full collection walks it and stalls a sync by tens of milliseconds.
-            gc.collect()
-            gc.freeze()
-            _release_free_memory()  # the snapshot's bytes and the first sync's text are garbage now
+            memory.first_sync_done()
             self._settled = True
         if not self._ready_sent:
             self._ready_sent = True
@@ -407,10 +383,7 @@ class Agent:
             log.error("boot_plan_failed", error=str(e), retry="at the next etcd attempt")
             return
         self.plan, self.stale = plan, header
-        backends, excluded = _tally(plan)
-        self._record(plan, result, "boot", time.perf_counter() - started, None)
-        self.metrics.backends.set(backends)
-        self._record_excluded(excluded)
+        counted = self.reporter.recorded(plan, result, "boot", time.perf_counter() - started)
         self.metrics.serving_stale.set(1)
         saved = bootplan.describe(header)
         self.health.synced = True
@@ -419,7 +392,7 @@ class Agent:
             "serving_last_good_plan",
             saved=saved,
             frontends=len(plan.frontends),
-            backends=backends,
+            backends=counted.backends,
             mode=result.mode,
             changed=result.summary(),
             etcd=reason,
@@ -427,39 +400,6 @@ class Agent:
         if not self._ready_sent:
             self._ready_sent = True
             self.notifier.ready(f"stale: etcd unreachable; serving {len(plan.frontends)} frontends ({saved})")
-
-    def _record_excluded(self, reasons: dict[str, int]) -> None:
-        self.metrics.excluded.clear()
-        for label, n in reasons.items():
-            self.metrics.excluded.labels(label).set(n)
-
-    def _report_held(self, plan: Plan) -> None:
-        held, was = set(self.planner.held), self._held
-        self._held = held
-        self.metrics.held.set(len(held))
-        for service in sorted(held - was):
-            log.warning("service_held_over", service=service, reason=plan.verdicts[service].reason)
-        for service in sorted(was - held):
-            log.info("service_no_longer_held", service=service)
-
-    def _record(
-        self, plan: Plan, result: SyncReport, kind: str, seconds: float, latency: float | None
-    ) -> None:
-        m = self.metrics
-        m.syncs.labels(kind, "ok").inc()
-        m.sync_seconds.labels(kind).observe(seconds)
-        if latency is not None and result.applied:
-            m.programming_seconds.observe(latency)
-        m.last_sync.set(time.time())
-        m.frontends.set(len(plan.frontends))
-        m.conflicts.set(len(plan.conflicts))
-        m.denied.set(len(plan.denied))
-        kinds: dict[str, int] = {}
-        for kind_, _key in {(p.kind, p.key) for p in plan.problems}:  # bad keys, not problems
-            kinds[kind_] = kinds.get(kind_, 0) + 1
-        m.problems.clear()
-        for label, n in kinds.items():
-            m.problems.labels(label).set(n)
 
     def sync_once(self, retry_budget: float | None = None) -> SyncReport:
         """`flannel-lb sync --once`: one snapshot, one netcheck, one sync; the host prepared as for `run`."""
@@ -479,25 +419,6 @@ def _same_frontends(a: Plan, b: Plan) -> bool:
     return len(a.frontends) == len(b.frontends) and all(
         x is y for x, y in zip(a.frontends, b.frontends, strict=True)
     )
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap back to the kernel (glibc's malloc_trim): after the cold start's transient
-    peak (the snapshot, decoding, the first transaction's text) RSS would otherwise stay at that peak."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _tally(plan: Plan) -> tuple[int, dict[str, int]]:
-    """Backends over all frontends, and excluded endpoints by reason label: one pass over the plan."""
-    backends = 0
-    reasons: dict[str, int] = {}
-    for f in plan.frontends:
-        backends += len(f.backends)
-        for e in f.excluded:
-            label = e.kind.value
-            reasons[label] = reasons.get(label, 0) + 1
-    return backends, reasons
 
 
 def install_signal_handlers(agent: Agent, stop: threading.Event) -> None:
