@@ -89,7 +89,7 @@ def hot_spots(collapsed: Path, top: int = 15, by_line: bool = False) -> tuple[in
     if not total:
         return 0, []
     spots = [HotSpot(f, n / total, own[f] / total) for f, n in inclusive.most_common()]
-    boring = ("<module>", "main (", "cmd_run", "Agent.run", "Agent._step", "_run_module", "_run_code")
+    boring = ("<module>", "main (", "cmd_run", "Agent.run", "Agent.step", "_run_module", "_run_code")
     interesting = [
         s
         for s in spots

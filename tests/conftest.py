@@ -147,3 +147,11 @@ def consume() -> Iterator[Callable[..., StreamConsumer]]:
     yield start
     for consumer in consumers:
         consumer.close()
+
+
+def idle_agent(cfg: Any) -> Any:
+    """An Agent for tests of its loop that never sync: its writer is a bare object."""
+    from flannel_lb.daemon.agent import Agent
+    from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
+
+    return Agent(cfg, dataplane=IptablesPlane(object(), dataplane_options(cfg)))  # type: ignore[arg-type]

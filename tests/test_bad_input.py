@@ -38,6 +38,7 @@ from flannel_lb.daemon.agent import Agent
 from flannel_lb.dataplane.iptables.changes import Changes
 from flannel_lb.dataplane.iptables.rules import RuleSet, build_ruleset
 from flannel_lb.dataplane.iptables.sync_state import SyncState
+from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 from flannel_lb.decode import wire
 from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab.etcd_server import EtcdServer
@@ -441,9 +442,9 @@ def fresh_plan(cfg: config_mod.Config, snap: Snapshot) -> Plan:
 
 
 def new_agent(cfg: config_mod.Config, snap: Snapshot) -> Agent:
-    agent = Agent(cfg, writer=MemoryWriter())
-    agent._handle(snap)
-    assert agent._sync(full=False) is not None
+    agent = Agent(cfg, dataplane=IptablesPlane(MemoryWriter(), dataplane_options(cfg)))
+    agent.handle(snap)
+    assert agent.sync(full=False) is not None
     return agent
 
 
@@ -498,8 +499,8 @@ def test_bad_input_is_reported_and_everything_else_served(
     assert_reports(fresh_plan(cfg, snap), case)
 
     # 2. the running agent re-lists (applied as a diff) and syncs
-    agent._handle(snap)
-    assert agent._sync(full=False) is not None
+    agent.handle(snap)
+    assert agent.sync(full=False) is not None
     assert agent.plan is not None
     assert_reports(agent.plan, case)
     kinds = {kind for _, kind, _ in case.problems}
@@ -537,8 +538,8 @@ def test_good_values_turning_bad_keep_their_last_good_record(server: EtcdServer,
     }
     for key, value in broken.items():
         etcd_client.put(key, value)
-    agent._handle(snapshot(cfg))
-    assert agent._sync(full=False) is not None
+    agent.handle(snapshot(cfg))
+    assert agent.sync(full=False) is not None
     assert agent.plan is not None
     assert _frontends(agent.plan) == GOOD
     assert good_chains(agent) == before
@@ -550,8 +551,8 @@ def test_good_values_turning_bad_keep_their_last_good_record(server: EtcdServer,
     # ... and once they are good again, the problems are gone
     for key in broken:
         etcd_client.put(key, HEALTHY[key])
-    agent._handle(snapshot(cfg))
-    assert agent._sync(full=False) is not None
+    agent.handle(snapshot(cfg))
+    assert agent.sync(full=False) is not None
     assert agent.plan is not None and not agent.plan.problems
     assert problem_metrics(agent) == {}
 

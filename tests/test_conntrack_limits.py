@@ -21,10 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flannel_lb.config import ConntrackConfig
+from flannel_lb.daemon import conntrack_monitor
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import Metrics
 from flannel_lb.kernel import conntrack_limits as ct
 from flannel_lb.lab.netns import Namespaces
+from tests.conftest import idle_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -309,6 +311,7 @@ class FakeLog:
 def fake_log(monkeypatch: pytest.MonkeyPatch) -> FakeLog:
     log = FakeLog()
     monkeypatch.setattr(ct, "log", log)
+    monkeypatch.setattr(conntrack_monitor, "log", log)  # the agent's sample logs there
     return log
 
 
@@ -498,38 +501,36 @@ def test_monitor_survives_unreadable_stats_and_says_so_once(fake_log: FakeLog) -
 
 
 def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog) -> None:
-    import threading
 
     from flannel_lb import config
-    from flannel_lb.daemon.agent import Agent
 
     cfg = config.parse({"lb": {"addresses": ["192.168.121.201"]}})
-    agent = Agent(cfg, writer=object())  # type: ignore[arg-type]  # no sync happens in this step
+    agent = idle_agent(cfg)
     proc = FakeProc()
     agent.conntrack = Monitor(agent.metrics, read=proc)
     agent.have_snapshot = True
-    agent._next_full = float("inf")
+    agent.scheduler.skip_full()
     proc.error = OSError("boom")
-    agent._step(threading.Event())  # must not raise
-    proc.error, proc.count, agent._next_netcheck = None, 900, 0.0
-    agent._step(threading.Event())
+    agent.step()  # must not raise
+    proc.error, proc.count = None, 900
+    agent.scheduler.netcheck_soon()
+    agent.step()
     assert "flannel_lb_conntrack_entries 900.0" in agent.metrics.exposition().decode().splitlines()
     assert [e for _, e, _ in fake_log.events] == ["conntrack_stats_unreadable", "conntrack_table_filling"]
 
 
 def test_sighup_applies_a_changed_conntrack_section(tmp_path: Path, fake_log: FakeLog) -> None:
     from flannel_lb import config
-    from flannel_lb.daemon.agent import Agent
 
     path = tmp_path / "flannel-lb.toml"
     path.write_text('[lb]\naddresses = ["192.168.121.201"]\n')
-    agent = Agent(config.load(str(path)), writer=object())  # type: ignore[arg-type]  # no sync here
+    agent = idle_agent(config.load(str(path)))  # no sync here
     paths = fake_kernel(tmp_path, max_=1000, hashsize=250, host=False)
     agent.conntrack = Monitor(agent.metrics, paths=paths)
-    agent._reload()  # [conntrack] unchanged: nothing is applied
+    agent.reload()  # [conntrack] unchanged: nothing is applied
     assert value(paths, ct.ESTABLISHED) == 432000 and "conntrack_limit_set" not in str(fake_log.events)
     path.write_text(path.read_text() + "[conntrack]\nmanage = true\ntcp_timeout_established = 7200\n")
-    agent._reload()
+    agent.reload()
     assert value(paths, ct.ESTABLISHED) == 7200
     assert value(paths, ct.HASHSIZE) == 250  # not the host's namespace: the hash table is left alone
     assert agent.cfg.conntrack.tcp_timeout_established == 7200

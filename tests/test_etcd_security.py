@@ -25,6 +25,7 @@ import pytest
 
 from flannel_lb import config as config_mod
 from flannel_lb.daemon.agent import Agent
+from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 from flannel_lb.lab.etcd_server import EtcdServer, EtcdTLS
 from flannel_lb.source import etcd_v3
 from flannel_lb.source.settings import EtcdSettings, parse_endpoint
@@ -354,7 +355,7 @@ def test_least_privilege_role_with_a_password(
             "dataplane": {"conntrack_cleanup": False, "manage_ip_forward": False, "min_sync_interval": 0.01},
         }
     )
-    agent = Agent(cfg, writer=MemoryWriter())
+    agent = Agent(cfg, dataplane=IptablesPlane(MemoryWriter(), dataplane_options(cfg)))
     stop = threading.Event()
     runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     runner.start()

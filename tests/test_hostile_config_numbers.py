@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flannel_lb import config
-from flannel_lb.daemon.agent import Agent
+from tests.conftest import idle_agent
 
 BASE = '[lb]\naddresses = ["192.168.121.201"]\n'
 KEYS = sorted(config.NUMBERS)
@@ -115,11 +115,11 @@ def test_reading_a_number_outside_the_schema_is_a_programming_error() -> None:
 def test_sighup_refuses_a_non_finite_number_and_keeps_the_running_config(tmp_path: Path) -> None:
     path = tmp_path / "flannel-lb.toml"
     path.write_text(BASE + "[dataplane]\nfull_resync_interval = 10.0\n")
-    agent = Agent(config.load(path), writer=object())  # type: ignore[arg-type]  # no sync happens here
+    agent = idle_agent(config.load(path))
     running = agent.cfg
     for bad in ("nan", "inf", "-1.0", "true", "1e999"):
         path.write_text(BASE + f"[dataplane]\nfull_resync_interval = {bad}\n")
-        agent._reload()
+        agent.reload()
         assert agent.cfg is running
     exposition = agent.metrics.exposition().decode()
     assert re.search(r'flannel_lb_config_reloads_total\{result="error"\} 5\.0', exposition), exposition

@@ -11,9 +11,7 @@ garbage: the rules only change when a fresh, decoded state says so. SIGTERM leav
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import ipaddress
 import queue
 import threading
@@ -27,12 +25,13 @@ import structlog
 
 from flannel_lb import config as config_mod
 from flannel_lb import parts
+from flannel_lb.daemon import memory
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
-from flannel_lb.daemon.problemlog import ProblemLog
+from flannel_lb.daemon.reporting import SyncReporter
+from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
-from flannel_lb.dataplane.iptables.sync_state import Writer
-from flannel_lb.dataplane.plane import DataPlane, IptablesPlane, SyncReport, dataplane_options, make_dataplane
+from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options, make_dataplane
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
@@ -81,7 +80,6 @@ class Agent:
         self,
         cfg: config_mod.Config,
         *,
-        writer: Writer | None = None,
         dataplane: DataPlane | None = None,
         checker: PathChecker | None = None,
         metrics: Metrics | None = None,
@@ -92,13 +90,10 @@ class Agent:
         self.state: ClusterState = parts.new_state(cfg)
         self.planner = Planner(self.state, parts.plan_settings(cfg))
         self.options = dataplane_options(cfg)
-        if dataplane is None:
-            dataplane = IptablesPlane(writer, self.options) if writer else make_dataplane(cfg)
-        self.dataplane = dataplane
+        self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
         self.saver: holdover.Saver | None = None
-        self._held: set[str] = set()
-        self.problem_log = ProblemLog()  # bad keys logged once when they go bad and once when they recover
         self.metrics = metrics or Metrics()
+        self.reporter = SyncReporter(self.metrics)
         if cfg.lb.state_file:
             loaded = holdover.load(Path(cfg.lb.state_file))
             self.planner.holdover = loaded.saved
@@ -113,13 +108,14 @@ class Agent:
         self.plan: Plan | None = None  # what the kernel holds (the last plan applied)
         self.have_snapshot = False
         self._pending: Change | None = None  # changes not yet synced
-        self._pending_since = 0.0
-        self._last_sync = -1e9
         self.last_sync_seconds = 0.0  # the last successful sync: plan, kernel write, conntrack cleanup
-        self._next_full = clock() + cfg.dataplane.full_resync_interval
-        self._next_netcheck = 0.0
-        self._retry_at: float | None = None
-        self._retry_wait = 1.0
+        self.scheduler = SyncScheduler(
+            min_interval=cfg.dataplane.min_sync_interval,
+            full_interval=cfg.dataplane.full_resync_interval,
+            netcheck_interval=NETCHECK_INTERVAL,
+            retry_max=SYNC_RETRY_MAX,
+            now=clock(),
+        )
         self._ready_sent = False
         self._settled = False  # the first sync from an etcd snapshot is done (its memory frozen)
         self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
@@ -134,7 +130,7 @@ class Agent:
         feeder.start()
         try:
             while not stop.is_set():
-                self._step(stop)
+                self.step()
         finally:
             stop.set()
             self.notifier.stopping()
@@ -172,14 +168,17 @@ class Agent:
         except BaseException as e:  # the loop decides; a dead feeder must not go unnoticed
             self.inbox.put(_SourceDone(e))
 
-    def _step(self, stop: threading.Event) -> None:
+    def step(self) -> None:
+        """One turn of the loop: take what arrived (waiting at most until the scheduler's next
+        deadline), then run the netcheck and the sync that are due."""
         now = self.clock()
+        wait = self.scheduler.deadline(now, watching=self.have_snapshot) - now
         try:
-            item = self.inbox.get(timeout=max(0.0, min(self._deadline(now) - now, 1.0)))
+            item = self.inbox.get(timeout=max(0.0, min(wait, 1.0)))
         except queue.Empty:
             item = None
         while item is not None:
-            self._handle(item)
+            self.handle(item)
             try:
                 item = self.inbox.get_nowait()  # coalesce everything already waiting
             except queue.Empty:
@@ -190,37 +189,21 @@ class Agent:
         if not self.have_snapshot:
             return
         now = self.clock()
-        if now >= self._next_netcheck:
+        if self.scheduler.netcheck_due(now):
             self._netcheck()
             self.conntrack.sample(self.cfg.conntrack.warn_usage)  # never raises
-            self._next_netcheck = now + NETCHECK_INTERVAL
+            self.scheduler.netcheck_done(now)
         expiry = self.planner.next_expiry()
         if expiry is not None and time.time() >= expiry:
             self._mark(None)  # a v2 lease ran out: nothing in etcd says so until its TTL event
-        if now >= self._next_full:
-            self._sync(full=True)
-        elif self._pending is not None and self._due(now):
-            self._sync(full=False)
-
-    def _deadline(self, now: float) -> float:
-        times = [self._next_full, self._next_netcheck if self.have_snapshot else now + 1.0]
-        if self._pending is not None:
-            times.append(
-                self._retry_at if self._retry_at is not None else self._last_sync + self._min_interval()
-            )
-        return min(times)
-
-    def _min_interval(self) -> float:
-        return self.cfg.dataplane.min_sync_interval
-
-    def _due(self, now: float) -> bool:
-        if self._retry_at is not None:
-            return now >= self._retry_at
-        return now - self._last_sync >= self._min_interval()
+        due = self.scheduler.due(now)
+        if due is not None:
+            self.sync(full=due == "full")
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def _handle(self, item: Update | _Reload | _SourceDone) -> None:
+    def handle(self, item: Update | _Reload | _SourceDone) -> None:
+        """Apply one input: an etcd update or status, a reload request, the end of the source."""
         if isinstance(item, Status):
             self.metrics.etcd_connected.set(1 if item.connected else 0)
             if item.connected:
@@ -234,7 +217,7 @@ class Agent:
                     self._serve_last_good(item.reason)
             return
         if isinstance(item, _Reload):
-            self._reload()
+            self.reload()
             return
         if isinstance(item, _SourceDone):
             if item.error is not None:
@@ -255,11 +238,7 @@ class Agent:
             if not self.have_snapshot:
                 self.have_snapshot = True
                 change = Change(set(), everything=True)
-                # The decoded cluster is ~1M long-lived objects at 10k services: out of the collector's
-                # sight before the first plan, which would otherwise pay for full collections walking
-                # them (plan and layout 1.0 -> 0.6 s). Nothing unreachable is left at this point to be
-                # frozen with them (measured: a collection here finds 0 objects, and costs 0.15 s).
-                gc.freeze()
+                memory.first_snapshot_decoded()
         self.metrics.etcd_revision.set(self.state.revision)
         self._mark(change)
 
@@ -268,7 +247,7 @@ class Agent:
             return
         if self._pending is None:
             self._pending = Change(set())
-            self._pending_since = self.clock()
+            self.scheduler.change(self.clock())
         self._pending.merge(change or Change(set(), everything=True))
 
     def _netcheck(self) -> None:
@@ -285,7 +264,8 @@ class Agent:
             log.info("lease_paths_changed", faults={str(k): v for k, v in faults.items()})
             self._mark(None)
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP, through `request_reload`); a broken one is refused."""
         self.notifier.reloading()
         try:
             cfg = config_mod.load(self.cfg.path)
@@ -307,6 +287,8 @@ class Agent:
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
+        self.scheduler.min_interval = cfg.dataplane.min_sync_interval
+        self.scheduler.full_interval = cfg.dataplane.full_resync_interval
         self.planner.settings = parts.plan_settings(cfg)
         self.options = self.dataplane.options = dataplane_options(cfg, self.state.network_config)
         self.metrics.config_reloads.labels("ok").inc()
@@ -316,8 +298,9 @@ class Agent:
 
     # --- output -----------------------------------------------------------------------------------
 
-    def _sync(self, *, full: bool) -> SyncReport | None:
-        change, since = self._pending, self._pending_since
+    def sync(self, *, full: bool) -> SyncReport | None:
+        """Plan what changed and program it (full: the periodic verifying resync); None if it failed."""
+        change, since = self._pending, self.scheduler.pending_since or 0.0
         started = time.perf_counter()
         plan = self.planner.plan(change if change is not None else Change(set()))
         kind = "full" if full else "partial"
@@ -328,31 +311,17 @@ class Agent:
             # the periodic resync reads the kernel back and rewrites only what drifted
             result = self.dataplane.sync(plan, verify=full)
         except Exception as e:
-            self.metrics.syncs.labels(kind, "error").inc()
-            self._retry_at = self.clock() + self._retry_wait
-            log.error("sync_failed", error=str(e), retry_in=self._retry_wait, rules="unchanged")
-            self._retry_wait = min(self._retry_wait * 2, SYNC_RETRY_MAX)
-            self._next_full = max(self._next_full, self.clock())  # the retry is a full sync anyway
+            self.reporter.failed(kind)
+            wait = self.scheduler.failed(self.clock())
+            log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
             return None
         now = self.clock()
-        self._retry_at, self._retry_wait = None, 1.0
+        self.scheduler.synced(now, full=full)
         self._pending = None
-        self._last_sync = now
-        if full:
-            self._next_full = now + self.cfg.dataplane.full_resync_interval
         old, self.plan = self.plan, plan
         if self.saver is not None and (old is None or not _same_frontends(old, plan)):
             self.saver.header_extra = {"overlay_udp_port": self.options.overlay_udp_port}
             self.saver.offer(plan)
-        if self.planner.held != self._held:
-            self._report_held(plan)
-        for d in set(plan.denied) - set(old.denied if old else ()):
-            log.warning(
-                "exposure_denied",
-                service=d.service,
-                frontend=f"{d.address}:{d.port}/{d.protocol}",
-                reason=d.reason,
-            )
         cleared = None
         if self.cfg.dataplane.conntrack_cleanup:
             try:
@@ -360,21 +329,20 @@ class Agent:
                 self.metrics.conntrack_deleted.inc(cleared.deleted + cleared.unnatted)
             except Exception as e:
                 log.warning("conntrack_cleanup_failed", error=repr(e))
-        self.problem_log.update(plan.problems)
-        backends, excluded = _tally(plan)
         # One figure for the whole sync (plan, kernel write, conntrack cleanup): the histogram, the
         # log line and `sync --once` all report this one.
         self.last_sync_seconds = round(time.perf_counter() - started, 4)
-        self._record(plan, result, kind, self.last_sync_seconds, now - since if change else None)
-        self.metrics.backends.set(backends)
-        self._record_excluded(excluded)
+        latency = now - since if change else None
+        counted = self.reporter.applied(
+            old, plan, result, kind, self.last_sync_seconds, latency, self.planner.held
+        )
         log.info(
             "sync",
             mode=result.mode,
             revision=plan.revision,
             frontends=len(plan.frontends),
-            backends=backends,
-            excluded=sum(excluded.values()),
+            backends=counted.backends,
+            excluded=sum(counted.excluded.values()),
             problems=len(plan.problems),
             conflicts=len(plan.conflicts),
             changed=result.summary(),
@@ -389,11 +357,7 @@ class Agent:
             self.metrics.serving_stale.set(0)
             self.notifier.status(f"serving {len(plan.frontends)} frontends")
         if not self._settled:
-            # What the first sync built (plan, rules) joins the decoded cluster out of the collector's
-            # sight: otherwise every full collection walks it and stalls a sync by tens of milliseconds.
-            gc.collect()
-            gc.freeze()
-            _release_free_memory()  # the snapshot's bytes and the first sync's text are garbage now
+            memory.first_sync_done()
             self._settled = True
         if not self._ready_sent:
             self._ready_sent = True
@@ -419,10 +383,7 @@ class Agent:
             log.error("boot_plan_failed", error=str(e), retry="at the next etcd attempt")
             return
         self.plan, self.stale = plan, header
-        backends, excluded = _tally(plan)
-        self._record(plan, result, "boot", time.perf_counter() - started, None)
-        self.metrics.backends.set(backends)
-        self._record_excluded(excluded)
+        counted = self.reporter.recorded(plan, result, "boot", time.perf_counter() - started)
         self.metrics.serving_stale.set(1)
         saved = bootplan.describe(header)
         self.health.synced = True
@@ -431,7 +392,7 @@ class Agent:
             "serving_last_good_plan",
             saved=saved,
             frontends=len(plan.frontends),
-            backends=backends,
+            backends=counted.backends,
             mode=result.mode,
             changed=result.summary(),
             etcd=reason,
@@ -440,47 +401,14 @@ class Agent:
             self._ready_sent = True
             self.notifier.ready(f"stale: etcd unreachable; serving {len(plan.frontends)} frontends ({saved})")
 
-    def _record_excluded(self, reasons: dict[str, int]) -> None:
-        self.metrics.excluded.clear()
-        for label, n in reasons.items():
-            self.metrics.excluded.labels(label).set(n)
-
-    def _report_held(self, plan: Plan) -> None:
-        held, was = set(self.planner.held), self._held
-        self._held = held
-        self.metrics.held.set(len(held))
-        for service in sorted(held - was):
-            log.warning("service_held_over", service=service, reason=plan.verdicts[service].reason)
-        for service in sorted(was - held):
-            log.info("service_no_longer_held", service=service)
-
-    def _record(
-        self, plan: Plan, result: SyncReport, kind: str, seconds: float, latency: float | None
-    ) -> None:
-        m = self.metrics
-        m.syncs.labels(kind, "ok").inc()
-        m.sync_seconds.labels(kind).observe(seconds)
-        if latency is not None and result.applied:
-            m.programming_seconds.observe(latency)
-        m.last_sync.set(time.time())
-        m.frontends.set(len(plan.frontends))
-        m.conflicts.set(len(plan.conflicts))
-        m.denied.set(len(plan.denied))
-        kinds: dict[str, int] = {}
-        for kind_, _key in {(p.kind, p.key) for p in plan.problems}:  # bad keys, not problems
-            kinds[kind_] = kinds.get(kind_, 0) + 1
-        m.problems.clear()
-        for label, n in kinds.items():
-            m.problems.labels(label).set(n)
-
     def sync_once(self, retry_budget: float | None = None) -> SyncReport:
         """`flannel-lb sync --once`: one snapshot, one netcheck, one sync; the host prepared as for `run`."""
         source = parts.source(self.cfg)
         snap = source.snapshot(retry_budget=retry_budget)
         self.prepare_host()
-        self._handle(snap)
+        self.handle(snap)
         self._netcheck()
-        result = self._sync(full=False)
+        result = self.sync(full=False)
         if result is None:
             raise RuntimeError("the sync failed; see the log for iptables' message")
         return result
@@ -491,25 +419,6 @@ def _same_frontends(a: Plan, b: Plan) -> bool:
     return len(a.frontends) == len(b.frontends) and all(
         x is y for x, y in zip(a.frontends, b.frontends, strict=True)
     )
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap back to the kernel (glibc's malloc_trim): after the cold start's transient
-    peak (the snapshot, decoding, the first transaction's text) RSS would otherwise stay at that peak."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _tally(plan: Plan) -> tuple[int, dict[str, int]]:
-    """Backends over all frontends, and excluded endpoints by reason label: one pass over the plan."""
-    backends = 0
-    reasons: dict[str, int] = {}
-    for f in plan.frontends:
-        backends += len(f.backends)
-        for e in f.excluded:
-            label = e.kind.value
-            reasons[label] = reasons.get(label, 0) + 1
-    return backends, reasons
 
 
 def install_signal_handlers(agent: Agent, stop: threading.Event) -> None:
