@@ -368,7 +368,7 @@ def run_pipeline(values: dict[str, bytes]) -> tuple[ClusterState, Result]:
     plan = compute_plan(state, SETTINGS, now=NOW)
     rules = build_ruleset(plan, OPTIONS)
     nft = NftWriter(OPTIONS)
-    nft_text = nft.plan(plan, full=True)[1]
+    nft_text = nft.next_sync(plan, full=True)[1]
     return state, Result(plan, render(rules, None, full=True), nft_text)
 
 

@@ -361,6 +361,7 @@ class RuleBuilder:
         self._names = Names(Options().prefix)
         self._memo: dict[tuple[str, int, str], _Part] = {}
         self.reused = 0  # frontends taken from the memo by the last build (for tests and metrics)
+        self.rebuilt: tuple[str, ...] = ()  # labels of the frontends the last build made chains for
 
     def build(self, plan: Plan, options: Options | None = None, *, forward_filtered: bool = True) -> RuleSet:
         opts = options or Options()
@@ -371,6 +372,7 @@ class RuleBuilder:
         memo: dict[tuple[str, int, str], _Part] = {}
         parts: list[_Part] = []
         reused = 0
+        rebuilt: list[str] = []
         for f in plan.frontends:
             key = f.key
             part = old.get(key)
@@ -378,9 +380,10 @@ class RuleBuilder:
                 reused += 1
             else:
                 part = _frontend_part(f, opts, names)
+                rebuilt.append(f.label)
             memo[key] = part
             parts.append(part)
-        self._memo, self.reused = memo, reused
+        self._memo, self.reused, self.rebuilt = memo, reused, tuple(rebuilt)
         forward = _forward_jump(opts, forward_filtered)
         return _assemble(parts, opts, names, unique=len(memo) == len(parts), forward=forward)
 

@@ -94,7 +94,9 @@ class SyncState(ABC):
         """Release what the writer holds (threads); the kernel state is left as it is."""
         self._current = None
 
-    def plan(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> tuple[Mode, Changes]:
+    def next_sync(
+        self, desired: RuleSet, *, full: bool = False, verify: bool = False
+    ) -> tuple[Mode, Changes]:
         """What the next sync would do (reads the kernel when this writer's memory is not trusted).
 
         full: rewrite every chain (after a failure: kube-proxy's rule). verify: compare with what the
@@ -133,7 +135,7 @@ class SyncState(ABC):
 
     def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str:
         """The exact restore text the next sync would apply ("" if nothing would change)."""
-        return render_changes(self.plan(desired, full=full, verify=verify)[1], self.leaf_block)
+        return render_changes(self.next_sync(desired, full=full, verify=verify)[1], self.leaf_block)
 
     def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> SyncResult:
         """One atomic transaction (none if nothing changed; with `leaf_block`, unreferenced chains may

@@ -98,7 +98,7 @@ class NftWriter:
 
     # --- syncing ------------------------------------------------------------------------------------
 
-    def plan(
+    def next_sync(
         self, plan: Plan, *, full: bool = False, verify: bool = False
     ) -> tuple[Mode, str, dict[str, int], nl.Layout]:
         """What the next sync would do: its mode, the `nft -f` text ("" = nothing), counts, the layout."""
@@ -125,7 +125,7 @@ class NftWriter:
         """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
         start = time.perf_counter()
         self._staged_balance = set()
-        mode, text, counts, desired = self.plan(plan, full=full, verify=verify)
+        mode, text, counts, desired = self.next_sync(plan, full=full, verify=verify)
         if text:
             before = self.generation()
             try:
@@ -144,7 +144,7 @@ class NftWriter:
         return NftSyncResult(mode, counts, text, time.perf_counter() - start)
 
     def render(self, plan: Plan, *, full: bool = False, verify: bool = False) -> str:
-        return self.plan(plan, full=full, verify=verify)[1]
+        return self.next_sync(plan, full=full, verify=verify)[1]
 
     def forget(self) -> None:
         self._current, self._need_full, self._genid = None, True, None
