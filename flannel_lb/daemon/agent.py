@@ -31,6 +31,7 @@ from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.reporting import SyncReporter
 from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
+from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options, make_dataplane
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel import conntrack_limits
@@ -89,7 +90,6 @@ class Agent:
         self.cfg = cfg
         self.state: ClusterState = parts.new_state(cfg)
         self.planner = Planner(self.state, parts.plan_settings(cfg))
-        self.options = dataplane_options(cfg)
         self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
         self.saver: holdover.Saver | None = None
         self.metrics = metrics or Metrics()
@@ -119,6 +119,17 @@ class Agent:
         self._ready_sent = False
         self._settled = False  # the first sync from an etcd snapshot is done (its memory frozen)
         self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
+
+    @property
+    def options(self) -> Options:
+        """What the data plane currently renders with."""
+        return self.dataplane.options
+
+    def _use_options(self, options: Options) -> None:
+        """The one place options change (start, reload, flannel's config, the boot plan); a writer given
+        new ones rebuilds what they shape."""
+        if options != self.dataplane.options:
+            self.dataplane.options = options
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -290,7 +301,7 @@ class Agent:
         self.scheduler.min_interval = cfg.dataplane.min_sync_interval
         self.scheduler.full_interval = cfg.dataplane.full_resync_interval
         self.planner.settings = parts.plan_settings(cfg)
-        self.options = self.dataplane.options = dataplane_options(cfg, self.state.network_config)
+        self._use_options(dataplane_options(cfg, self.state.network_config))
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", path=cfg.path)
         self._mark(None)
@@ -304,9 +315,9 @@ class Agent:
         started = time.perf_counter()
         plan = self.planner.plan(change if change is not None else Change(set()))
         kind = "full" if full else "partial"
-        options = dataplane_options(self.cfg, self.state.network_config)
-        if options != self.options:  # a reload, or flannel's network config (its overlay port) changed
-            self.options = self.dataplane.options = options
+        self._use_options(
+            dataplane_options(self.cfg, self.state.network_config)
+        )  # its overlay port may change
         try:
             # the periodic resync reads the kernel back and rewrites only what drifted
             result = self.dataplane.sync(plan, verify=full)
@@ -373,8 +384,8 @@ class Agent:
         started = time.perf_counter()
         header = bootplan.read_header(Path(self.cfg.lb.state_file))
         plan = bootplan.boot_plan(self.planner.holdover, header, self.planner.settings)
-        self.options = self.dataplane.options = dataclasses.replace(
-            dataplane_options(self.cfg), overlay_udp_port=header.overlay_udp_port
+        self._use_options(
+            dataclasses.replace(dataplane_options(self.cfg), overlay_udp_port=header.overlay_udp_port)
         )
         try:
             result = self.dataplane.sync(plan)
