@@ -107,16 +107,13 @@ def generate(services: int, endpoints: int, nodes: int, path: Path) -> tuple[int
     """Write the snapshot's (key, value) pairs to `path`; return (keys, bytes of values)."""
     from bench.common import bulk_services
     from bench.objects import encoded, fake_endpoints
+    from flannel_lb.lab import objects
 
     subnets = [(f"node-{n}", f"10.246.{n}") for n in range(1, nodes + 1)]
     items: list[tuple[str, bytes]] = [("/coreos.com/network/config", NETWORK)]
     for n, (_, net) in enumerate(subnets, 1):
-        lease = {
-            "PublicIP": f"192.168.121.{10 + n}",
-            "BackendType": "vxlan",
-            "BackendData": {"VNI": 1, "VtepMAC": f"aa:00:00:00:00:{n:02x}"},
-        }
-        items.append((f"/coreos.com/network/subnets/{net}.0-24", json.dumps(lease).encode()))
+        lease = objects.lease(f"192.168.121.{10 + n}", f"aa:00:00:00:00:{n:02x}")
+        items.append((f"/coreos.com/network/subnets/{net}.0-24", lease))
     bulk = bulk_services(0, services, 20000, lambda i: fake_endpoints(i, endpoints, subnets))
     items += [kv for i, svc in enumerate(bulk) for kv in encoded(svc, i)]
     with open(path, "wb") as f:

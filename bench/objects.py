@@ -1,10 +1,10 @@
 """Services, Endpoints and EndpointSlices for the benchmarks, as kube-apiserver stores them.
 
-The shapes follow the lab's controllers (`flannel_lb.lab.cluster`): a Service exposed on the LB's
-address, its Endpoints object and one EndpointSlice managed by the EndpointSlice controller, all
-protobuf-encoded (`k8s\\0` envelope, `flannel_lb.decode.kube.encode_protobuf`). The lab's `Cluster`
-model is not used for bulk objects: it re-renders every object on each sync, which is fine for a few
-services and far too slow for 30,000.
+The objects come from the one factory, `flannel_lb.lab.objects`, shaped as the lab's controllers
+write them: a Service exposed on the LB's address, its Endpoints object and one EndpointSlice
+managed by the EndpointSlice controller, all protobuf-encoded (`k8s\\0` envelope,
+`flannel_lb.decode.kube.encode_protobuf`). The lab's `Cluster` model is not used for bulk objects:
+it re-renders every object on each sync, which is fine for a few services and far too slow for 30,000.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flannel_lb.decode.kube import encode_protobuf
-from flannel_lb.lab.cluster import REGISTRY, now_rfc3339
+from flannel_lb.lab import objects
+from flannel_lb.lab.cluster import REGISTRY
+from flannel_lb.lab.objects import now_rfc3339
 
 NAMESPACE = "bench"
 SLICE_SUFFIX = "-bx7k2"  # one slice per service, with a stable generated-looking name
@@ -53,85 +55,61 @@ class BenchService:
         return (self.service_key, self.endpoints_key, self.slice_key)
 
 
-def _meta(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": NAMESPACE,
-        "uid": str(uuid.uuid4()),
-        "creationTimestamp": now_rfc3339(),
-    }
-    if labels:
-        meta["labels"] = labels
-    return meta
-
-
 def service_object(svc: BenchService, cluster_ip: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(svc.name, {"app": svc.name}),
-        "spec": {
-            "ports": [{"name": "http", "protocol": "TCP", "port": svc.port, "targetPort": svc.target_port}],
-            "selector": {"app": svc.name},
-            "clusterIP": cluster_ip,
-            "clusterIPs": [cluster_ip],
-            "type": "ClusterIP",
-            "sessionAffinity": "None",
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
-            "internalTrafficPolicy": "Cluster",
-            "externalIPs": [svc.address],
-        },
-        "status": {"loadBalancer": {}},
-    }
+    return objects.service(
+        svc.name,
+        NAMESPACE,
+        ports=[objects.port(svc.port, svc.target_port, name="http")],
+        selector={"app": svc.name},
+        cluster_ip=cluster_ip,
+        external_ips=[svc.address],
+        uid=str(uuid.uuid4()),
+        created=now_rfc3339(),
+        labels={"app": svc.name},
+        apiserver_defaults=True,
+    )
 
 
-def _target_ref(svc: BenchService, i: int) -> dict[str, Any]:
-    return {"kind": "Pod", "namespace": NAMESPACE, "name": f"{svc.name}-pod-{i}", "uid": str(uuid.uuid4())}
+def _pod(svc: BenchService, i: int) -> str:
+    return f"{svc.name}-pod-{i}"
 
 
 def endpoints_object(svc: BenchService) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": _meta(svc.name, {"app": svc.name}),
-    }
-    if svc.endpoints:
-        addresses = [
-            {"ip": e.ip, "nodeName": e.node, "targetRef": _target_ref(svc, i)}
-            for i, e in enumerate(svc.endpoints)
-        ]
-        ports = [{"name": "http", "port": svc.target_port, "protocol": "TCP"}]
-        obj["subsets"] = [{"addresses": addresses, "ports": ports}]
-    return obj
+    addresses = [
+        objects.endpoints_address(
+            e.ip, e.node, pod=_pod(svc, i), pod_namespace=NAMESPACE, pod_uid=str(uuid.uuid4())
+        )
+        for i, e in enumerate(svc.endpoints)
+    ]
+    subsets = [objects.endpoints_subset(addresses, [("http", svc.target_port, "TCP")])] if addresses else []
+    return objects.endpoints(
+        svc.name, subsets, NAMESPACE, uid=str(uuid.uuid4()), created=now_rfc3339(), labels={"app": svc.name}
+    )
 
 
 def slice_object(svc: BenchService) -> dict[str, Any]:
-    labels = {
-        "app": svc.name,
-        "kubernetes.io/service-name": svc.name,
-        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-    }
-    meta = _meta(svc.name + SLICE_SUFFIX, labels)
-    meta["generateName"] = f"{svc.name}-"
     endpoints = [
-        {
-            "addresses": [e.ip],
-            "conditions": {"ready": True, "serving": True, "terminating": False},
-            "nodeName": e.node,
-            "targetRef": _target_ref(svc, i),
-        }
+        objects.endpoint(
+            e.ip,
+            e.node,
+            terminating=False,
+            pod=_pod(svc, i),
+            pod_namespace=NAMESPACE,
+            pod_uid=str(uuid.uuid4()),
+        )
         for i, e in enumerate(svc.endpoints)
     ]
-    ports = [{"name": "http", "protocol": "TCP", "port": svc.target_port}] if svc.endpoints else []
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": meta,
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": ports,
-    }
+    return objects.endpoint_slice(
+        svc.name + SLICE_SUFFIX,
+        svc.name,
+        endpoints,
+        [("http", svc.target_port, "TCP")] if svc.endpoints else [],
+        NAMESPACE,
+        labels={"app": svc.name},
+        uid=str(uuid.uuid4()),
+        created=now_rfc3339(),
+        generate_name=f"{svc.name}-",
+    )
 
 
 def cluster_ip(index: int) -> str:

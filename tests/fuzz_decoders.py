@@ -55,7 +55,7 @@ except ImportError:
     from flannel_lb.plan.compute import PlanSettings, compute_plan
     from flannel_lb.state.cluster import MAX_REASON, ClusterState
 
-from tests import kube_objects as k
+from flannel_lb.lab import objects as k
 
 LB = "192.168.121.201"
 SETTINGS = PlanSettings(addresses=frozenset({LB}))
@@ -98,7 +98,9 @@ SEEDS: tuple[bytes, ...] = (
         )
     ),
     encode_protobuf(k.node("node-1", "10.246.9.0/24", "10.245.1.3", flannel={"backend-type": "vxlan"})),
-    encode_protobuf(k.endpoints("fuzz", [("10.246.9.2", "node-1")], [("http", 8080, "TCP")])),
+    encode_protobuf(
+        k.endpoints("fuzz", [k.endpoints_subset([("10.246.9.2", "node-1")], [("http", 8080, "TCP")])])
+    ),
 )
 
 outcomes: Counter[str] = Counter()
@@ -107,7 +109,7 @@ outcomes: Counter[str] = Counter()
 def _state() -> ClusterState:
     state = ClusterState()
     state.put("/coreos.com/network/config", NETWORK)
-    state.put("/coreos.com/network/subnets/10.246.9.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"))
+    state.put("/coreos.com/network/subnets/10.246.9.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
     state.put(KEYS[0], SEEDS[0])
     state.put(KEYS[1], SEEDS[1])
     return state
@@ -252,9 +254,7 @@ def run_atheris(runs: int, extra: list[str]) -> None:
         (corpus / f"decode-{i}").write_bytes(b"\x00" + seed)
         (corpus / f"state-{i}").write_bytes(b"\x04" + bytes([i]) + seed)
     (corpus / "network").write_bytes(b"\x01" + NETWORK)
-    (corpus / "lease").write_bytes(
-        b"\x02" + b"10.246.9.0-24\n" + k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01")
-    )
+    (corpus / "lease").write_bytes(b"\x02" + b"10.246.9.0-24\n" + k.lease("10.245.1.3", "aa:00:00:00:00:01"))
     (corpus / "json").write_bytes(b"\x03" + json.dumps(k.service("fuzz", external_ips=[LB])).encode())
     args = [sys.argv[0], f"-runs={runs}", "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]
     args.append(f"-artifact_prefix={work}/")  # a crashing input is written there

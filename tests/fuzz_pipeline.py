@@ -52,11 +52,11 @@ from flannel_lb.dataplane.nftables import layout as nft_layout
 from flannel_lb.dataplane.nftables.writer import NftWriter
 from flannel_lb.dataplane.options import Options
 from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
 from flannel_lb.plan import report
 from flannel_lb.plan.compute import PlanSettings, admission_for, compute_plan
 from flannel_lb.plan.model import Frontend, Plan
 from flannel_lb.state.cluster import MAX_REASON, ClusterState
-from tests import kube_objects as k
 
 LB = "192.168.121.201"
 SETTINGS = PlanSettings(addresses=frozenset({LB}))
@@ -118,7 +118,7 @@ def _victim_objects() -> dict[str, dict[str, Any]]:
 
 
 def _lease(public_ip: str, mac: str) -> dict[str, Any]:
-    return json.loads(k.vxlan_lease(public_ip, mac))
+    return json.loads(k.lease(public_ip, mac))
 
 
 # --- hostile values ---------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ import gc
 import json
 
 from flannel_lb import config
+from flannel_lb.lab.objects import service
 from flannel_lb.source.records import KeyValue, Snapshot
 from tests.conftest import idle_agent
-from tests.kube_objects import service
 
 
 def test_first_snapshot_is_frozen_out_of_the_collector() -> None:

@@ -41,6 +41,7 @@ from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 from flannel_lb.decode import wire
 from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
 from flannel_lb.lab.etcd_server import EtcdServer
 from flannel_lb.plan.compute import PlanSettings, compute_plan
 from flannel_lb.plan.model import Plan
@@ -48,7 +49,6 @@ from flannel_lb.plan.planner import Planner
 from flannel_lb.source import EventBatch, Snapshot
 from flannel_lb.state.cluster import MAX_REASON, ClusterState
 from tests import fuzz_decoders as fuzz
-from tests import kube_objects as k
 from tests.conftest import FAST_ETCD_ARGS, StreamConsumer, _require_etcd
 
 pytestmark = pytest.mark.etcd
@@ -75,7 +75,7 @@ def _slice(name: str, service: str, ips: list[str], port: int) -> bytes:
 HEALTHY: dict[str, bytes] = {
     f"{FLANNEL}/config": NETWORK,
     **{
-        f"{FLANNEL}/subnets/{s}": k.vxlan_lease(ip, f"aa:00:00:00:00:0{i}")
+        f"{FLANNEL}/subnets/{s}": k.lease(ip, f"aa:00:00:00:00:0{i}")
         for i, (s, ip) in enumerate(LEASES.items())
     },
     SVC + "good-a": _svc("good-a", 80),
@@ -293,9 +293,9 @@ CATALOG: list[Case] = [
     Case(
         "lease-key-does-not-parse",
         {
-            f"{FLANNEL}/subnets/garbage": k.vxlan_lease("10.245.1.9", "aa:00:00:00:00:09"),
-            f"{FLANNEL}/subnets/10.246.3.0-33": k.vxlan_lease("10.245.1.9", "aa:00:00:00:00:09"),
-            f"{FLANNEL}/subnets/10.246.3.7-24": k.vxlan_lease("10.245.1.9", "aa:00:00:00:00:09"),
+            f"{FLANNEL}/subnets/garbage": k.lease("10.245.1.9", "aa:00:00:00:00:09"),
+            f"{FLANNEL}/subnets/10.246.3.0-33": k.lease("10.245.1.9", "aa:00:00:00:00:09"),
+            f"{FLANNEL}/subnets/10.246.3.7-24": k.lease("10.245.1.9", "aa:00:00:00:00:09"),
         },
         [
             (f"{FLANNEL}/subnets/garbage", "lease", "lease key 'garbage' is not of the form"),
@@ -306,7 +306,7 @@ CATALOG: list[Case] = [
     Case(
         "lease-outside-the-network",
         {
-            f"{FLANNEL}/subnets/10.99.1.0-24": k.vxlan_lease("10.245.1.8", "aa:00:00:00:00:08"),
+            f"{FLANNEL}/subnets/10.99.1.0-24": k.lease("10.245.1.8", "aa:00:00:00:00:08"),
             SVC + "outside": _service_json("outside", ports=[k.port(95, name="web")]),
             SLICES + "outside-1": _json(
                 k.endpoint_slice(
@@ -324,7 +324,9 @@ CATALOG: list[Case] = [
         {
             SVC + "legacy": _service_json("legacy", ports=[k.port(99, name="web")]),
             EPS + "legacy": encode_protobuf(
-                k.endpoints("legacy", [("10.246.1.9", "node-1")], [("web", 8099, "TCP")])
+                k.endpoints(
+                    "legacy", [k.endpoints_subset([("10.246.1.9", "node-1")], [("web", 8099, "TCP")])]
+                )
             ),
             SVC + "legacy-bad": _service_json("legacy-bad", ports=[k.port(89, name="web")]),
             EPS + "legacy-bad": b"k8s:enc:aescbc:v1:key1:\x8a\x01\x02ciphertext",
@@ -594,7 +596,7 @@ def test_service_with_1000_ports(server: EtcdServer, etcd_client: Any) -> None:
 
 
 def test_slice_with_10000_endpoints(server: EtcdServer, etcd_client: Any) -> None:
-    etcd_client.put(f"{FLANNEL}/subnets/10.246.64.0-18", k.vxlan_lease("10.245.1.50", "aa:00:00:00:00:50"))
+    etcd_client.put(f"{FLANNEL}/subnets/10.246.64.0-18", k.lease("10.245.1.50", "aa:00:00:00:00:50"))
     ips = [str(0x0AF64000 + 1 + i) for i in range(10_000)]  # inside 10.246.64.0/18
     ips = [".".join(str((int(n) >> s) & 255) for s in (24, 16, 8, 0)) for n in ips]
     eps = [k.endpoint(ip, "node-big", ready=i % 10 != 0) for i, ip in enumerate(ips)]
@@ -758,7 +760,7 @@ def _cluster(draw: st.DrawFn) -> Drawn:
         leases.append("10.246.1.0-24")
     for i, name in enumerate(leases):
         key = f"{FLANNEL}/subnets/{name}"
-        values[key] = k.vxlan_lease(f"10.245.1.{10 + i}", f"aa:00:00:00:00:{i:02x}")
+        values[key] = k.lease(f"10.245.1.{10 + i}", f"aa:00:00:00:00:{i:02x}")
         expiry[key] = draw(st.sampled_from([None, None, NOW - 5, NOW + 60]))
     faults = set(draw(st.lists(st.sampled_from(sorted(_LEASE_POOL)), unique=True, max_size=2)))
     for s in range(draw(st.integers(1, 3))):

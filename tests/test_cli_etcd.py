@@ -19,8 +19,8 @@ import etcd3
 import pytest
 
 from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
 from flannel_lb.lab.etcd_server import EtcdServer
-from tests import kube_objects as k
 
 pytestmark = pytest.mark.etcd
 
@@ -74,7 +74,7 @@ def backends(plan: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
 def put_leases(c: Any, subnets: dict[str, str]) -> None:
     c.put(f"{FLANNEL}/config", NETWORK)
     for i, (subnet, public_ip) in enumerate(subnets.items()):
-        c.put(f"{FLANNEL}/subnets/{subnet}", k.vxlan_lease(public_ip, f"aa:00:00:00:00:{i:02x}"))
+        c.put(f"{FLANNEL}/subnets/{subnet}", k.lease(public_ip, f"aa:00:00:00:00:{i:02x}"))
 
 
 def seed_cluster(c: Any, encode: Callable[[dict[str, Any]], bytes]) -> None:
@@ -266,8 +266,8 @@ def test_flannel_leases_in_the_v2_keyspace(etcd_v2: EtcdServer, tmp_path: Path) 
         urllib.request.urlopen(req, timeout=5).read()
 
     v2_put(f"{FLANNEL}/config", NETWORK)
-    v2_put(f"{FLANNEL}/subnets/10.246.92.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"), ttl=86400)
-    v2_put(f"{FLANNEL}/subnets/10.246.55.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02"), ttl=86400)
+    v2_put(f"{FLANNEL}/subnets/10.246.92.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"), ttl=86400)
+    v2_put(f"{FLANNEL}/subnets/10.246.55.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02"), ttl=86400)
     c = client_of(etcd_v2)
     c.put(SVC + "default/app", encode_protobuf(k.service("app", external_ips=[LB])))
     eps = [k.endpoint("10.246.92.7"), k.endpoint("10.246.55.7")]
@@ -342,7 +342,7 @@ def test_watch_follows_pods_leases_and_compaction(
     c = client_of(etcd)
     put_leases(c, {"10.246.92.0-24": "10.245.1.3"})
     lease = c.lease(3)  # node-2's flannel lease; it is never refreshed, so it expires
-    c.put(f"{FLANNEL}/subnets/10.246.55.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02"), lease=lease)
+    c.put(f"{FLANNEL}/subnets/10.246.55.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02"), lease=lease)
     c.put(SVC + "default/app", encode_protobuf(k.service("app", external_ips=[LB])))
 
     def slice_with(*ips: str) -> bytes:

@@ -15,13 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
 from flannel_lb.plan.compute import Admission, PlanSettings, admission_for, compute_plan
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
 from flannel_lb.plan.report import explain
 from flannel_lb.state import cluster
 from flannel_lb.state.cluster import ClusterState
-from tests import kube_objects as k
 
 LB = "192.168.121.201"
 SETTINGS = PlanSettings(addresses=frozenset({LB}))
@@ -31,14 +31,16 @@ SVC = "/registry/services/specs/default/"
 EPS = "/registry/services/endpoints/default/"
 SLICES = "/registry/endpointslices/default/"
 ENCRYPTED = b"k8s:enc:aescbc:v1:key1:\x00\x01ciphertext"
-TRUNCATED = encode_protobuf(k.endpoints("x", [("10.246.1.9", "n1")], [("", 80, "TCP")]))[:-9]
+TRUNCATED = encode_protobuf(
+    k.endpoints("x", [k.endpoints_subset([("10.246.1.9", "n1")], [("", 80, "TCP")])])
+)[:-9]
 
 
 def _flannel() -> list[tuple[str, bytes]]:
     return [
         ("/coreos.com/network/config", NETWORK),
-        ("/coreos.com/network/subnets/10.246.1.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01")),
-        ("/coreos.com/network/subnets/10.246.2.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02")),
+        ("/coreos.com/network/subnets/10.246.1.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01")),
+        ("/coreos.com/network/subnets/10.246.2.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02")),
     ]
 
 
@@ -47,7 +49,9 @@ def svc(name: str, port: int = 80) -> bytes:
 
 
 def eps(name: str, *ips: str) -> bytes:
-    return encode_protobuf(k.endpoints(name, [(ip, "n1") for ip in ips], [("", 8080, "TCP")]))
+    return encode_protobuf(
+        k.endpoints(name, [k.endpoints_subset([(ip, "n1") for ip in ips], [("", 8080, "TCP")])])
+    )
 
 
 def slice_(name: str, service: str, *ips: str) -> bytes:

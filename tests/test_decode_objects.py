@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from flannel_lb.decode import objects
 from flannel_lb.decode.kube import decode_used, decode_value, encode_protobuf
 from flannel_lb.decode.model import Endpoint
-from tests import kube_objects as k
+from flannel_lb.lab import objects as k
 from tests.test_decode_kube import _NO_FIXTURES, FIXTURES, _fixture_params
 
 CONVERTERS = {
@@ -205,7 +205,7 @@ def test_repeated_strings_and_port_lists_are_shared() -> None:
                 f"s{i}",
                 [k.endpoint(f"10.246.1.{i}", "node-1"), k.endpoint(f"10.246.2.{i}", "node-2")],
                 [("http", 8080, "TCP")],
-                ns="team-a",
+                namespace="team-a",
             )
         )
         (group,) = objects.endpoint_slice(decode_used(value)).obj  # type: ignore[misc]
@@ -217,7 +217,7 @@ def test_repeated_strings_and_port_lists_are_shared() -> None:
     assert a.endpoints[0].node_name is b.endpoints[0].node_name
     svc = [
         objects.service(
-            decode_used(encode_protobuf(k.service(f"s{i}", ns="team-a", external_ips=["10.0.0.9"])))
+            decode_used(encode_protobuf(k.service(f"s{i}", namespace="team-a", external_ips=["10.0.0.9"])))
         ).obj
         for i in (1, 2)
     ]

@@ -25,12 +25,12 @@ from flannel_lb import config as config_mod
 from flannel_lb import doctor
 from flannel_lb.dataplane.iptables.savefile import table_chains
 from flannel_lb.doctor import CheckResult, find_conflicts, run_checks
+from flannel_lb.lab import objects as k
 from flannel_lb.lab.etcd_server import EtcdServer
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess
 from flannel_lb.lab.netns import Namespaces
 from flannel_lb.lab.topology import batch
-from tests import kube_objects as k
 from tests.conftest import FAST_ETCD_ARGS
 from tests.test_lab import fetch, module_lab
 
@@ -115,7 +115,7 @@ def ns() -> Iterator[Namespaces]:
 def seed(put: Any) -> None:
     put(f"{FLANNEL}/config", NETWORK)
     for key, (public_ip, mac) in LEASES.items():
-        put(f"{FLANNEL}/subnets/{key}", k.vxlan_lease(public_ip, mac))
+        put(f"{FLANNEL}/subnets/{key}", k.lease(public_ip, mac))
 
 
 def write_config(tmp_path: Path, endpoint: str, budget: float = 3.0, conntrack: str = "") -> Path:

@@ -26,10 +26,10 @@ import pytest
 from flannel_lb import config as config_mod
 from flannel_lb.daemon.agent import Agent
 from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
+from flannel_lb.lab import objects as k
 from flannel_lb.lab.etcd_server import EtcdServer, EtcdTLS
 from flannel_lb.source import etcd_v3
 from flannel_lb.source.settings import EtcdSettings, parse_endpoint
-from tests import kube_objects as k
 from tests.conftest import FAST_ETCD_ARGS
 from tests.test_bad_input import MemoryWriter
 
@@ -125,8 +125,8 @@ def tls_server(etcd_factory: Callable[..., EtcdServer], certs: dict[str, Path]) 
 def seed(c: Any) -> None:
     """One Service on the LB address with two ready endpoints on two live leases."""
     c.put("/coreos.com/network/config", b'{"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan"}}')
-    c.put("/coreos.com/network/subnets/10.246.1.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"))
-    c.put("/coreos.com/network/subnets/10.246.2.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02"))
+    c.put("/coreos.com/network/subnets/10.246.1.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
+    c.put("/coreos.com/network/subnets/10.246.2.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02"))
     c.put("/registry/services/specs/default/web", json.dumps(k.service("web", external_ips=[LB])).encode())
     eps = [k.endpoint("10.246.1.2", "node-1"), k.endpoint("10.246.2.2", "node-2")]
     c.put(

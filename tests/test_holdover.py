@@ -9,11 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
 from flannel_lb.plan.holdover import Saver, StateFile, frontend_from_json, load
 from flannel_lb.plan.model import Affinity, Backend, Excluded, Frontend, frontend_json
 from flannel_lb.plan.planner import Planner
 from flannel_lb.state.cluster import ClusterState
-from tests import kube_objects as k
 from tests.test_plan import LB, SETTINGS, SLICES, SVC, base_state
 
 GARBAGE = b"k8s\x00\n\x0c\n\x02v1\x12\x07Service\x12\xff\xff"  # truncated protobuf
@@ -90,7 +90,7 @@ def test_a_live_service_claiming_the_port_beats_the_held_one(tmp_path: Path) -> 
     eps = [k.endpoint("10.246.92.20", "node-1")]
     planner.state.put(
         SLICES + "other/web2-1",
-        encode_protobuf(k.endpoint_slice("web2-1", "web2", eps, [("", 80, "TCP")], ns="other")),
+        encode_protobuf(k.endpoint_slice("web2-1", "web2", eps, [("", 80, "TCP")], namespace="other")),
     )
     plan = planner.plan()
     assert labels(plan)[f"{LB}:80/TCP"] == "other/web2"

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from flannel_lb.decode.flannel import Lease, parse_lease
 from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.kernel.netcheck import own_lease_subnet
+from flannel_lb.lab import objects as k
 from flannel_lb.plan.compute import PlanSettings, compute_plan
 from flannel_lb.plan.model import Exclusion, Plan
 from flannel_lb.plan.policy import ExposurePolicy
 from flannel_lb.state.cluster import ClusterState
-from tests import kube_objects as k
 
 LB = "192.168.121.201"
 NOW = 1_800_000_000.0
@@ -30,7 +30,7 @@ NAMES = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 def _state() -> ClusterState:
     state = ClusterState()
     state.put("/coreos.com/network/config", NETWORK)
-    state.put(SUBNETS + "10.246.1.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"))
+    state.put(SUBNETS + "10.246.1.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
     _serve(state, "default", "good", 80, ["10.246.1.5", "10.246.1.6"])
     return state
 
@@ -92,7 +92,9 @@ def test_identity_mismatch_is_reported_under_its_key_and_skipped(
         state.put(f"{SVC}{key[0]}/{key[1]}", encode_protobuf(legacy))
         path = f"/registry/services/endpoints/{key[0]}/{key[1]}"
         value = encode_protobuf(
-            k.endpoints(meta[1], [("10.246.1.99", "node-1")], [("web", 8080, "TCP")], meta[0])
+            k.endpoints(
+                meta[1], [k.endpoints_subset([("10.246.1.99", "node-1")], [("web", 8080, "TCP")])], meta[0]
+            )
         )
     else:
         if key[1] == meta[1]:
@@ -153,7 +155,7 @@ def _bad_key_suffixes() -> st.SearchStrategy[str]:
 def test_lease_keys_must_be_flannels_exact_spelling(name: str) -> None:
     state = _state()
     key = SUBNETS + name
-    state.put(key, k.vxlan_lease("10.245.1.9", "aa:00:00:00:00:09"))
+    state.put(key, k.lease("10.245.1.9", "aa:00:00:00:00:09"))
     plan = compute_plan(state, SETTINGS, now=NOW)
     assert len(state.leases()) == 1
     assert _frontends(plan) == GOOD
@@ -166,7 +168,7 @@ def test_overlapping_leases_exclude_only_the_overlap(prefix: int, offset: int) -
     state = _state()
     net = ipaddress.ip_network(f"10.246.1.{offset}/{prefix}", strict=False)
     key = SUBNETS + f"{net.network_address}-{prefix}"
-    state.put(key, k.vxlan_lease("10.245.1.8", "aa:00:00:00:00:08"))
+    state.put(key, k.lease("10.245.1.8", "aa:00:00:00:00:08"))
     plan = compute_plan(state, SETTINGS, now=NOW)
     kinds = _kinds(plan)
     assert kinds.get(key) == "lease" and kinds.get(SUBNETS + "10.246.1.0-24") == "lease"
@@ -181,7 +183,7 @@ def test_overlapping_leases_exclude_only_the_overlap(prefix: int, offset: int) -
 
 def test_lease_network_broadcast_and_lb_addresses_are_excluded() -> None:
     state = _state()
-    state.put(SUBNETS + "10.246.7.0-24", k.vxlan_lease("10.245.1.7", "aa:00:00:00:00:07"))
+    state.put(SUBNETS + "10.246.7.0-24", k.lease("10.245.1.7", "aa:00:00:00:00:07"))
     _serve(state, "default", "odd", 90, ["10.246.1.0", "10.246.1.255", "10.246.7.9"])
     plan = compute_plan(state, PlanSettings(addresses=frozenset({LB, "10.246.7.9"})), now=NOW)
     ex = _excluded(plan)
@@ -191,7 +193,7 @@ def test_lease_network_broadcast_and_lb_addresses_are_excluded() -> None:
 
 
 def _lease(subnet: str, public: str) -> Lease:
-    return parse_lease(subnet.replace("/", "-"), k.vxlan_lease(public, "aa:00:00:00:00:01"))
+    return parse_lease(subnet.replace("/", "-"), k.lease(public, "aa:00:00:00:00:01"))
 
 
 def test_own_lease_subnet_rules() -> None:
@@ -209,8 +211,8 @@ def _one(ips: list[str], *, network: bool = True, family: str = "IPv4", **kw: bo
     state = ClusterState()
     if network:
         state.put("/coreos.com/network/config", NETWORK)
-    state.put(SUBNETS + "10.246.1.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"))
-    state.put(SUBNETS + "10.246.1.0-25", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02"))
+    state.put(SUBNETS + "10.246.1.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
+    state.put(SUBNETS + "10.246.1.0-25", k.lease("10.245.1.4", "aa:00:00:00:00:02"))
     svc = k.service("s", ports=[k.port(80, name="web")], external_ips=[LB])
     state.put(SVC + "default/s", encode_protobuf(svc))
     eps = [k.endpoint(ip, "node-1", **kw) for ip in ips]

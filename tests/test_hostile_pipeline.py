@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flannel_lb.lab import objects as k
 from tests import fuzz_pipeline as fp
-from tests import kube_objects as k
 
 BASE = fp.baseline()
 

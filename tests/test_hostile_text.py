@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flannel_lb import cli
+from flannel_lb.lab import objects as k
 from flannel_lb.plan import report
 from flannel_lb.plan.compute import PlanSettings, admission_for, compute_plan
 from flannel_lb.state.cluster import ClusterState
 from flannel_lb.text import printable
-from tests import kube_objects as k
 
 LB = "192.168.121.201"
 SETTINGS = PlanSettings(addresses=frozenset({LB}))

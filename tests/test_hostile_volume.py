@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from flannel_lb.daemon.problemlog import ProblemLog
 from flannel_lb.decode.model import Problem
+from flannel_lb.lab.objects import endpoint, endpoint_slice
 from flannel_lb.state.cluster import MAX_KEY_PROBLEMS, ClusterState
-from tests.kube_objects import endpoint, endpoint_slice
 
 KEY = "/registry/endpointslices/default/web-abc"
 

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
 from flannel_lb.plan.compute import PlanSettings, compute_plan
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
 from flannel_lb.state.cluster import ClusterState
-from tests import kube_objects as k
 
 LB = "192.168.121.201"
 SETTINGS = PlanSettings(addresses=frozenset({LB, "10.245.1.142"}))
@@ -40,11 +40,9 @@ def encode(request: pytest.FixtureRequest) -> Encoder:
 def base_state() -> ClusterState:
     state = ClusterState()
     state.put("/coreos.com/network/config", NETWORK)
-    state.put("/coreos.com/network/subnets/10.246.92.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"))
-    state.put("/coreos.com/network/subnets/10.246.55.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02"))
-    state.put(
-        "/coreos.com/network/subnets/10.246.90.0-24", k.vxlan_lease("10.245.1.142", "aa:00:00:00:00:03")
-    )
+    state.put("/coreos.com/network/subnets/10.246.92.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
+    state.put("/coreos.com/network/subnets/10.246.55.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02"))
+    state.put("/coreos.com/network/subnets/10.246.90.0-24", k.lease("10.245.1.142", "aa:00:00:00:00:03"))
     return state
 
 
@@ -172,7 +170,7 @@ def test_v2_lease_past_its_ttl_is_expired() -> None:
     state = base_state()
     state.put(
         "/coreos.com/network/subnets/10.246.92.0-24",
-        k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"),
+        k.lease("10.245.1.3", "aa:00:00:00:00:01"),
         expires=NOW - 1,
     )
     state.put(SVC + "default/app", as_json(k.service("app", external_ips=[LB])))
@@ -190,7 +188,12 @@ def test_endpoints_object_used_when_there_are_no_slices(encode: Encoder) -> None
         EPS + "default/legacy",
         encode(
             k.endpoints(
-                "legacy", [("10.246.92.6", "n1")], [("", 80, "TCP")], not_ready=[("10.246.92.7", "n1")]
+                "legacy",
+                [
+                    k.endpoints_subset(
+                        [("10.246.92.6", "n1")], [("", 80, "TCP")], not_ready=[("10.246.92.7", "n1")]
+                    )
+                ],
             )
         ),
     )
@@ -251,7 +254,7 @@ def test_bad_values_are_reported_and_everything_else_is_served(encode: Encoder) 
     state.put(SVC + "default/trunc", encode(k.service("trunc", external_ips=[LB]))[:-7])
     bad_ports = k.service("ports", external_ips=[LB], ports=[k.port(0), k.port(65536), k.port(81)])
     state.put(SVC + "default/ports", encode(bad_ports))
-    state.put("/coreos.com/network/subnets/10.99.0.0-24", k.vxlan_lease("10.245.1.9", "aa:00:00:00:00:09"))
+    state.put("/coreos.com/network/subnets/10.99.0.0-24", k.lease("10.245.1.9", "aa:00:00:00:00:09"))
     state.put("/coreos.com/network/subnets/garbage", b"{}")
     plan = plan_of(state)
     assert frontends(plan)[f"{LB}:80/TCP"] == [("10.246.92.9", 80, "")]
@@ -368,7 +371,7 @@ def test_incremental_planner_equals_full_plan(ops: list[tuple[Any, ...]]) -> Non
             case ("lease", key, present):
                 path = f"/coreos.com/network/subnets/{key}"
                 change = (
-                    state.put(path, k.vxlan_lease("10.245.1.9", "aa:00:00:00:00:09"))
+                    state.put(path, k.lease("10.245.1.9", "aa:00:00:00:00:09"))
                     if present
                     else state.delete(path)
                 )
@@ -398,9 +401,9 @@ def test_a_relist_is_applied_as_a_diff_and_keeps_last_good_values() -> None:
 
 def _lease_items() -> list[tuple[str, bytes]]:
     return [
-        ("/coreos.com/network/subnets/10.246.92.0-24", k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01")),
-        ("/coreos.com/network/subnets/10.246.55.0-24", k.vxlan_lease("10.245.1.4", "aa:00:00:00:00:02")),
-        ("/coreos.com/network/subnets/10.246.90.0-24", k.vxlan_lease("10.245.1.142", "aa:00:00:00:00:03")),
+        ("/coreos.com/network/subnets/10.246.92.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01")),
+        ("/coreos.com/network/subnets/10.246.55.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02")),
+        ("/coreos.com/network/subnets/10.246.90.0-24", k.lease("10.245.1.142", "aa:00:00:00:00:03")),
     ]
 
 
@@ -462,7 +465,7 @@ def test_planner_knows_when_a_v2_lease_runs_out() -> None:
     state = base_state()
     state.put(
         "/coreos.com/network/subnets/10.246.92.0-24",
-        k.vxlan_lease("10.245.1.3", "aa:00:00:00:00:01"),
+        k.lease("10.245.1.3", "aa:00:00:00:00:01"),
         expires=NOW + 30,
     )
     state.put(SVC + "default/app", as_json(k.service("app", external_ips=[LB])))

@@ -22,26 +22,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from flannel_lb.lab import objects
+from flannel_lb.lab.objects import PortTuple, now_rfc3339
+
 REGISTRY = "/registry"
 SERVICE_NET = ipaddress.IPv4Network("10.247.0.0/16")
 KUBERNETES_SERVICE_IP = "10.247.0.1"
 APISERVER_PORT = 6443
 MAX_ENDPOINTS_PER_SLICE = 100  # kube-controller-manager's --max-endpoints-per-slice default
-SLICE_MANAGER = "endpointslice-controller.k8s.io"
-LABEL_SERVICE_NAME = "kubernetes.io/service-name"
-LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
-FLANNEL_ANNOTATION = "flannel.alpha.coreos.com"
 # k8s.io/apimachinery/pkg/util/rand: the alphabet of generated name suffixes and pod-template-hashes.
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 class ClusterError(Exception):
     """No such object, or it exists already: an operator mistake, reported as is."""
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now_nano() -> str:
@@ -419,54 +414,38 @@ class Cluster:
     def _endpoints_object(self, svc: Service, meta: Mapping[str, str]) -> dict[str, Any]:
         """The Endpoints controller: ready pods in `addresses`, unready in `notReadyAddresses`,
         terminating pods left out, addresses grouped into subsets by their resolved ports."""
-        by_ports: dict[str, dict[str, Any]] = {}
+        subsets = []
         if svc.selector is None:
-            ports = [_endpoint_port(sp.name, _int_target(sp), sp.protocol) for sp in svc.ports]
-            addrs = [{"ip": ip} for ip in svc.static_endpoints]
-            if addrs:
-                by_ports["static"] = {"addresses": addrs, "ports": ports}
+            ports = [(sp.name, _int_target(sp), sp.protocol) for sp in svc.ports]
+            if svc.static_endpoints:
+                subsets.append(objects.endpoints_subset([(ip, "") for ip in svc.static_endpoints], ports))
         else:
+            by_ports: dict[str, tuple[list[PortTuple], list[dict[str, Any]], list[dict[str, Any]]]] = {}
             for pod in self._selected(svc):
                 if pod.terminating:
                     continue
-                ports = [_endpoint_port(sp.name, n, sp.protocol) for sp, n in _resolved(svc, pod)]
+                ports = [(sp.name, n, sp.protocol) for sp, n in _resolved(svc, pod)]
                 if not ports:
                     continue
-                group = by_ports.setdefault(json.dumps(ports), {"ports": ports, "ready": [], "unready": []})
-                addr = {
-                    "ip": pod.ip,
-                    "nodeName": pod.node,
-                    "targetRef": {
-                        "kind": "Pod",
-                        "namespace": pod.namespace,
-                        "name": pod.name,
-                        "uid": pod.uid,
-                    },
-                }
-                group["ready" if pod.ready else "unready"].append(addr)
-        subsets = []
-        for _, s in sorted(by_ports.items()):
-            if "addresses" in s:
-                subsets.append(s)
-                continue
-            subset: dict[str, Any] = {}
-            if s["ready"]:
-                subset["addresses"] = sorted(s["ready"], key=lambda a: a["ip"])
-            if s["unready"]:
-                subset["notReadyAddresses"] = sorted(s["unready"], key=lambda a: a["ip"])
-            subset["ports"] = s["ports"]
-            subsets.append(subset)
+                group = by_ports.setdefault(json.dumps(objects.endpoints_ports(ports)), (ports, [], []))
+                addr = objects.endpoints_address(
+                    pod.ip, pod.node, pod=pod.name, pod_namespace=pod.namespace, pod_uid=pod.uid
+                )
+                (group[1] if pod.ready else group[2]).append(addr)
+            for _, (ports, ready, unready) in sorted(by_ports.items()):
+                by_ip = sorted(ready, key=lambda a: a["ip"]), sorted(unready, key=lambda a: a["ip"])
+                subsets.append(objects.endpoints_subset(by_ip[0], ports, not_ready=by_ip[1]))
         labels = dict(svc.labels)
         if svc.selector is None:
             labels["endpointslice.kubernetes.io/skip-mirror"] = "true"  # the apiserver writes its own slice
-        obj: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Endpoints",
-            "metadata": _object_meta(svc.name, svc.namespace, meta, labels),
-        }
-        if subsets:
-            obj["subsets"] = subsets
-        return obj
+        return objects.endpoints(
+            svc.name,
+            subsets,
+            svc.namespace,
+            labels=labels,
+            uid=meta["uid"],
+            created=meta["creationTimestamp"],
+        )
 
     def _slices(self, svc: Service) -> dict[str, dict[str, Any]]:
         """The EndpointSlice controller: one slice per distinct port mapping (chunks of 100), stable names,
@@ -474,23 +453,24 @@ class Cluster:
         prefix = f"{REGISTRY}/endpointslices/{svc.namespace}/"
         if svc.selector is None:
             return self._apiserver_slice(svc, prefix)
-        groups: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        groups: dict[str, tuple[list[PortTuple], list[dict[str, Any]]]] = {}
         for pod in self._selected(svc):
-            ports = [_slice_port(sp.name, n, sp.protocol) for sp, n in _resolved(svc, pod)]
+            ports = [(sp.name, n, sp.protocol) for sp, n in _resolved(svc, pod)]
             if svc.ports and not ports:
                 continue
-            endpoint = {
-                "addresses": [pod.ip],
-                "conditions": {
-                    "ready": pod.ready and not pod.terminating,
-                    "serving": pod.ready,
-                    "terminating": pod.terminating,
-                },
-                "nodeName": pod.node,
-                "targetRef": {"kind": "Pod", "namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
-            }
-            groups.setdefault(json.dumps(ports), (ports, []))[1].append(endpoint)
-        chunks: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+            endpoint = objects.endpoint(
+                pod.ip,
+                pod.node,
+                ready=pod.ready and not pod.terminating,
+                serving=pod.ready,
+                terminating=pod.terminating,
+                pod=pod.name,
+                pod_namespace=pod.namespace,
+                pod_uid=pod.uid,
+            )
+            # the group's name in `slice_names` (saved with the model) is the ports' JSON form
+            groups.setdefault(json.dumps(objects.slice_ports(ports)), (ports, []))[1].append(endpoint)
+        chunks: dict[str, tuple[list[PortTuple], list[dict[str, Any]]]] = {}
         for sig, (ports, endpoints) in sorted(groups.items()):
             for i in range(0, len(endpoints), MAX_ENDPOINTS_PER_SLICE):
                 chunks[f"{sig}#{i // MAX_ENDPOINTS_PER_SLICE}"] = (
@@ -509,43 +489,37 @@ class Cluster:
                 names[group] = fresh
             name = names[group]
             key = prefix + name
-            labels = {**svc.labels, LABEL_SERVICE_NAME: svc.name, LABEL_MANAGED_BY: SLICE_MANAGER}
-            meta = _object_meta(name, svc.namespace, self._meta(key), labels)
-            meta["generateName"] = f"{svc.name}-"
-            meta["ownerReferences"] = [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "name": svc.name,
-                    "uid": svc.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ]
-            out[key] = {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": meta,
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": ports,
-            }
+            meta = self._meta(key)
+            out[key] = objects.endpoint_slice(
+                name,
+                svc.name,
+                endpoints,
+                ports,
+                svc.namespace,
+                labels=svc.labels,
+                uid=meta["uid"],
+                created=meta["creationTimestamp"],
+                generate_name=f"{svc.name}-",
+                owners=[objects.controller_ref("Service", svc.name, svc.uid)],
+            )
         return out
 
     def _apiserver_slice(self, svc: Service, prefix: str) -> dict[str, dict[str, Any]]:
         """The `kubernetes` Service's slice, written by the apiserver's endpoint reconciler."""
         key = prefix + svc.name
-        ports = [_slice_port(sp.name, _int_target(sp), sp.protocol) for sp in svc.ports]
-        endpoints = [{"addresses": [ip], "conditions": {"ready": True}} for ip in svc.static_endpoints]
-        meta = _object_meta(svc.name, svc.namespace, self._meta(key), {LABEL_SERVICE_NAME: svc.name})
-        obj = {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": meta,
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": ports,
-        }
+        meta = self._meta(key)
+        ports = [(sp.name, _int_target(sp), sp.protocol) for sp in svc.ports]
+        endpoints = [objects.endpoint(ip, conditions={"ready": True}) for ip in svc.static_endpoints]
+        obj = objects.endpoint_slice(
+            svc.name,
+            svc.name,
+            endpoints,
+            ports,
+            svc.namespace,
+            managed_by="",
+            uid=meta["uid"],
+            created=meta["creationTimestamp"],
+        )
         return {key: obj}
 
     # -- diffing against etcd ---------------------------------------------------------------------
@@ -573,7 +547,7 @@ class Cluster:
             self.written[key] = _digest(obj)
 
 
-# --- object builders -------------------------------------------------------------------------------
+# --- helpers -----------------------------------------------------------------------------------------
 
 
 def _neg_time(created: str) -> str:
@@ -601,20 +575,6 @@ def _digest(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _object_meta(
-    name: str, namespace: str, meta: Mapping[str, str], labels: Mapping[str, str]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": name,
-        "namespace": namespace,
-        "uid": meta["uid"],
-        "creationTimestamp": meta["creationTimestamp"],
-    }
-    if labels:
-        out["labels"] = dict(labels)
-    return out
-
-
 def _int_target(sp: ServicePort) -> int:
     return sp.target_port if isinstance(sp.target_port, int) else sp.port
 
@@ -633,103 +593,38 @@ def _resolved(svc: Service, pod: Pod) -> list[tuple[ServicePort, int]]:
     return out
 
 
-def _endpoint_port(name: str, port: int, protocol: str) -> dict[str, Any]:
-    return (
-        {"name": name, "port": port, "protocol": protocol} if name else {"port": port, "protocol": protocol}
-    )
-
-
-def _slice_port(name: str, port: int, protocol: str) -> dict[str, Any]:
-    return {"name": name, "protocol": protocol, "port": port}
-
-
 def _service_object(svc: Service) -> dict[str, Any]:
-    ports = []
-    for sp in svc.ports:
-        port: dict[str, Any] = {"protocol": sp.protocol, "port": sp.port, "targetPort": sp.target_port}
-        if sp.name:
-            port = {"name": sp.name, **port}
-        ports.append(port)
-    spec: dict[str, Any] = {"ports": ports}
-    if svc.selector is not None:
-        spec["selector"] = dict(svc.selector)
-    spec.update(
-        clusterIP=svc.cluster_ip,
-        clusterIPs=[svc.cluster_ip],
-        type="ClusterIP",
-        sessionAffinity=svc.session_affinity,
-        ipFamilies=["IPv4"],
-        ipFamilyPolicy="SingleStack",
-        internalTrafficPolicy="Cluster",
+    return objects.service(
+        svc.name,
+        svc.namespace,
+        ports=[objects.port(sp.port, sp.target_port, name=sp.name, protocol=sp.protocol) for sp in svc.ports],
+        selector=svc.selector,
+        cluster_ip=svc.cluster_ip,
+        external_ips=svc.external_ips,
+        session_affinity=svc.session_affinity,
+        uid=svc.uid,
+        created=svc.created,
+        labels=svc.labels,
+        apiserver_defaults=True,
     )
-    if svc.external_ips:
-        spec["externalIPs"] = list(svc.external_ips)
-    if svc.session_affinity == "ClientIP":
-        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 10800}}
-    meta: dict[str, Any] = {
-        "name": svc.name,
-        "namespace": svc.namespace,
-        "uid": svc.uid,
-        "creationTimestamp": svc.created,
-    }
-    if svc.labels:
-        meta["labels"] = dict(svc.labels)
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta,
-        "spec": spec,
-        "status": {"loadBalancer": {}},
-    }
 
 
 def _node_object(node: Node) -> dict[str, Any]:
-    annotations = {
-        f"{FLANNEL_ANNOTATION}/public-ip": node.internal_ip,
-        f"{FLANNEL_ANNOTATION}/backend-type": node.backend_type,
-    }
-    if node.backend_data is not None:
-        annotations[f"{FLANNEL_ANNOTATION}/backend-data"] = json.dumps(
-            node.backend_data, separators=(",", ":")
-        )
-    spec: dict[str, Any] = {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}
-    if node.unschedulable:
-        spec["unschedulable"] = True
-        spec["taints"] = [
-            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule", "timeAdded": node.cordoned_at}
-        ]
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": node.name,
-            "uid": node.uid,
-            "creationTimestamp": node.created,
-            "labels": {
-                "kubernetes.io/hostname": node.name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-            },
-            "annotations": annotations,
+    return objects.node(
+        node.name,
+        node.pod_cidr,
+        node.internal_ip,
+        flannel=objects.flannel_annotations(node.internal_ip, node.backend_type, node.backend_data),
+        uid=node.uid,
+        created=node.created,
+        labels={
+            "kubernetes.io/hostname": node.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
         },
-        "spec": spec,
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": node.internal_ip},
-                {"type": "Hostname", "address": node.name},
-            ],
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "lastHeartbeatTime": node.created,
-                    "lastTransitionTime": node.created,
-                    "reason": "KubeletReady",
-                    "message": "kubelet is posting ready status",
-                }
-            ],
-        },
-    }
+        unschedulable_since=node.cordoned_at if node.unschedulable else "",
+        ready_since=node.created,
+    )
 
 
 # --- encoding --------------------------------------------------------------------------------------

@@ -37,12 +37,12 @@ from flannel_lb.lab.cluster import (
     Pod,
     ServicePort,
     encoder,
-    now_rfc3339,
     resolve_media,
 )
 from flannel_lb.lab.etcd_writer import EtcdWriter
 from flannel_lb.lab.lbagent import agent_config
 from flannel_lb.lab.netns import cleanup_prefix, list_namespaces
+from flannel_lb.lab.objects import now_rfc3339
 from flannel_lb.lab.overlay import Backend, SubnetLease
 from flannel_lb.lab.progress import Progress
 from flannel_lb.lab.topology import (

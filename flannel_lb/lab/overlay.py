@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from flannel_lb.lab import objects
 from flannel_lb.lab.netns import Namespaces
 from flannel_lb.lab.topology import batch
 
@@ -72,11 +73,7 @@ class SubnetLease:
         return f"{SUBNETS_PREFIX}{ip}-{length}"
 
     def value(self) -> bytes:
-        """The lease JSON exactly as flannel >= v0.15 marshals LeaseAttrs (field order, compact)."""
-        attrs: dict[str, Any] = {"PublicIP": self.public_ip, "PublicIPv6": None, "BackendType": self.backend}
-        if self.backend == "vxlan":
-            attrs["BackendData"] = {"VNI": self.vni, "VtepMAC": self.vtep_mac}
-        return json.dumps(attrs, separators=(",", ":")).encode()
+        return objects.lease(self.public_ip, self.vtep_mac, backend=self.backend, vni=self.vni)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
