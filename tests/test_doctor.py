@@ -770,7 +770,7 @@ def test_check_reports_the_own_lease_netcheck_skips(ns: Namespaces, etcd: EtcdSe
     u = urllib.parse.urlsplit(etcd.client_url)
     client = etcd3.client(host=u.hostname, port=u.port)
     seed(client.put)
-    client.put(f"{FLANNEL}/subnets/10.246.90.0-23", k.vxlan_lease(LB_IP, OWN_MAC))
+    client.put(f"{FLANNEL}/subnets/10.246.90.0-23", k.lease(LB_IP, OWN_MAC))
     client.close()
     cfg = config_mod.load(write_config(tmp_path, etcd.client_url))
     results = by_name(run_checks(cfg, netns=ns.name("lb")))
