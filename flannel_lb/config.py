@@ -427,9 +427,11 @@ def _state_dir(v: str) -> str:
         raise ValueError("an absolute path of letters, digits, '/', '.', '_' and '-'")
     if ".." in v.split("/"):
         raise ValueError("must not contain '..'")
+    if not v.strip("/"):
+        raise ValueError("a directory of its own, not / itself")
     if len(v) > _STATE_DIR_MAX:
         raise ValueError(f"at most {_STATE_DIR_MAX} characters (conntrackd's socket lives in it)")
-    return v.rstrip("/") or "/"
+    return v.rstrip("/")
 
 
 def _ifname(v: str) -> str:

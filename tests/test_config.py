@@ -254,6 +254,7 @@ def test_shipped_example_ha_section_loads_when_uncommented(tmp_path: Path) -> No
         ('state_dir = "/run/ha dir"', r"\[ha\] state_dir: an absolute path"),
         ('state_dir = "/run/../etc"', r"\[ha\] state_dir: must not contain '..'"),
         (f'state_dir = "/{"d" * 100}"', r"\[ha\] state_dir: at most 92 characters"),
+        ('state_dir = "//"', r"\[ha\] state_dir: a directory of its own"),
         ("peers = 1", r'\[ha\] peers: unknown key; did you mean "peer"'),
     ],
 )
