@@ -46,6 +46,9 @@ global_defs {
     # the notify hook runs conntrackd as root; refuse it if anyone else could rewrite it
     script_user root
     enable_script_security
+    # one reader gets every state change in order (separate notify_* scripts run concurrently)
+    vrrp_notify_fifo /run/flb-ha/notify.fifo
+    vrrp_notify_fifo_script /run/flb-ha/notify.sh
 }
 
 track_file flannel_lb_agent {
@@ -61,9 +64,6 @@ vrrp_sync_group flannel_lb {
     track_file {
         flannel_lb_agent
     }
-    notify_master "/run/flb-ha/notify.sh primary"
-    notify_backup "/run/flb-ha/notify.sh backup"
-    notify_fault "/run/flb-ha/notify.sh fault"
 }
 
 vrrp_instance flannel_lb_vip {
@@ -180,6 +180,36 @@ def test_notify_hook_runs_conntrackds_primary_backup_sequence_in_debians_order(t
     assert bad.returncode == 2 and "usage" in bad.stderr
 
 
+def test_notify_hook_reads_keepalived_fifo_in_order_and_only_its_group(tmp_path: Path) -> None:
+    """As keepalived runs it: one process on the FIFO, events handled one after the other, in order."""
+    state_dir = tmp_path / "ha"
+    cfg = load(tmp_path, SAMPLE.replace('"/run/flb-ha"', f'"{state_dir}"'))
+    files.write_all(cfg)
+    paths = Paths.of(cfg.ha)
+    os.mkfifo(paths.notify_fifo)
+    hook = subprocess.Popen([paths.notify_script, paths.notify_fifo], stderr=subprocess.PIPE, text=True)
+    with open(paths.notify_fifo, "w") as fifo:  # what keepalived writes, state change by state change
+        fifo.write(
+            'INSTANCE "flannel_lb_vip" MASTER 150\n'
+            'GROUP "flannel_lb" MASTER 150\n'
+            'GROUP "someone_else" FAULT 0\n'
+            'GROUP "flannel_lb" BACKUP 150\n'
+            'GROUP "flannel_lb" FAULT 150\n'
+        )
+    _, err = hook.communicate(timeout=60)  # the FIFO closed: the hook is done
+    assert hook.returncode == 0, err
+    steps = [line.split()[1:4] for line in Path(paths.notify_log).read_text().splitlines()]
+    assert [f"{state} {flag}" for state, _, flag in steps] == [
+        "primary -c",
+        "primary -f",
+        "primary -R",
+        "primary -B",
+        "backup -t",
+        "backup -n",
+        "fault -t",
+    ]
+
+
 def test_daemon_commands_keep_their_pid_files_and_config_in_state_dir(tmp_path: Path) -> None:
     ha = load(tmp_path).ha
     assert keepalived.command(ha) == [
@@ -213,7 +243,8 @@ CHANGES = [
     ("advert_interval", "0.125", ("keepalived", "    advert_int 0.12\n")),  # VRRPv3: centiseconds
     ("addresses", '["192.168.121.9"]', ("keepalived", "        192.168.121.9/32 dev eth1\n")),
     ("state_dir", '"/var/lib/ha"', ("keepalived", '    file "/var/lib/ha/agent-health"\n')),
-    ("state_dir", '"/var/lib/ha"', ("keepalived", '    notify_master "/var/lib/ha/notify.sh primary"\n')),
+    ("state_dir", '"/var/lib/ha"', ("keepalived", "    vrrp_notify_fifo_script /var/lib/ha/notify.sh\n")),
+    ("state_dir", '"/var/lib/ha"', ("keepalived", "    vrrp_notify_fifo /var/lib/ha/notify.fifo\n")),
     ("state_dir", '"/var/lib/ha"', ("conntrackd", "        Path /var/lib/ha/conntrackd.ctl\n")),
     ("state_dir", '"/var/lib/ha"', ("conntrackd", "    LockFile /var/lib/ha/conntrackd.lock\n")),
     ("state_dir", '"/var/lib/ha"', ("notify", "conf=/var/lib/ha/conntrackd.conf\n")),

@@ -6,8 +6,8 @@ Design input: ../shared/reference/ha-and-scale-out.md §1 (keepalived 2.2.7 on D
   389 ms at 0.1 s). Unicast to the peer, so no multicast is needed on the segment.
 * Both boxes start as BACKUP; the higher priority wins the election (no "address owner" priority 255).
 * One `vrrp_sync_group` holds the instance, so everything later slices float with the VIPs (the shared
-  overlay identity of §1b) changes state together, and its notify hooks run conntrackd's primary/backup
-  sequence (`notify.sh`, rendered by `render_notify_script`).
+  overlay identity of §1b) changes state together; its state changes reach one hook through keepalived's
+  notify FIFO, in order, and run conntrackd's primary/backup sequence (`render_notify_script`).
 * `track_file`: the agent writes 0 (healthy) or 1 into `Paths.health_file`; weight 0 turns a non-zero
   value into FAULT, so an unhealthy agent hands the addresses over. It starts at 1 ("not synced yet"):
   a box serves nothing before its agent has said it can.
@@ -55,6 +55,9 @@ def render(ha: HAConfig, *, net_namespace: str | None = None) -> str:
         "    # the notify hook runs conntrackd as root; refuse it if anyone else could rewrite it\n"
         "    script_user root\n"
         "    enable_script_security\n"
+        "    # one reader gets every state change in order (separate notify_* scripts run concurrently)\n"
+        f"    vrrp_notify_fifo {paths.notify_fifo}\n"
+        f"    vrrp_notify_fifo_script {paths.notify_script}\n"
         "}\n\n"
         f"track_file {TRACK_FILE} {{\n"
         f'    file "{paths.health_file}"\n'
@@ -68,9 +71,6 @@ def render(ha: HAConfig, *, net_namespace: str | None = None) -> str:
         "    track_file {\n"
         f"        {TRACK_FILE}\n"
         "    }\n"
-        f'    notify_master "{paths.notify_script} primary"\n'
-        f'    notify_backup "{paths.notify_script} backup"\n'
-        f'    notify_fault "{paths.notify_script} fault"\n'
         "}\n\n"
         f"vrrp_instance {INSTANCE} {{\n"
         "    state BACKUP\n"
@@ -93,15 +93,22 @@ def render_notify_script(ha: HAConfig, conntrackd: str = "/usr/sbin/conntrackd")
     """keepalived's notify hook: conntrackd's primary/backup sequence, in the order of conntrack-tools'
     doc/sync/primary-backup.sh (Debian: /usr/share/doc/conntrackd/examples/sync/primary-backup.sh).
 
-    keepalived runs it *after* adding the addresses (acassen/keepalived#2254): clients can arrive before
-    `-c` has committed anything. conntrackd.conf therefore sets `DisableExternalCache On`: the backup
-    injects each replicated entry into its kernel table as it arrives, so there is nothing left to
+    keepalived runs it as `vrrp_notify_fifo_script`: one process reading the sync group's state changes
+    from a FIFO, in order. Separate notify_master/notify_backup scripts run concurrently: a box that is
+    master for a moment at start-up then had its backup steps interleaved with its primary ones, and
+    conntrackd ended in the wrong state (seen in tests/test_ha_vrrp.py). `notify.sh primary|backup|fault`
+    runs one sequence by hand.
+
+    keepalived reports a state *after* adding the addresses (acassen/keepalived#2254): clients can arrive
+    before `-c` has committed anything. conntrackd.conf therefore sets `DisableExternalCache On`: the
+    backup injects each replicated entry into its kernel table as it arrives, so there is nothing left to
     commit at takeover and `-c` finds an empty external cache. Each step's result goes to notify.log.
     """
     paths = Paths.of(ha)
     return (
         "#!/bin/sh\n"
         "# Rendered by flannel-lb from the [ha] section of its config: keepalived's notify hook.\n"
+        "# keepalived runs it with its notify FIFO as the argument; by hand: notify.sh primary|backup|fault\n"
         f"conf={paths.conntrackd_conf}\n"
         f"log={paths.notify_log}\n"
         "step() {\n"
@@ -109,24 +116,42 @@ def render_notify_script(ha: HAConfig, conntrackd: str = "/usr/sbin/conntrackd")
         "    rc=$?\n"
         '    echo "$(date +%s.%N) $state conntrackd $* exit $rc" >>"$log"\n'
         "}\n"
-        'state="$1"\n'
-        'case "$state" in\n'
-        "primary)\n"
-        "    step -c  # commit the external cache into the kernel table (empty: DisableExternalCache On)\n"
-        "    step -f  # flush the internal and external caches\n"
-        "    step -R  # resync the internal cache with the kernel table\n"
-        "    step -B  # bulk update to the backup\n"
-        "    ;;\n"
-        "backup)\n"
-        "    step -t  # shorten the kernel's timers: zombie entries go after PurgeTimeout\n"
-        "    step -n  # ask the master for a full resync\n"
-        "    ;;\n"
-        "fault)\n"
-        "    step -t\n"
+        "run() {\n"
+        '    state="$1"\n'
+        '    case "$state" in\n'
+        "    primary)\n"
+        "        step -c  # commit the external cache to the kernel (empty: DisableExternalCache On)\n"
+        "        step -f  # flush the internal and external caches\n"
+        "        step -R  # resync the internal cache with the kernel table\n"
+        "        step -B  # bulk update to the backup\n"
+        "        ;;\n"
+        "    backup)\n"
+        "        step -t  # shorten the kernel's timers: zombie entries go after PurgeTimeout\n"
+        "        step -n  # ask the master for a full resync\n"
+        "        ;;\n"
+        "    fault)\n"
+        "        step -t\n"
+        "        ;;\n"
+        "    esac\n"
+        "}\n"
+        'case "$1" in\n'
+        "primary | backup | fault)\n"
+        '    run "$1"\n'
         "    ;;\n"
         "*)\n"
-        '    echo "usage: $0 primary|backup|fault" >&2\n'
-        "    exit 2\n"
+        '    if [ ! -p "$1" ]; then\n'
+        '        echo "usage: $0 primary|backup|fault, or keepalived\'s notify FIFO" >&2\n'
+        "        exit 2\n"
+        "    fi\n"
+        f'    # lines like: GROUP "{GROUP}" MASTER 150 (INSTANCE lines too: the group is what counts)\n'
+        "    while read -r kind name event _; do\n"
+        f'        [ "$kind $name" = \'GROUP "{GROUP}"\' ] || continue\n'
+        '        case "$event" in\n'
+        "        MASTER) run primary ;;\n"
+        "        BACKUP) run backup ;;\n"
+        "        FAULT) run fault ;;\n"
+        "        esac\n"
+        '    done <"$1"\n'
         "    ;;\n"
         "esac\n"
         "exit 0\n"

@@ -35,6 +35,10 @@ class Paths:
         return self._in("notify.sh")
 
     @property
+    def notify_fifo(self) -> str:
+        return self._in("notify.fifo")
+
+    @property
     def notify_log(self) -> str:
         return self._in("notify.log")
 
