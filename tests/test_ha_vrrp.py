@@ -227,7 +227,6 @@ def _ha_config(tmp: Path, short: str, peer: str, sync_peer: str, priority: int) 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
     """Two boxes and a client on a bridge, each box's files rendered; no daemon started yet."""
-    tmp_path.chmod(0o755)  # keepalived's script security: no part of the hook's path writable by others
     with Namespaces(unique_prefix("ha")) as ns:
         for short in ("sw", "client", *BOXES):
             ns.add(short)
