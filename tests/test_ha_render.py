@@ -367,3 +367,13 @@ def test_cli_ha_write_puts_every_file_in_state_dir_with_safe_modes(tmp_path: Pat
     assert Path(paths.conntrackd_conf).read_text() == CONNTRACKD.replace("/run/flb-ha", str(state_dir))
     assert subprocess.run(["sh", "-n", paths.notify_script], check=False).returncode == 0
     assert not list(state_dir.glob("*.tmp"))
+
+
+def test_cli_ha_write_says_why_when_state_dir_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    load(tmp_path, SAMPLE.replace('"/run/flb-ha"', f'"{blocker}/ha"'))
+    proc = cli(tmp_path / "flannel-lb.toml", "write")
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot write into [ha] state_dir {blocker}/ha: Not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -36,6 +36,12 @@ def cmd_write(args: argparse.Namespace) -> int:
         written = files.write_all(cfg, net_namespace=args.net_namespace)
     except ValueError as e:
         return _fail(e)
+    except OSError as e:
+        from flannel_lb.cli import CommandError
+
+        raise CommandError(
+            f"cannot write into [ha] state_dir {cfg.ha.state_dir}: {e.strerror or e}"
+        ) from None
     print("\n".join(written))
     return 0
 
