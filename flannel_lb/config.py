@@ -100,6 +100,22 @@ class ConntrackConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HAConfig:
+    """An active/standby pair (keepalived + conntrackd, rendered by flannel_lb/ha; see docs/ha.md)."""
+
+    enabled: bool = False
+    peer: str = ""  # the other box's address on `interface`: keepalived's unicast peer
+    priority: int = 100  # VRRP priority of this box (the higher one is master)
+    interface: str = ""  # where VRRP runs and the floating addresses live
+    sync_interface: str = ""  # conntrackd's link ("" = `interface`; a dedicated link is better)
+    sync_peer: str = ""  # the other box's address on `sync_interface` ("" = `peer`)
+    virtual_router_id: int = 51
+    advert_interval: float = 0.1  # seconds; VRRPv3 sends centiseconds (rendered rounded to 0.01)
+    addresses: tuple[str, ...] = ()  # the floating addresses; empty in the file = [lb] addresses
+    state_dir: str = "/run/flannel-lb/ha"  # rendered files, pid files, lock, socket, health file
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9842"  # "" disables the HTTP endpoint
 
@@ -120,6 +136,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
+    ha: HAConfig = field(default_factory=HAConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -156,6 +173,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     policy = r.section("policy")
     dp = r.section("dataplane")
     ct = r.section("conntrack")
+    ha = r.section("ha")
     metrics = r.section("metrics")
     log = r.section("log")
 
@@ -183,12 +201,14 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             annotation_prefix=flannel.get("annotation_prefix", str, FlannelConfig().annotation_prefix),
         ),
         kubernetes=KubernetesConfig(prefix=kube.get("prefix", str, KubernetesConfig().prefix, _key_prefix)),
-        lb=LBConfig(
-            addresses=tuple(
-                lb.get("addresses", list, [], _each(_ipv4_address), nonempty=True, required=True)
-            ),
-            cluster_ips=lb.get("cluster_ips", bool, False),
-            state_file=lb.get("state_file", str, "", _state_file),
+        lb=(
+            lb_config := LBConfig(
+                addresses=tuple(
+                    lb.get("addresses", list, [], _each(_ipv4_address), nonempty=True, required=True)
+                ),
+                cluster_ips=lb.get("cluster_ips", bool, False),
+                state_file=lb.get("state_file", str, "", _state_file),
+            )
         ),
         policy=PolicyConfig(
             namespaces=tuple(policy.get("namespaces", list, ["*"], _each(_namespace_pattern))),
@@ -220,6 +240,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             ),
             warn_usage=ct.number("warn_usage", ConntrackConfig().warn_usage),
         ),
+        ha=_ha(ha, lb_config.addresses),  # [lb] is read first (keyword order): its addresses are the default
         metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
         log=LogConfig(
             level=log.get("level", str, "info", _one_of("debug", "info", "warning", "error")),
@@ -236,6 +257,41 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     if cfg.flannel.subnet_manager == "kube" and cfg.flannel.etcd_api == "v2":
         raise ConfigError(f'{path}: [flannel] etcd_api: "v2" makes no sense with subnet_manager = "kube"')
     return cfg
+
+
+def _ha(ha: _Section, lb_addresses: tuple[str, ...]) -> HAConfig:
+    """[ha]: every key is checked, enabled or not; what a pair cannot do without, only when enabled."""
+    d = HAConfig()
+    addresses = tuple(ha.get("addresses", list, [], _each(_ipv4_address), nonempty=True)) or lb_addresses
+    out = HAConfig(
+        enabled=ha.get("enabled", bool, d.enabled),
+        peer=ha.get("peer", str, d.peer, _ipv4_address),
+        priority=ha.number("priority", d.priority),
+        interface=ha.get("interface", str, d.interface, _ifname),
+        sync_interface=ha.get("sync_interface", str, d.sync_interface, _ifname),
+        sync_peer=ha.get("sync_peer", str, d.sync_peer, _ipv4_address),
+        virtual_router_id=ha.number("virtual_router_id", d.virtual_router_id),
+        advert_interval=ha.number("advert_interval", d.advert_interval),
+        addresses=addresses,
+        state_dir=ha.get("state_dir", str, d.state_dir, _state_dir),
+    )
+    where = f"{ha.path}: [ha]"
+    if len(set(out.addresses)) != len(out.addresses):
+        dup = next(a for a in out.addresses if out.addresses.count(a) > 1)
+        raise ConfigError(f"{where} addresses: {dup} is listed twice")
+    if not out.enabled:
+        return out
+    for key in ("peer", "interface"):
+        if not getattr(out, key):
+            raise ConfigError(f"{where} {key}: required with enabled = true")
+    for key in ("peer", "sync_peer"):
+        if getattr(out, key) in out.addresses:
+            raise ConfigError(
+                f"{where} {key}: {getattr(out, key)} is a floating address; give the other box's own address"
+            )
+    return dataclasses.replace(
+        out, sync_interface=out.sync_interface or out.interface, sync_peer=out.sync_peer or out.peer
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +333,9 @@ NUMBERS: dict[tuple[str, str], Range] = {
     ("conntrack", "tcp_timeout_established"): Range(int, 0, _INT32_MAX, "seconds"),
     ("conntrack", "tcp_timeout_close_wait"): Range(int, 0, _INT32_MAX, "seconds"),
     ("conntrack", "warn_usage"): Range(float, 0, 1, lo_open=True, noun="a fraction "),
+    ("ha", "priority"): Range(int, 1, 254),  # 255 is VRRP's "address owner": neither box owns the VIPs
+    ("ha", "virtual_router_id"): Range(int, 1, 255),
+    ("ha", "advert_interval"): Range(float, 0.01, 40.95, "seconds"),  # VRRPv3: 12 bits of centiseconds
 }
 
 
@@ -355,6 +414,34 @@ def _port_table(v: dict[str, Any]) -> dict[str, PortRanges]:
 def _state_file(v: str) -> str:
     if v and not os.path.isabs(v):
         raise ValueError('an absolute path (or "" to turn it off)')
+    return v
+
+
+# Longest state_dir: the conntrackd socket inside it must fit sockaddr_un's 108 bytes.
+_STATE_DIR_MAX = 107 - len("/conntrackd.ctl")
+
+
+def _state_dir(v: str) -> str:
+    """An absolute path of plain characters: it is written into keepalived's and conntrackd's configs."""
+    if not v.startswith("/") or not all(c.isascii() and (c.isalnum() or c in "/._-") for c in v):
+        raise ValueError("an absolute path of letters, digits, '/', '.', '_' and '-'")
+    if ".." in v.split("/"):
+        raise ValueError("must not contain '..'")
+    if not v.strip("/"):
+        raise ValueError("a directory of its own, not / itself")
+    if len(v) > _STATE_DIR_MAX:
+        raise ValueError(f"at most {_STATE_DIR_MAX} characters (conntrackd's socket lives in it)")
+    return v.rstrip("/")
+
+
+def _ifname(v: str) -> str:
+    """A Linux interface name: 1 to 15 characters, no space, '/' or ':' (written into daemon configs)."""
+    if (
+        not (1 <= len(v) <= 15)
+        or v in (".", "..")
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in v)
+    ):
+        raise ValueError("an interface name: 1 to 15 letters, digits, '.', '_' or '-'")
     return v
 
 

@@ -40,7 +40,8 @@ quietly() {
 }
 
 PACKAGES="etcd-server etcd-client iptables nftables conntrack iproute2 iputils-ping curl openssl procps \
-python3 python3-venv python3-dev gcc libc6-dev nginx-light haproxy wrk shellcheck ruby"
+python3 python3-venv python3-dev gcc libc6-dev nginx-light haproxy wrk shellcheck ruby \
+keepalived conntrackd"
 
 missing=""
 for p in $PACKAGES; do
@@ -52,8 +53,9 @@ if [ -n "$missing" ]; then
     quietly "apt-get update" apt-get update -qq
     # shellcheck disable=SC2086  # word splitting of the package list is intended
     quietly "apt-get install" apt-get install -y -qq --no-install-recommends $missing
-    # the packaged services must not hold the ports the lab and tests use
-    for svc in etcd nginx haproxy; do
+    # the packaged services must not hold the ports the lab and tests use; keepalived and conntrackd
+    # must never run in the root namespace (the HA tests start their own, inside namespaces)
+    for svc in etcd nginx haproxy keepalived conntrackd; do
         if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
         if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
     done

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,105 @@ def test_conntrack_section_is_read_and_validated(tmp_path: Path) -> None:
     ):
         with pytest.raises(config.ConfigError, match=message):
             config.load(write(tmp_path, base + bad + "\n"))
+
+
+HA = '[lb]\naddresses = ["192.168.121.201", "10.245.1.142"]\n[ha]\n'
+HA_ON = HA + 'enabled = true\npeer = "10.245.1.143"\ninterface = "eth1"\n'
+
+
+def test_ha_section_is_off_by_default_and_floats_the_lb_addresses(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[lb]\naddresses = ["192.168.121.201", "10.245.1.142"]\n'))
+    assert cfg.ha.enabled is False
+    assert cfg.ha.addresses == ("192.168.121.201", "10.245.1.142")
+    assert cfg.ha.state_dir == "/run/flannel-lb/ha"
+    on = config.load(write(tmp_path, HA_ON)).ha
+    # the conntrackd link and peer default to the VRRP ones
+    assert (on.sync_interface, on.sync_peer) == ("eth1", "10.245.1.143")
+    assert (on.priority, on.virtual_router_id, on.advert_interval) == (100, 51, 0.1)
+
+
+def test_ha_section_reads_every_key(tmp_path: Path) -> None:
+    cfg = config.load(
+        write(
+            tmp_path,
+            HA_ON + 'priority = 150\nsync_interface = "eth2"\nsync_peer = "10.0.99.2"\n'
+            'virtual_router_id = 7\nadvert_interval = 0.05\naddresses = ["192.168.121.201"]\n'
+            'state_dir = "/run/flb-ha/"\n',
+        )
+    )
+    assert cfg.ha == config.HAConfig(
+        enabled=True,
+        peer="10.245.1.143",
+        priority=150,
+        interface="eth1",
+        sync_interface="eth2",
+        sync_peer="10.0.99.2",
+        virtual_router_id=7,
+        advert_interval=0.05,
+        addresses=("192.168.121.201",),
+        state_dir="/run/flb-ha",
+    )
+
+
+def test_shipped_example_ha_section_loads_when_uncommented(tmp_path: Path) -> None:
+    """Every key the example documents exists, and its example value is valid."""
+    text = (REPO / "conf" / "flannel-lb.toml").read_text()
+    start = text.index("# [ha]\n")
+    block = text[start : text.index("\n\n", start)]
+    uncommented = "\n".join(
+        line.removeprefix("# ") if re.match(r"# (\[ha\]$|\w+ = )", line) else line
+        for line in block.splitlines()
+    )
+    cfg = config.load(write(tmp_path, text.replace(block, uncommented)))
+    keys = {line.split(" = ")[0] for line in uncommented.splitlines() if re.match(r"\w+ = ", line)}
+    assert keys == set(config._known_keys()["ha"])
+    assert cfg.ha.enabled and cfg.ha.sync_interface == "eth2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("enabled = 1", r"\[ha\] enabled: expected true or false, got 1"),
+        ('peer = "10.245.1.300"', r"\[ha\] peer: not an IPv4 address"),
+        ('peer = "192.168.121.201"', r"\[ha\] peer: 192.168.121.201 is a floating address"),
+        ("priority = 255", r"\[ha\] priority: must be from 1 to 254, got 255"),
+        ("priority = 0", r"\[ha\] priority: must be from 1 to 254"),
+        ('interface = "eth1\\nvrrp_script x"', r"\[ha\] interface: an interface name"),
+        ('interface = "a-much-too-long-ifname"', r"\[ha\] interface: an interface name"),
+        ('sync_interface = "eth 2"', r"\[ha\] sync_interface: an interface name"),
+        ('sync_peer = "::1"', r"\[ha\] sync_peer: not an IPv4 address"),
+        ('sync_peer = "10.245.1.142"', r"\[ha\] sync_peer: 10.245.1.142 is a floating address"),
+        ("virtual_router_id = 256", r"\[ha\] virtual_router_id: must be from 1 to 255"),
+        ("virtual_router_id = 1.5", r"\[ha\] virtual_router_id: expected an integer"),
+        ("advert_interval = 0.001", r"\[ha\] advert_interval: must be from 0.01 to 40.95 seconds"),
+        ("advert_interval = nan", r"\[ha\] advert_interval: must be from 0.01 to 40.95 seconds"),
+        ("advert_interval = 41", r"\[ha\] advert_interval: must be from 0.01 to 40.95 seconds"),
+        ("addresses = []", r"\[ha\] addresses: must not be empty"),
+        ('addresses = ["1.2.3.4", "x"]', r"\[ha\] addresses: item 2 \('x'\): not an IPv4 address"),
+        ('addresses = ["1.2.3.4", "1.2.3.4"]', r"\[ha\] addresses: 1.2.3.4 is listed twice"),
+        ('state_dir = "run/ha"', r"\[ha\] state_dir: an absolute path"),
+        ('state_dir = "/run/ha\\nGeneral {"', r"\[ha\] state_dir: an absolute path"),
+        ('state_dir = "/run/ha dir"', r"\[ha\] state_dir: an absolute path"),
+        ('state_dir = "/run/../etc"', r"\[ha\] state_dir: must not contain '..'"),
+        (f'state_dir = "/{"d" * 100}"', r"\[ha\] state_dir: at most 92 characters"),
+        ('state_dir = "//"', r"\[ha\] state_dir: a directory of its own"),
+        ("peers = 1", r'\[ha\] peers: unknown key; did you mean "peer"'),
+    ],
+)
+def test_ha_errors_name_the_section_and_the_key(tmp_path: Path, extra: str, message: str) -> None:
+    key = extra.split(" = ")[0]
+    ha_lines = HA_ON.removeprefix(HA).splitlines()
+    base = HA + "".join(line + "\n" for line in ha_lines if not line.startswith(key + " "))
+    path = write(tmp_path, base + extra + "\n")
+    with pytest.raises(config.ConfigError, match=message) as info:
+        config.load(path)
+    assert str(info.value).startswith(f"{path}: [ha] ")
+
+
+@pytest.mark.parametrize("missing", ["peer", "interface"])
+def test_ha_enabled_needs_a_peer_and_an_interface(tmp_path: Path, missing: str) -> None:
+    text = "".join(line + "\n" for line in HA_ON.splitlines() if not line.startswith(missing))
+    with pytest.raises(config.ConfigError, match=rf"\[ha\] {missing}: required with enabled = true"):
+        config.load(write(tmp_path, text))
+    # a disabled pair may leave them out: the section is checked but not required
+    assert config.load(write(tmp_path, text.replace("enabled = true", "enabled = false"))).ha.enabled is False

@@ -1,0 +1,60 @@
+"""`flannel-lb ha render keepalived|conntrackd|notify` and `flannel-lb ha write`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from flannel_lb.ha import files
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from flannel_lb.cli import _config
+
+    return _config(args)
+
+
+def _fail(e: ValueError) -> int:
+    from flannel_lb.cli import EXIT_CONFIG, CommandError
+
+    raise CommandError(str(e), EXIT_CONFIG) from None
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        sys.stdout.write(files.render(cfg, args.kind, net_namespace=args.net_namespace))
+    except ValueError as e:
+        return _fail(e)
+    return 0
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        written = files.write_all(cfg, net_namespace=args.net_namespace)
+    except ValueError as e:
+        return _fail(e)
+    except OSError as e:
+        from flannel_lb.cli import CommandError
+
+        raise CommandError(
+            f"cannot write into [ha] state_dir {cfg.ha.state_dir}: {e.strerror or e}"
+        ) from None
+    print("\n".join(written))
+    return 0
+
+
+def register_commands(subparsers: Any) -> None:
+    """Add `ha render KIND` and `ha write` to the CLI's subcommands."""
+    ha = subparsers.add_parser("ha", help="the active/standby pair: keepalived and conntrackd configs")
+    sub = ha.add_subparsers(dest="ha_command", required=True, metavar="VERB")
+    netns_help = "render keepalived's top-level `net_namespace NAME` (a box living in a namespace)"
+    r = sub.add_parser("render", help="print one rendered file of the pair, from [ha]")
+    r.add_argument("kind", choices=files.KINDS, help="keepalived.conf, conntrackd.conf or the notify hook")
+    r.add_argument("--net-namespace", metavar="NAME", help=netns_help)
+    r.set_defaults(func=cmd_render)
+    w = sub.add_parser("write", help="write every rendered file into [ha] state_dir; print their paths")
+    w.add_argument("--net-namespace", metavar="NAME", help=netns_help)
+    w.set_defaults(func=cmd_write)
