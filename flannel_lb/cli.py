@@ -12,24 +12,7 @@ from typing import Any
 
 from flannel_lb import config as config_mod
 from flannel_lb.text import printable
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran, and the answer is "no" (not found, check failed, nothing applied)
-EXIT_CONFIG = 2
-EXIT_ETCD = 3
-
-
-class CommandError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _config(args: argparse.Namespace) -> config_mod.Config:
-    try:
-        return config_mod.load(args.config or config_mod.default_path())
-    except config_mod.ConfigError as e:
-        raise CommandError(f"config error: {e}", EXIT_CONFIG) from None
+from flannel_lb.verbs import EXIT_CONFIG, EXIT_ETCD, EXIT_FAILED, EXIT_OK, CommandError, load_config
 
 
 def _etcd_error(e: Exception, args: argparse.Namespace) -> CommandError:
@@ -102,7 +85,7 @@ def _live_planner(cfg: config_mod.Config, args: argparse.Namespace, *, netcheck:
 def cmd_plan(args: argparse.Namespace) -> int:
     from flannel_lb.plan import report
 
-    cfg = _config(args)
+    cfg = load_config(args)
     if not args.watch:
         plan = _live_planner(cfg, args, netcheck=not args.no_netcheck).plan()
         if args.json:
@@ -164,7 +147,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ns, sep, name = args.service.partition("/")
     if not sep or not ns or not name:
         raise CommandError(f"expected NAMESPACE/NAME, got {args.service!r}", EXIT_CONFIG)
-    planner = _live_planner(_config(args), args, netcheck=not args.no_netcheck)
+    planner = _live_planner(load_config(args), args, netcheck=not args.no_netcheck)
     plan = planner.plan()
     story = report.explain(planner.state, plan, (ns, name), planner.settings, planner.admission())
     if story is None:
@@ -183,7 +166,7 @@ def _plane_and_plan(args: argparse.Namespace) -> tuple[Any, Any]:
     """The configured data plane, set up as the agent's next sync would be, and a fresh plan."""
     from flannel_lb.dataplane.plane import dataplane_options, make_dataplane
 
-    cfg = _config(args)
+    cfg = load_config(args)
     planner = _live_planner(cfg, args)
     plane = make_dataplane(cfg)
     plane.options = dataplane_options(cfg, planner.state.network_config)
@@ -215,7 +198,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from flannel_lb.dataplane.plane import make_dataplane
 
-    cfg = _config(args)
+    cfg = load_config(args)
     plane = make_dataplane(cfg)
     try:
         print(plane.cleanup())
@@ -230,7 +213,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from flannel_lb.kernel.netcheck import NetChecker
     from flannel_lb.source.records import EtcdUnavailable
 
-    cfg = _config(args)
+    cfg = load_config(args)
     if sys.stderr.isatty():  # a person at a prompt: the summary line says it all, warnings still show
         logs.setup(logs.at_least(cfg.log.level, "warning"), "console")
     else:
@@ -256,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flannel_lb.daemon.metrics import MetricsServer
     from flannel_lb.kernel.netcheck import NetChecker
 
-    cfg = _config(args)
+    cfg = load_config(args)
     logs.setup(cfg.log.level, cfg.log.format, stream=sys.stdout)
     agent = Agent(cfg, checker=NetChecker())
     stop = threading.Event()

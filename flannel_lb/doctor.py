@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flannel_lb import config as config_mod
 from flannel_lb import parts
 from flannel_lb.config import Config
 from flannel_lb.dataplane.iptables.rules import NAT, Rule
@@ -35,9 +34,10 @@ from flannel_lb.kernel.netcheck import (
     own_lease,
     own_lease_candidates,
 )
-from flannel_lb.kernel.netns import CommandError, output, run
+from flannel_lb.kernel.netns import RunError, output, run
 from flannel_lb.state.cluster import ClusterState
 from flannel_lb.text import printable
+from flannel_lb.verbs import CommandError, load_config
 
 Status = Literal["ok", "warn", "fail"]
 MAX_LISTED = 20  # longer lists are cut, with a count of the rest
@@ -571,7 +571,7 @@ def check_iptables_backend(ctx: _Context) -> tuple[Status, str]:
     try:
         host = host_iptables(ctx.netns)
         chosen = choose_backend(dp.iptables_backend, ctx.netns)  # what the agent's writers program
-    except CommandError as e:
+    except RunError as e:
         return (
             "fail",
             f"{e}: the agent's iptables writers cannot choose a backend here"
@@ -750,7 +750,7 @@ def read_file(path: str, netns: str | None) -> str:
             return f.read()
     try:
         return output(["cat", path], netns, timeout=TIMEOUT)
-    except CommandError as e:
+    except RunError as e:
         if f"{path}: No such file or directory" in str(e):  # cat's words, not `ip netns exec`'s
             raise FileNotFoundError(path) from None
         raise
@@ -800,10 +800,10 @@ def format_report(results: Iterable[CheckResult], cfg_path: str) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        cfg = config_mod.load(args.config or config_mod.default_path())
-    except config_mod.ConfigError as e:
-        print(f"flannel-lb check: config error: {e}", file=sys.stderr)
-        return 2
+        cfg = load_config(args)
+    except CommandError as e:  # said here too: `check` also runs without the CLI's main (tests, tools)
+        print(f"flannel-lb check: {e}", file=sys.stderr)
+        return e.code
     results = run_checks(cfg, netns=args.netns)
     if args.json:
         doc: dict[str, Any] = {

@@ -747,14 +747,14 @@ def test_check_fails_where_the_agent_cannot_choose_a_backend(
     """An `iptables` whose version names no backend: the agent refuses to guess, and check fails with
     the agent's own words."""
     from flannel_lb.dataplane.plane import make_writer
-    from flannel_lb.kernel.netns import CommandError
+    from flannel_lb.kernel.netns import RunError
 
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "iptables").write_text("#!/bin/sh\necho 'iptables v9.9 (mystery)'\n")
     (fake / "iptables").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")  # `ip netns exec` keeps the environment
-    with pytest.raises(CommandError, match="cannot tell the iptables backend") as refused:
+    with pytest.raises(RunError, match="cannot tell the iptables backend") as refused:
         make_writer(cfg, ns.name("lb"))
     result = by_name(run_checks(cfg, netns=ns.name("lb")))["iptables backend"]
     assert result.status == "fail"

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from flannel_lb.kernel.netns import CommandError, in_netns, output, run
+from flannel_lb.kernel.netns import RunError, in_netns, output, run
 
 
 def test_output_returns_stdout_and_run_any_exit_status() -> None:
@@ -17,15 +17,15 @@ def test_output_returns_stdout_and_run_any_exit_status() -> None:
 
 
 def test_a_failure_names_the_command_its_status_and_stderr() -> None:
-    with pytest.raises(CommandError) as failed:
+    with pytest.raises(RunError) as failed:
         output(["sh", "-c", "echo oops >&2; exit 3"])
     assert str(failed.value) == "`sh -c 'echo oops >&2; exit 3'` exited 3: oops"
 
 
 def test_a_missing_tool_and_a_hung_one_are_named() -> None:
-    with pytest.raises(CommandError, match=r"^`flb-t-no-such-tool` is not installed$"):
+    with pytest.raises(RunError, match=r"^`flb-t-no-such-tool` is not installed$"):
         run(["flb-t-no-such-tool", "--version"])
-    with pytest.raises(CommandError, match=r"^`sleep infinity` gave no answer within 0.5 s$"):
+    with pytest.raises(RunError, match=r"^`sleep infinity` gave no answer within 0.5 s$"):
         run(["sleep", "infinity"], timeout=0.5)
 
 
@@ -34,7 +34,7 @@ def test_in_a_namespace_the_error_shows_where_it_ran() -> None:
     assert in_netns(["iptables-save"], "x") == ["ip", "netns", "exec", "x", "iptables-save"]
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2")
-    with pytest.raises(CommandError) as failed:
+    with pytest.raises(RunError) as failed:
         output(["true"], "flb-t-netns-absent")
     assert str(failed.value).startswith("`ip netns exec flb-t-netns-absent true` exited ")
     assert "flb-t-netns-absent" in str(failed.value).split(": ", 1)[1]  # ip's own words name it

@@ -19,6 +19,7 @@ RANK = {
     "plan": 4,
     "text": 4,
     "config": 5,  # the config's types (it validates [policy] with plan's types)
+    "verbs": 5,  # what every CLI verb shares (exit codes, CommandError, loading the config)
     "kernel": 6,
     "dataplane": 6,
     "parts": 7,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from flannel_lb.kernel.netns import CommandError, output, run
+from flannel_lb.kernel.netns import RunError, output, run
 
 Backend = Literal["nft", "legacy"]
 BACKENDS: tuple[Backend, ...] = ("nft", "legacy")
@@ -42,11 +42,11 @@ class Tools:
     def run(
         self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command in this namespace, whatever its exit status (CommandError: could not run it)."""
+        """Run a command in this namespace, whatever its exit status (RunError: could not run it)."""
         return run(argv, self.netns, input=input, timeout=timeout)
 
     def output(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0) -> str:
-        """Run a command in this namespace; its stdout, or CommandError with its stderr on failure."""
+        """Run a command in this namespace; its stdout, or RunError with its stderr on failure."""
         return output(argv, self.netns, input=input, timeout=timeout)
 
 
@@ -62,14 +62,14 @@ def host_iptables(netns: str | None = None) -> HostIptables:
     """The backend of the host's `iptables` (what everything else on the host writes to).
 
     Never a guess: an `iptables` that cannot be run, or whose version line names neither backend,
-    raises CommandError, and the agent does not start (`check` fails with the same message).
+    raises RunError, and the agent does not start (`check` fails with the same message).
     """
     version = output(["iptables", "--version"], netns, timeout=30).strip()
     if "(nf_tables)" in version:
         return HostIptables("nft", version)
     if "(legacy)" in version or (version.startswith("iptables v1.") and "(" not in version):  # < 1.8: legacy
         return HostIptables("legacy", version)
-    raise CommandError(f"cannot tell the iptables backend from {version!r} (`iptables --version`)")
+    raise RunError(f"cannot tell the iptables backend from {version!r} (`iptables --version`)")
 
 
 def choose_backend(backend: str = "auto", netns: str | None = None) -> Backend:
