@@ -31,7 +31,7 @@ class Options:
     bucket_size: int = 128
     # the filter FORWARD -> FLB-FORWARD (ctmark ACCEPT) jump: "always", or "auto": only while FORWARD could
     # drop flannel-lb's flows (policy DROP or other rules, seen in the kernel's read-back). It costs every
-    # forwarded packet two rule evaluations (~5% keep-alive throughput) where nothing needs it; "auto"
+    # forwarded packet two rule evaluations (docs/benchmarks.md, throughput) where nothing needs it; "auto"
     # saves that but leaves a window (until the next verifying sync) when a firewall turns FORWARD to
     # DROP later, e.g. Docker starting after the agent. Safety first: "always" by default.
     forward_accept: Literal["auto", "always"] = "always"

@@ -2,8 +2,8 @@
 
 Design input: ../shared/reference/ha-and-scale-out.md §1 (keepalived 2.2.7 on Debian 12):
 
-* VRRPv3 with a sub-second advert interval (VRRPv2 rounds to whole seconds: 3.44 s measured outage against
-  389 ms at 0.1 s). Unicast to the peer, so no multicast is needed on the segment.
+* VRRPv3 with a sub-second advert interval (VRRPv2 rounds to whole seconds; the outages measured
+  for both are in docs/ha.md). Unicast to the peer, so no multicast is needed on the segment.
 * Both boxes start as BACKUP; the higher priority wins the election (no "address owner" priority 255).
 * One `vrrp_sync_group` holds the instance, so everything later slices float with the VIPs (the shared
   overlay identity of §1b) changes state together; its state changes reach one hook through keepalived's

@@ -131,8 +131,8 @@ class KernelView:
 
 
 # --- reading rtnetlink directly -------------------------------------------------------------------
-# pyroute2 0.9.7 decodes each message through its asyncio core: ~0.3 s for the 3,000 messages of a
-# 1,000-lease vxlan host. Unpacking the few fields needed with struct takes a tenth of that.
+# pyroute2 0.9.7 decodes each message through its asyncio core, which dominates a dump of a large
+# vxlan host; unpacking the few fields needed with struct is far cheaper (docs/benchmarks.md).
 # pyroute2 still enters named namespaces (netns.setns).
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3

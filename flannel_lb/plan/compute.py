@@ -76,7 +76,7 @@ class LeaseIndex:
 
 
 # Endpoint admission runs for every endpoint on every full re-plan (100k at 10k services): integers,
-# not ipaddress objects, make it ~10x cheaper.
+# not ipaddress objects, keep it cheap (see plan/ipv4.py).
 _Prefixes = list[tuple[int, dict[int, Lease]]]  # (host bits, {network >> host bits: lease}), longest first
 
 

@@ -6,8 +6,8 @@ Workarounds, all measured against etcd 3.4 (see shared/reference/python-librarie
 * A failed watch makes the client's watcher thread reconnect in a tight loop (100 % CPU, tens of
   thousands of threads); the channel is closed from the failure callback itself, before the
   loop can spin, and a new client is built for the next attempt.
-* Without `grpc.http2.ping_timeout_ms` a SIGSTOPped etcd is noticed only after ~65 s, and
-  without keepalive never.
+* Without `grpc.http2.ping_timeout_ms` a SIGSTOPped etcd is noticed only when TCP gives up
+  (over a minute), and without keepalive never.
 * A watch the server cancels for any reason other than compaction is dropped silently by
   0.12.0; the response handler is wrapped so that such a cancel is reported as a failure.
 * With username/password it attaches the token as gRPC call credentials, which grpcio refuses

@@ -251,7 +251,7 @@ class ClusterSource:
                         self._relists += 1
                     yield snap
                 # This frame lives as long as the connection: it must not keep the snapshot's values
-                # (30 MB at 10k Services) once the consumer has them.
+                # (the largest allocation of a cold start) once the consumer has them.
                 del snap
                 resume = None  # after any failure only a full re-list is safe
                 yield Status(True, "", gen.endpoint.url)

@@ -226,8 +226,8 @@ class ClusterState:
         self._batch = True
         gc_was_enabled = gc.isenabled()
         # A snapshot builds ~10 objects per endpoint, all long-lived, and no reference cycles: the
-        # cyclic collector would walk the growing heap again and again for nothing (a fifth of the
-        # load at 10k Services). It runs again, as before, once the snapshot is in.
+        # cyclic collector would walk the growing heap again and again for nothing (a large share of
+        # the load at 10k Services). It runs again, as before, once the snapshot is in.
         gc.disable()
         try:
             for key, value, expires in items:

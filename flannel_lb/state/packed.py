@@ -1,7 +1,7 @@
 """Raw values kept for later, packed into one buffer instead of one heap block each.
 
-The cluster state keeps every legacy Endpoints value undecoded while its Service has slices (10k of
-them at 10k Services, ~11 MB). As separate `bytes` objects they sit one in three among the snapshot's
+The cluster state keeps every legacy Endpoints value undecoded while its Service has slices (one per
+Service). As separate `bytes` objects they sit one in three among the snapshot's
 other values, which are freed after decoding: every heap page keeps a live value, so none of the
 snapshot's memory could go back to the kernel. Copied into one growing buffer they leave the heap
 free to shrink.

@@ -72,7 +72,7 @@ def transactions(changes: Changes, leaf_block: int | None = None) -> tuple[Chang
     `leaf_block`, then everything else in one last transaction.
 
     Why: iptables-nft-restore spends time quadratic in the chains of one COMMIT (the 10k-service
-    cold sync, 10k frontend chains of 11 rules: 12 s as one COMMIT, 3.4 s in blocks of 500).
+    cold sync of 10k frontend chains; figures in docs/benchmarks.md, cold start).
     Splitting changes nothing traffic can see: frontend and endpoint chains are named by their
     content, so a written one is either identical to what the kernel has (or repairs its drift,
     atomically) or new, and a new one is reached only once the last transaction rewrites the
