@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from flannel_lb.dataplane.iptables.changes import Changes
+from flannel_lb.dataplane.iptables.rules import RuleSet
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.lab.etcd_server import EtcdServer
 from flannel_lb.source import ClusterSource, EventBatch, Snapshot, Status, Update
 
@@ -149,9 +152,32 @@ def consume() -> Iterator[Callable[..., StreamConsumer]]:
         consumer.close()
 
 
-def idle_agent(cfg: Any) -> Any:
-    """An Agent for tests of its loop that never sync: its writer is a bare object."""
+class MemoryWriter(SyncState):
+    """An iptables writer whose kernel is a variable: what the last sync applied."""
+
+    def __init__(self) -> None:
+        super().__init__("FLB-")
+        self.kernel = RuleSet("FLB-")
+
+    def read_owned(self) -> RuleSet:
+        return self.kernel
+
+    def _commit(self, changes: Changes, text: str) -> None:
+        pass
+
+    def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> Any:
+        result = super().sync(desired, full=full, verify=verify)
+        self.kernel = desired
+        return result
+
+    def cleanup(self) -> Changes:
+        self.kernel = RuleSet("FLB-")
+        return Changes()
+
+
+def memory_agent(cfg: Any) -> Any:
+    """An Agent whose data plane is the iptables one over a MemoryWriter: no kernel, no root."""
     from flannel_lb.daemon.agent import Agent
     from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 
-    return Agent(cfg, dataplane=IptablesPlane(object(), dataplane_options(cfg)))  # type: ignore[arg-type]
+    return Agent(cfg, dataplane=IptablesPlane(MemoryWriter(), dataplane_options(cfg)))

@@ -8,14 +8,14 @@ import json
 from flannel_lb import config
 from flannel_lb.lab.objects import service
 from flannel_lb.source.records import KeyValue, Snapshot
-from tests.conftest import idle_agent
+from tests.conftest import memory_agent
 
 
 def test_first_snapshot_is_frozen_out_of_the_collector() -> None:
     """The decoded cluster is long-lived: it leaves the collector's generations before the first plan
     (which would otherwise pay for full collections walking it); later snapshots change nothing."""
     cfg = config.parse({"lb": {"addresses": ["192.168.121.201"]}})
-    agent = idle_agent(cfg)
+    agent = memory_agent(cfg)
     svc = json.dumps(service("web", external_ips=["192.168.121.201"])).encode()
     items = [
         KeyValue("/coreos.com/network/config", b'{"Network": "10.246.0.0/16"}', 1),

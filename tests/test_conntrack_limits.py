@@ -26,7 +26,7 @@ from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import Metrics
 from flannel_lb.kernel import conntrack_limits as ct
 from flannel_lb.lab.netns import Namespaces
-from tests.conftest import idle_agent
+from tests.conftest import memory_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -505,7 +505,7 @@ def test_agent_step_samples_and_keeps_going_when_reading_fails(fake_log: FakeLog
     from flannel_lb import config
 
     cfg = config.parse({"lb": {"addresses": ["192.168.121.201"]}})
-    agent = idle_agent(cfg)
+    agent = memory_agent(cfg)
     proc = FakeProc()
     agent.conntrack = Monitor(agent.metrics, read=proc)
     agent.have_snapshot = True
@@ -524,7 +524,7 @@ def test_sighup_applies_a_changed_conntrack_section(tmp_path: Path, fake_log: Fa
 
     path = tmp_path / "flannel-lb.toml"
     path.write_text('[lb]\naddresses = ["192.168.121.201"]\n')
-    agent = idle_agent(config.load(str(path)))  # no sync here
+    agent = memory_agent(config.load(str(path)))  # no sync here
     paths = fake_kernel(tmp_path, max_=1000, hashsize=250, host=False)
     agent.conntrack = Monitor(agent.metrics, paths=paths)
     agent.reload()  # [conntrack] unchanged: nothing is applied

@@ -31,7 +31,7 @@ from flannel_lb.dataplane.iptables.changes import compute_changes
 from flannel_lb.dataplane.iptables.restore import RestoreError, RestoreWriter, diff
 from flannel_lb.dataplane.iptables.rules import Chain, Rule, RuleBuilder, RuleSet, build_ruleset
 from flannel_lb.dataplane.iptables.savefile import foreign_lines, parse_save
-from flannel_lb.dataplane.iptables.sync_state import SyncState, Writer
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import IptablesPlane
 from flannel_lb.kernel.conntrack import ConntrackCounts, clear_stale, stale_flows
@@ -257,7 +257,7 @@ def lab_legacy() -> Iterator[Lab]:
     yield from _build_lab("legacy")
 
 
-def _make_writer(kind: str, lab: Lab) -> Writer:
+def _make_writer(kind: str, lab: Lab) -> SyncState:
     if kind == "libiptc":
         pytest.importorskip("iptc", reason="python-iptables is not installed")
         from flannel_lb.dataplane.iptables.libiptc import LibiptcWriter
@@ -266,7 +266,7 @@ def _make_writer(kind: str, lab: Lab) -> Writer:
     return RestoreWriter(backend=lab.backend, netns=lab.lb)
 
 
-WriterFactory = Callable[[], Writer]
+WriterFactory = Callable[[], SyncState]
 
 
 @dataclass
@@ -282,9 +282,9 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
     kind, backend = request.param.split("-")
     lab: Lab = request.getfixturevalue(f"lab_{backend}")
     lab.flush_conntrack()  # flows of the previous test would pin this test's source ports
-    writers: list[Writer] = []
+    writers: list[SyncState] = []
 
-    def new_writer() -> Writer:
+    def new_writer() -> SyncState:
         w = _make_writer(kind, lab)
         writers.append(w)
         return w

@@ -24,14 +24,11 @@ import etcd3
 import pytest
 
 from flannel_lb import config as config_mod
-from flannel_lb.daemon.agent import Agent
-from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 from flannel_lb.lab import objects as k
 from flannel_lb.lab.etcd_server import EtcdServer, EtcdTLS
 from flannel_lb.source import etcd_v3
 from flannel_lb.source.settings import EtcdSettings, parse_endpoint
-from tests.conftest import FAST_ETCD_ARGS
-from tests.test_bad_input import MemoryWriter
+from tests.conftest import FAST_ETCD_ARGS, memory_agent
 
 pytestmark = pytest.mark.etcd
 
@@ -355,7 +352,7 @@ def test_least_privilege_role_with_a_password(
             "dataplane": {"conntrack_cleanup": False, "manage_ip_forward": False, "min_sync_interval": 0.01},
         }
     )
-    agent = Agent(cfg, dataplane=IptablesPlane(MemoryWriter(), dataplane_options(cfg)))
+    agent = memory_agent(cfg)
     stop = threading.Event()
     runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     runner.start()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flannel_lb import config
-from tests.conftest import idle_agent
+from tests.conftest import memory_agent
 
 BASE = '[lb]\naddresses = ["192.168.121.201"]\n'
 KEYS = sorted(config.NUMBERS)
@@ -115,7 +115,7 @@ def test_reading_a_number_outside_the_schema_is_a_programming_error() -> None:
 def test_sighup_refuses_a_non_finite_number_and_keeps_the_running_config(tmp_path: Path) -> None:
     path = tmp_path / "flannel-lb.toml"
     path.write_text(BASE + "[dataplane]\nfull_resync_interval = 10.0\n")
-    agent = idle_agent(config.load(path))
+    agent = memory_agent(config.load(path))
     running = agent.cfg
     for bad in ("nan", "inf", "-1.0", "true", "1e999"):
         path.write_text(BASE + f"[dataplane]\nfull_resync_interval = {bad}\n")

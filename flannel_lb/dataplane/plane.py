@@ -16,7 +16,7 @@ from flannel_lb import config as config_mod
 from flannel_lb.dataplane.iptables.render import render
 from flannel_lb.dataplane.iptables.restore import diff_rulesets
 from flannel_lb.dataplane.iptables.rules import FILTER, RuleBuilder, RuleSet, with_forward_jump
-from flannel_lb.dataplane.iptables.sync_state import SyncResult, SyncState, Writer
+from flannel_lb.dataplane.iptables.sync_state import SyncResult, SyncState
 from flannel_lb.dataplane.options import Options, overlay_udp_port
 from flannel_lb.decode.model import NetworkConfig
 from flannel_lb.plan.model import Plan
@@ -88,7 +88,7 @@ def make_dataplane(cfg: config_mod.Config, netns: str | None = None) -> DataPlan
     return IptablesPlane(make_writer(cfg, netns), dataplane_options(cfg))
 
 
-def make_writer(cfg: config_mod.Config, netns: str | None = None) -> Writer:
+def make_writer(cfg: config_mod.Config, netns: str | None = None) -> SyncState:
     """The iptables RuleSet writer (`restore` or `libiptc`)."""
     d = cfg.dataplane
     if d.writer == "libiptc":
@@ -109,14 +109,13 @@ class IptablesPlane:
     drop flannel-lb's flows. A FORWARD that turns to DROP later is noticed by the next verifying sync.
     """
 
-    def __init__(self, writer: Writer, options: Options) -> None:
+    def __init__(self, writer: SyncState, options: Options) -> None:
         self.writer = writer
         self.options = options  # the agent replaces it on a config reload: the builder then starts over
         self.builder = RuleBuilder()
         self.skipped: tuple[tuple[str, str], ...] = ()  # what the last sync's rule set could not express
         self.forward_filtered: bool | None = None  # None: not read back yet (assumed True)
-        if isinstance(writer, SyncState):
-            writer.settle = self._settle
+        writer.settle = self._settle
 
     def sync(self, plan: Plan, *, verify: bool = False) -> SyncResult:
         # verify: the periodic resync reads the kernel back and rewrites only what drifted
@@ -131,7 +130,7 @@ class IptablesPlane:
 
     def _settle(self, desired: RuleSet) -> RuleSet:
         """After a read-back: the FORWARD jump as the kernel's FORWARD chain requires it."""
-        seen = getattr(self.writer, "forward_filtered", None)
+        seen = self.writer.forward_filtered
         if seen:
             if self.forward_filtered is False:
                 log.warning("forward_filtered", detail="FORWARD can drop flows now: installing the accept")

@@ -1,4 +1,4 @@
-"""The iptables Writer protocol and the sync bookkeeping both iptables writers share.
+"""The sync bookkeeping both iptables writers (restore, libiptc) inherit.
 
 A writer remembers what it last applied, so a sync only carries what changed. It trusts that memory
 only while it is earned: the first sync adopts what the kernel has (a restarted agent takes over
@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from flannel_lb.dataplane.generation import after_own_commits
 from flannel_lb.dataplane.iptables.changes import Changes, compute_changes, transactions
@@ -39,25 +39,10 @@ class SyncResult:
         return self.changes.summary()
 
 
-class Writer(Protocol):
-    """Programs a RuleSet into the kernel: what traffic sees changes in one atomic step per sync."""
-
-    @property
-    def prefix(self) -> str: ...
-
-    def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> SyncResult: ...
-
-    def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str: ...
-
-    def read_owned(self) -> RuleSet: ...
-
-    def cleanup(self) -> Changes: ...
-
-    def close(self) -> None: ...
-
-
 class SyncState(ABC):
-    """Chooses adopt/verify/full/partial, computes the changes, forgets its memory when a sync fails."""
+    """An iptables writer: programs a RuleSet into the kernel, what traffic sees changing in one atomic
+    step per sync. Chooses adopt/verify/full/partial, computes the changes, forgets its memory when a
+    sync fails; subclasses read the kernel back and commit."""
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
