@@ -25,7 +25,7 @@ What is measured, in one lab and one run:
 
 `--writer nft` runs the agent with its nftables data plane instead of iptables (its own section).
 
-Run: sudo .venv/bin/python -m bench.cold_start [--quick] [--services 10000] [--profile] [--writer nft]
+Run (as root): .venv/bin/python -m bench.cold_start [--quick] [--services 10000] [--profile] [--writer nft]
 """
 
 from __future__ import annotations

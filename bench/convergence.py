@@ -16,7 +16,7 @@ Also reported: the agent's own `seconds` per sync (plan + rules + iptables-resto
 rest being watch delivery, coalescing and the probe's resolution. `--writer nft` runs the agent with
 its nftables data plane (a partial sync is a few map element deletes/adds) instead of iptables.
 
-Run: sudo .venv/bin/python -m bench.convergence [--quick] [--changes 200] [--profile] [--writer nft]
+Run (as root): .venv/bin/python -m bench.convergence [--quick] [--changes 200] [--profile] [--writer nft]
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{size / 1e6:.1f} MB of values, one etcd on loopback; {args.repeat} reads per option"
         )
         body = report.preamble("etcd snapshot read by protobuf option", started_at, note)
-        report.update_section("etcd_protobuf", f"{body.replace('sudo ', '')}\n{text}\n")
+        report.update_section("etcd_protobuf", f"{body}\n{text}\n")
     digests = {d for s in summaries.values() for d in s["digests"]}
     if len(digests) != 1:
         print(f"DIFFERENT SNAPSHOTS: {sorted(digests)}")

@@ -14,7 +14,7 @@ cancels slow drift of the machine's load). Ratios are p50/p99 at N over p50/p99 
 `--writer nft` runs the agent with its nftables data plane: dispatch is the `services` verdict map,
 one hash lookup whatever N (the probe and bulk-00000 are then just two elements of it).
 
-Run: sudo .venv/bin/python -m bench.first_connection [--quick] [--backend nft|legacy] [--writer nft]
+Run (as root): .venv/bin/python -m bench.first_connection [--quick] [--backend nft|legacy] [--writer nft]
 """
 
 from __future__ import annotations

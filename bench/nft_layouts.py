@@ -16,7 +16,7 @@ th dport vmap @services` of N elements, and the time of one endpoint change wher
 nft's userspace cost grows with the number of chains and anonymous sets, not with map elements;
 that decides whether a native nftables writer can load 10k x 10 within the 2 s cold-start target.
 
-Run: sudo .venv/bin/python -m bench.nft_layouts [--services 10000] [--kube-proxy-style]
+Run (as root): .venv/bin/python -m bench.nft_layouts [--services 10000] [--kube-proxy-style]
 """
 
 from __future__ import annotations

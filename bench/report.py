@@ -40,7 +40,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def command_line() -> str:
     args = " ".join(shlex.quote(a) for a in sys.argv[1:])
     module = Path(sys.argv[0]).stem
-    return f"sudo .venv/bin/python -m bench.{module}" + (f" {args}" if args else "")
+    return f".venv/bin/python -m bench.{module}" + (f" {args}" if args else "")
 
 
 def preamble(title: str, started: datetime.datetime, scale_note: str = "") -> str:

@@ -6,7 +6,7 @@ change, the raw iptables-restore of the cold transaction, and the Python heap af
 (The fix prototypes this bench once timed against the flat layout have all landed; see
 docs/benchmarks.md for the figures they gave.)
 
-Run: sudo .venv/bin/python -m bench.sync_breakdown [--services 10000]
+Run (as root): .venv/bin/python -m bench.sync_breakdown [--services 10000]
 """
 
 from __future__ import annotations

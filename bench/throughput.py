@@ -29,7 +29,7 @@ load on the machine moves throughput by tens of percent within a minute, so ever
 measured in a pair with the hand-written rules, back to back, alternating which goes first; a
 ratio is the median over rounds of the per-pair ratios.
 
-Run: sudo .venv/bin/python -m bench.throughput [--quick] [--writer nft]
+Run (as root): .venv/bin/python -m bench.throughput [--quick] [--writer nft]
 """
 
 from __future__ import annotations
