@@ -63,7 +63,9 @@ def test_a_silent_path_times_out() -> None:
     with Namespaces(unique_prefix("t-hc")) as ns:
         ns.add("lb")
         ns.run("lb", ["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"])
-        ruleset = "table ip t {\n chain out {\n type filter hook output priority 0;\n tcp dport 80 drop\n }\n}\n"
+        ruleset = (
+            "table ip t {\n chain out {\n type filter hook output priority 0;\n tcp dport 80 drop\n }\n}\n"
+        )
         ns.run("lb", ["nft", "-f", "-"], input=ruleset)
         done = subprocess.run(
             ns.argv("lb", [sys.executable, "-c", PROBE, "10.99.0.1"]),

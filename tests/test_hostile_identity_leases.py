@@ -223,10 +223,13 @@ def _one(ips: list[str], *, network: bool = True, family: str = "IPv4", **kw: bo
     return state
 
 
-def _kinds_of(state: ClusterState, faults: dict[ipaddress.IPv4Network, str] | None = None) -> set[Exclusion]:
-    plan = compute_plan(
-        state, PlanSettings(addresses=frozenset({LB, "10.246.1.200"})), now=NOW, path_faults=faults
-    )
+def _kinds_of(
+    state: ClusterState,
+    faults: dict[ipaddress.IPv4Network, str] | None = None,
+    unhealthy: tuple[tuple[str, int], ...] = (),
+) -> set[Exclusion]:
+    settings = PlanSettings(addresses=frozenset({LB, "10.246.1.200"}))
+    plan = compute_plan(state, settings, now=NOW, path_faults=faults, unhealthy=unhealthy)
     return {e.kind for f in plan.frontends for e in f.excluded}
 
 
@@ -260,6 +263,9 @@ EXCLUSION_INPUTS = {
         _one(["10.246.1.130"]), {ipaddress.ip_network("10.246.1.0/24"): "down"}
     ),
     Exclusion.LEASE_OVERLAP: lambda: _kinds_of(_one(["10.246.1.5"])),
+    Exclusion.HEALTH: lambda: _kinds_of(
+        _one(["10.246.1.130", "10.246.1.131"]), unhealthy=(("10.246.1.131", 8080),)
+    ),
     Exclusion.LEASE_ADDRESS: lambda: _kinds_of(_one(["10.246.1.255"])),
     Exclusion.LB_ADDRESS: lambda: _kinds_of(_one(["10.246.1.200"])),
     Exclusion.OTHER: _holdover_other,

@@ -104,6 +104,7 @@ class Admission:
     leases: LeaseIndex
     path_faults: Mapping[ipaddress.IPv4Network, str] = field(default_factory=dict)  # from netcheck
     lb_addresses: frozenset[int] = frozenset()  # the LB's own addresses: never a backend
+    unhealthy: frozenset[tuple[str, int]] = frozenset()  # ip:port failing the LB's checks ([health])
 
     def reason_to_exclude(self, ip: str) -> tuple[tuple[Exclusion, str] | None, Lease | None]:
         """Why the endpoint at `ip` may not serve (its kind and the text for humans), and its lease."""
@@ -252,8 +253,14 @@ def _backends(
     chosen = ready or {
         k: v for k, v in admitted.items() if v[0].endpoint.serving and v[0].endpoint.terminating
     }
+    failing = [k for k in chosen if k in admission.unhealthy] if admission.unhealthy else []
+    if failing and len(failing) < len(chosen):  # all failing: serve them all (see `health_kept`)
+        for key in failing:
+            c, _lease = chosen.pop(key)
+            why = "health check failing: the LB's TCP connects to it fail"
+            excluded.append(Excluded(c.ip, why, c.port, c.endpoint.node_name, kind=Exclusion.HEALTH))
     for key, (c, _lease) in admitted.items():
-        if key not in chosen:
+        if key not in chosen and key not in failing:
             ep = c.endpoint
             kind = Exclusion.TERMINATING if ep.terminating else Exclusion.NOT_READY
             if ep.terminating:
@@ -365,9 +372,18 @@ def admission_for(
     now: float,
     path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
     lb_addresses: Iterable[str] = (),
+    unhealthy: Iterable[tuple[str, int]] = (),
 ) -> Admission:
     mine = frozenset(a for a in map(ipv4_int, lb_addresses) if a is not None)
-    return Admission(state.network(), LeaseIndex(state.leases(), now), path_faults or {}, mine)
+    leases = LeaseIndex(state.leases(), now)
+    return Admission(state.network(), leases, path_faults or {}, mine, frozenset(unhealthy))
+
+
+def health_kept(backends: tuple[Backend, ...], admission: Admission) -> bool:
+    """Whether every backend serves although it fails its check: a failing check is less certain than
+    an empty frontend is, so a frontend whose backends all fail keeps them all."""
+    failing = [b for b in backends if (b.ip, b.port) in admission.unhealthy]
+    return bool(failing) and len(failing) == len(backends)
 
 
 def compute_plan(
@@ -376,9 +392,10 @@ def compute_plan(
     *,
     now: float,
     path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
+    unhealthy: Iterable[tuple[str, int]] = (),
 ) -> Plan:
     """The whole plan from scratch (the agent's incremental planner gives the same result)."""
-    admission = admission_for(state, now, path_faults, settings.addresses)
+    admission = admission_for(state, now, path_faults, settings.addresses, unhealthy)
     plans = [
         plan_service(svc, state.endpoint_groups(ref)[0], admission, settings)
         for ref, svc in state.services.items()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from flannel_lb.plan.compute import (
     Admission,
@@ -32,6 +32,7 @@ class Planner:
         self.settings = settings
         self.clock = clock
         self.path_faults: Mapping[ipaddress.IPv4Network, str] = {}
+        self.unhealthy: frozenset[tuple[str, int]] = frozenset()  # from the LB's own checks
         self._plans: dict[ServiceRef, ServicePlan] = {}
         self._admission: Admission | None = None
         self._admitted_at = 0.0  # when the lease index was built: leases expiring later are still live
@@ -44,7 +45,7 @@ class Planner:
         if self._admission is None:
             self._admitted_at = self.clock()
             self._admission = admission_for(
-                self.state, self._admitted_at, self.path_faults, self.settings.addresses
+                self.state, self._admitted_at, self.path_faults, self.settings.addresses, self.unhealthy
             )
         return self._admission
 
@@ -53,6 +54,15 @@ class Planner:
         if dict(faults) == dict(self.path_faults):
             return False
         self.path_faults = dict(faults)
+        self._admission = None
+        return True
+
+    def set_unhealthy(self, targets: Iterable[tuple[str, int]]) -> bool:
+        """Record the backends failing the LB's checks; True when that changed (everything re-plans)."""
+        down = frozenset(targets)
+        if down == self.unhealthy:
+            return False
+        self.unhealthy = down
         self._admission = None
         return True
 

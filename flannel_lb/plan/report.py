@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flannel_lb.plan.compute import Admission, PlanSettings, endpoint_report, exposed_addresses
+from flannel_lb.plan.compute import Admission, PlanSettings, endpoint_report, exposed_addresses, health_kept
 from flannel_lb.plan.model import Backend, Excluded, Plan
 from flannel_lb.state.cluster import ClusterState, ServiceRef
 from flannel_lb.text import printable
@@ -86,6 +86,7 @@ def explain(
                 "name": sp.name,
                 "target_port": sp.target_port,
                 "backends": [{"ip": b.ip, "port": b.port, "node": b.node} for b in backends],
+                "health_kept": health_kept(backends, admission),
                 "excluded": [
                     {"ip": e.ip, "port": e.port, "node": e.node, "reason": e.reason, "kind": e.kind.value}
                     for e in excluded
@@ -136,6 +137,8 @@ def explain_text(story: dict[str, Any]) -> str:
         if not p["backends"] and not p["excluded"]:
             lines.append("    no endpoints")
         lines.extend(f"    in   {b['ip']}:{b['port']}  node {b['node'] or '?'}" for b in p["backends"])
+        if p.get("health_kept"):
+            lines.append("    every backend fails its health check: all are served (less certain than none)")
         lines.extend(
             f"    out  {e['ip']}{':' + str(e['port']) if e['port'] else ''}  {e['reason']}"
             for e in p["excluded"]

@@ -1,0 +1,62 @@
+"""Backends failing the LB's own checks leave their frontend, unless all of them fail (pure planning)."""
+
+from __future__ import annotations
+
+from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.lab import objects as k
+from flannel_lb.plan.compute import PlanSettings, admission_for, compute_plan
+from flannel_lb.plan.model import Exclusion
+from flannel_lb.plan.planner import Planner
+from flannel_lb.plan.report import explain, explain_text
+from flannel_lb.state.cluster import ClusterState
+
+LB = "192.168.121.201"
+NOW = 1_800_000_000.0
+SETTINGS = PlanSettings(addresses=frozenset({LB}))
+PODS = ["10.246.1.5", "10.246.1.6", "10.246.2.5"]
+
+
+def _state() -> ClusterState:
+    state = ClusterState()
+    state.put("/coreos.com/network/config", b'{"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan"}}')
+    state.put("/coreos.com/network/subnets/10.246.1.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
+    state.put("/coreos.com/network/subnets/10.246.2.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02"))
+    state.put(
+        "/registry/services/specs/default/web",
+        encode_protobuf(k.service("web", ports=[k.port(80, name="http")], external_ips=[LB])),
+    )
+    eps = [k.endpoint(ip, "node-1" if ip.startswith("10.246.1.") else "node-2") for ip in PODS]
+    state.put(
+        "/registry/endpointslices/default/web-x",
+        encode_protobuf(k.endpoint_slice("web-x", "web", eps, [("http", 8080, "TCP")])),
+    )
+    return state
+
+
+def test_a_failing_backend_leaves_and_the_others_serve() -> None:
+    plan = compute_plan(_state(), SETTINGS, now=NOW, unhealthy=[("10.246.1.6", 8080), ("10.9.9.9", 1)])
+    (f,) = plan.frontends
+    assert [b.ip for b in f.backends] == ["10.246.1.5", "10.246.2.5"]
+    assert [(e.ip, e.kind) for e in f.excluded] == [("10.246.1.6", Exclusion.HEALTH)]
+
+
+def test_when_every_backend_fails_all_are_served_and_explain_says_so() -> None:
+    state = _state()
+    failing = [(ip, 8080) for ip in PODS]
+    plan = compute_plan(state, SETTINGS, now=NOW, unhealthy=failing)
+    (f,) = plan.frontends
+    assert [b.ip for b in f.backends] == sorted(PODS) and not f.excluded
+    story = explain(state, plan, ("default", "web"), SETTINGS, admission_for(state, NOW, None, [LB], failing))
+    assert story is not None and story["ports"][0]["health_kept"] is True
+    assert "every backend fails its health check: all are served" in explain_text(story)
+
+
+def test_the_planner_replans_when_health_changes_and_agrees_with_a_fresh_plan() -> None:
+    state = _state()
+    planner = Planner(state, SETTINGS, clock=lambda: NOW)
+    planner.plan()
+    assert planner.set_unhealthy([("10.246.2.5", 8080)]) is True
+    assert planner.set_unhealthy([("10.246.2.5", 8080)]) is False  # unchanged: nothing to re-plan
+    assert planner.plan() == compute_plan(state, SETTINGS, now=NOW, unhealthy=[("10.246.2.5", 8080)])
+    assert planner.set_unhealthy([]) is True
+    assert [b.ip for b in planner.plan().frontends[0].backends] == sorted(PODS)
