@@ -116,6 +116,22 @@ class HAConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Active checks of the backends from this LB: TCP connects through the overlay (kernel/health.py).
+
+    Off by default: kubelet's readiness is the cluster's own word on a pod, and checks from every LB
+    add their load to every pod; an operator turns them on where overlay faults are a risk.
+    """
+
+    enabled: bool = False
+    interval: float = 2.0  # seconds between rounds
+    timeout: float = 1.0  # seconds a connect may take
+    rise: int = 2  # successes in a row that bring a failed backend back
+    fall: int = 3  # failures in a row that take a backend out
+    concurrency: int = 256  # connects in flight at once
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9842"  # "" disables the HTTP endpoint
 
@@ -137,6 +153,7 @@ class Config:
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
     ha: HAConfig = field(default_factory=HAConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -174,6 +191,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     dp = r.section("dataplane")
     ct = r.section("conntrack")
     ha = r.section("ha")
+    health = r.section("health")
     metrics = r.section("metrics")
     log = r.section("log")
 
@@ -241,6 +259,14 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             warn_usage=ct.number("warn_usage", ConntrackConfig().warn_usage),
         ),
         ha=_ha(ha, lb_config.addresses),  # [lb] is read first (keyword order): its addresses are the default
+        health=HealthConfig(
+            enabled=health.get("enabled", bool, False),
+            interval=health.number("interval", HealthConfig().interval),
+            timeout=health.number("timeout", HealthConfig().timeout),
+            rise=health.number("rise", HealthConfig().rise),
+            fall=health.number("fall", HealthConfig().fall),
+            concurrency=health.number("concurrency", HealthConfig().concurrency),
+        ),
         metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
         log=LogConfig(
             level=log.get("level", str, "info", _one_of("debug", "info", "warning", "error")),
@@ -333,6 +359,11 @@ NUMBERS: dict[tuple[str, str], Range] = {
     ("conntrack", "tcp_timeout_established"): Range(int, 0, _INT32_MAX, "seconds"),
     ("conntrack", "tcp_timeout_close_wait"): Range(int, 0, _INT32_MAX, "seconds"),
     ("conntrack", "warn_usage"): Range(float, 0, 1, lo_open=True, noun="a fraction "),
+    ("health", "interval"): Range(float, 0.1, 3600, "seconds"),
+    ("health", "timeout"): Range(float, 0.01, 60, "seconds"),
+    ("health", "rise"): Range(int, 1, 100),
+    ("health", "fall"): Range(int, 1, 100),
+    ("health", "concurrency"): Range(int, 1, 65535),
     ("ha", "priority"): Range(int, 1, 254),  # 255 is VRRP's "address owner": neither box owns the VIPs
     ("ha", "virtual_router_id"): Range(int, 1, 255),
     ("ha", "advert_interval"): Range(float, 0.01, 40.95, "seconds"),  # VRRPv3: 12 bits of centiseconds

@@ -213,19 +213,31 @@ def test_ha_section_reads_every_key(tmp_path: Path) -> None:
     )
 
 
-def test_shipped_example_ha_section_loads_when_uncommented(tmp_path: Path) -> None:
-    """Every key the example documents exists, and its example value is valid."""
+def _uncommented_section(tmp_path: Path, section: str) -> tuple[config.Config, set[str]]:
+    """The shipped example with one commented-out section switched on: the config, and its keys."""
     text = (REPO / "conf" / "flannel-lb.toml").read_text()
-    start = text.index("# [ha]\n")
+    start = text.index(f"# [{section}]\n")
     block = text[start : text.index("\n\n", start)]
     uncommented = "\n".join(
-        line.removeprefix("# ") if re.match(r"# (\[ha\]$|\w+ = )", line) else line
+        line.removeprefix("# ") if re.match(rf"# (\[{section}\]$|\w+ = )", line) else line
         for line in block.splitlines()
     )
     cfg = config.load(write(tmp_path, text.replace(block, uncommented)))
-    keys = {line.split(" = ")[0] for line in uncommented.splitlines() if re.match(r"\w+ = ", line)}
+    return cfg, {line.split(" = ")[0] for line in uncommented.splitlines() if re.match(r"\w+ = ", line)}
+
+
+def test_shipped_example_ha_section_loads_when_uncommented(tmp_path: Path) -> None:
+    """Every key the example documents exists, and its example value is valid."""
+    cfg, keys = _uncommented_section(tmp_path, "ha")
     assert keys == set(config._known_keys()["ha"])
     assert cfg.ha.enabled and cfg.ha.sync_interface == "eth2"
+
+
+def test_shipped_example_health_section_loads_when_uncommented(tmp_path: Path) -> None:
+    cfg, keys = _uncommented_section(tmp_path, "health")
+    assert keys == set(config._known_keys()["health"])
+    assert cfg.health.enabled and (cfg.health.rise, cfg.health.fall) == (2, 3)
+    assert not config.parse({"lb": {"addresses": ["192.168.121.201"]}}).health.enabled  # off by default
 
 
 @pytest.mark.parametrize(

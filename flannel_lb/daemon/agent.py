@@ -26,6 +26,7 @@ import structlog
 from flannel_lb import config as config_mod
 from flannel_lb import parts
 from flannel_lb.daemon import memory
+from flannel_lb.daemon.backend_checks import BackendChecker, check_targets
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.reporting import SyncReporter
@@ -61,6 +62,13 @@ class PathChecker(Protocol):
 @dataclass(slots=True)
 class _Reload:
     """Posted by SIGHUP: re-read the config file."""
+
+
+@dataclass(slots=True)
+class _Health:
+    """Posted by the backend checks: the backends now failing them."""
+
+    down: frozenset[tuple[str, int]]
 
 
 @dataclass(slots=True)
@@ -104,7 +112,7 @@ class Agent:
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.inbox: queue.Queue[Update | _Reload | _SourceDone] = queue.Queue()
+        self.inbox: queue.Queue[Update | _Reload | _Health | _SourceDone] = queue.Queue()
         self.plan: Plan | None = None  # what the kernel holds (the last plan applied)
         self.have_snapshot = False
         self._pending: Change | None = None  # changes not yet synced
@@ -118,6 +126,7 @@ class Agent:
         )
         self._ready_sent = False
         self._settled = False  # the first sync from an etcd snapshot is done (its memory frozen)
+        self.checker_thread: BackendChecker | None = None  # [health]: started by run()
         self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
 
     @property
@@ -139,11 +148,16 @@ class Agent:
         source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
+        if self.cfg.health.enabled:
+            self.checker_thread = BackendChecker(self.cfg.health, lambda down: self.inbox.put(_Health(down)))
+            self.checker_thread.start()
         try:
             while not stop.is_set():
                 self.step()
         finally:
             stop.set()
+            if self.checker_thread is not None:
+                self.checker_thread.stop()
             self.notifier.stopping()
             feeder.join(timeout=10)
             self.close()
@@ -213,7 +227,7 @@ class Agent:
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def handle(self, item: Update | _Reload | _SourceDone) -> None:
+    def handle(self, item: Update | _Reload | _Health | _SourceDone) -> None:
         """Apply one input: an etcd update or status, a reload request, the end of the source."""
         if isinstance(item, Status):
             self.metrics.etcd_connected.set(1 if item.connected else 0)
@@ -229,6 +243,11 @@ class Agent:
             return
         if isinstance(item, _Reload):
             self.reload()
+            return
+        if isinstance(item, _Health):
+            self.metrics.backends_failing_checks.set(len(item.down))
+            if self.planner.set_unhealthy(item.down):
+                self._mark(None)
             return
         if isinstance(item, _SourceDone):
             if item.error is not None:
@@ -330,6 +349,8 @@ class Agent:
         self.scheduler.synced(now, full=full)
         self._pending = None
         old, self.plan = self.plan, plan
+        if self.checker_thread is not None:
+            self.checker_thread.targets = check_targets(plan)
         if self.saver is not None and (old is None or not _same_frontends(old, plan)):
             self.saver.header_extra = {"overlay_udp_port": self.options.overlay_udp_port}
             self.saver.offer(plan)

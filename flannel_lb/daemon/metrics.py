@@ -108,6 +108,11 @@ class Metrics:
             "flannel_lb_etcd_revision", "etcd revision of the state being served", registry=r
         )
         self.etcd_disconnects = Counter("flannel_lb_etcd_watch_failures", "Broken etcd watches", registry=r)
+        self.backends_failing_checks = Gauge(
+            "flannel_lb_backends_failing_checks",
+            "Distinct backends (ip:port) failing the LB's own checks ([health]), whether excluded or not",
+            registry=r,
+        )
         self.path_faults = Gauge(
             "flannel_lb_lease_path_faults", "flannel leases with no kernel path", registry=r
         )
