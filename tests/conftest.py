@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from flannel_lb.dataplane.iptables.changes import Changes
+from flannel_lb.dataplane.iptables.rules import RuleSet
+from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.lab.etcd_server import EtcdServer
 from flannel_lb.source import ClusterSource, EventBatch, Snapshot, Status, Update
 
@@ -147,6 +150,33 @@ def consume() -> Iterator[Callable[..., StreamConsumer]]:
     yield start
     for consumer in consumers:
         consumer.close()
+
+
+class MemoryWriter(SyncState):
+    """A writer whose kernel is a variable: what the last sync applied. `fail` makes its commits raise,
+    as iptables-restore refusing a transaction (or iptables-save a read-back) does."""
+
+    def __init__(self) -> None:
+        super().__init__("FLB-")
+        self.kernel = RuleSet("FLB-")
+        self.fail = ""
+
+    def read_owned(self) -> RuleSet:
+        return self.kernel
+
+    def _commit(self, changes: Changes, text: str) -> None:
+        pass
+
+    def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> Any:
+        if self.fail:
+            raise RuntimeError(self.fail)
+        result = super().sync(desired, full=full, verify=verify)
+        self.kernel = desired
+        return result
+
+    def cleanup(self) -> Changes:
+        self.kernel = RuleSet("FLB-")
+        return Changes()
 
 
 def idle_agent(cfg: Any) -> Any:

@@ -35,9 +35,7 @@ from prometheus_client import generate_latest
 from flannel_lb import config as config_mod
 from flannel_lb import parts
 from flannel_lb.daemon.agent import Agent
-from flannel_lb.dataplane.iptables.changes import Changes
-from flannel_lb.dataplane.iptables.rules import RuleSet, build_ruleset
-from flannel_lb.dataplane.iptables.sync_state import SyncState
+from flannel_lb.dataplane.iptables.rules import build_ruleset
 from flannel_lb.dataplane.plane import IptablesPlane, dataplane_options
 from flannel_lb.decode import wire
 from flannel_lb.decode.kube import encode_protobuf
@@ -49,7 +47,7 @@ from flannel_lb.plan.planner import Planner
 from flannel_lb.source import EventBatch, Snapshot
 from flannel_lb.state.cluster import MAX_REASON, ClusterState
 from tests import fuzz_decoders as fuzz
-from tests.conftest import FAST_ETCD_ARGS, StreamConsumer, _require_etcd
+from tests.conftest import FAST_ETCD_ARGS, MemoryWriter, StreamConsumer, _require_etcd
 
 pytestmark = pytest.mark.etcd
 
@@ -408,29 +406,6 @@ def make_config(server: EtcdServer) -> config_mod.Config:
             "dataplane": {"conntrack_cleanup": False, "manage_ip_forward": False},
         }
     )
-
-
-class MemoryWriter(SyncState):
-    """A writer whose kernel is a variable: what the last sync applied."""
-
-    def __init__(self) -> None:
-        super().__init__("FLB-")
-        self.kernel = RuleSet("FLB-")
-
-    def read_owned(self) -> RuleSet:
-        return self.kernel
-
-    def _commit(self, changes: Changes, text: str) -> None:
-        pass
-
-    def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> Any:
-        result = super().sync(desired, full=full, verify=verify)
-        self.kernel = desired
-        return result
-
-    def cleanup(self) -> Changes:
-        self.kernel = RuleSet("FLB-")
-        return Changes()
 
 
 def snapshot(cfg: config_mod.Config) -> Snapshot:
