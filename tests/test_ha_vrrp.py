@@ -285,6 +285,17 @@ def _start(pair: Pair, *, healthy: tuple[str, ...] = tuple(BOXES), master: str =
     pair.wait_for(f"{master} to hold the VIP alone", lambda: pair.holder() == [master])
 
 
+def _probe(pair: Pair, stop: Path | None = None) -> subprocess.Popen[str]:
+    """PROBE from the client, running once this returns; `communicate()` gives its JSON."""
+    stop = stop or pair.tmp / "probe.stop"
+    probe = pair.ns.popen(
+        "client", [sys.executable, "-c", PROBE, VIP, str(PORT), str(stop)], stdout=subprocess.PIPE, text=True
+    )
+    pair.procs.append(probe)
+    assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+    return probe
+
+
 def _steps(pair: Pair, short: str) -> list[list[str]]:
     """The notify hook's log: [state, "conntrackd", flag, "exit", code] per step, oldest first."""
     log = Path(pair.boxes[short].paths.notify_log)
@@ -375,11 +386,7 @@ def test_an_unhealthy_agent_hands_the_vip_over_and_takes_it_back_when_healthy(pa
 def test_killing_the_master_moves_the_vip_to_the_backup_and_the_client_follows(pair: Pair) -> None:
     _start(pair)
     stop = pair.tmp / "probe.stop"
-    probe = pair.ns.popen(
-        "client", [sys.executable, "-c", PROBE, VIP, str(PORT), str(stop)], stdout=subprocess.PIPE, text=True
-    )
-    pair.procs.append(probe)
-    assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+    probe = _probe(pair, stop)
     time.sleep(0.5)  # a baseline of answers from lb1 (not a timing assertion: the probe only records)
     before = len(_steps(pair, "lb2"))  # lb2 may have been master for a moment at start-up
     killed_at = pair.kill_box("lb1")
@@ -543,6 +550,7 @@ def test_an_agent_whose_sync_fails_hands_the_vip_to_the_backup(pair: Pair, clust
     took = time.monotonic()
     assert _client_sees(pair) == "lb1"
 
+    probe = _probe(pair)  # records who answers through the handover; stops after 20 answers from lb2
     flag.touch()  # lb1's iptables-restore now fails; lb2's does not
     mark1, mark2 = lb1.mark(), lb2.mark()
     cluster.put_service("api", SERVICE_PORT + 1)
@@ -550,6 +558,12 @@ def test_an_agent_whose_sync_fails_hands_the_vip_to_the_backup(pair: Pair, clust
     unhealthy = lb1.health_written(1, after=mark1)
     pair.wait_for("lb2 to take the VIP from lb1's failed sync", lambda: pair.holder() == ["lb2"])
     handed = time.monotonic()
+    out, _ = probe.communicate(timeout=60)
+    events: list[tuple[float, str]] = [(t, who) for t, who in json.loads(out)]
+    assert [who for _, who in events if not who.startswith("!")][:1] == ["lb1"]  # lb1 served until...
+    lb2_from = min(t for t, who in events if who == "lb2")  # ...lb2 took over
+    lb1_until = max(t for t, who in events if who == "lb1")
+    lost = sum(1 for t, who in events if who.startswith("!") and t > unhealthy["_t"])
     assert _client_sees(pair) == "lb2"
     assert "injected failure" in failed["error"]
     lb2.wait_synced(after=mark2)  # the backup holds the change lb1 could not program
@@ -566,7 +580,9 @@ def test_an_agent_whose_sync_fails_hands_the_vip_to_the_backup(pair: Pair, clust
         f"polled); sync failed -> health 1: {(unhealthy['_t'] - failed['_t']) * 1000:.0f} ms; "
         f"health 1 -> lb2 holds the VIP: {(handed - unhealthy['_t']) * 1000:.0f} ms; "
         f"health 0 again -> lb1 holds it: {(back - healthy['_t']) * 1000:.0f} ms "
-        f"(VRRPv3 advert_int {ADVERT} s)"
+        f"(VRRPv3 advert_int {ADVERT} s); through the handover {lost} of "
+        f"{sum(1 for t, _ in events if t > unhealthy['_t'])} probe connects failed, "
+        f"last answer from lb1 -> first from lb2: {(lb2_from - lb1_until) * 1000:.0f} ms"
     )
 
 
@@ -579,11 +595,7 @@ def test_etcd_down_and_a_stopped_agent_cause_no_failover(pair: Pair, cluster: Cl
         agent.health_written(0)
     _start(pair, healthy=(), master="lb1")
     stop = pair.tmp / "probe.stop"
-    probe = pair.ns.popen(
-        "client", [sys.executable, "-c", PROBE, VIP, str(PORT), str(stop)], stdout=subprocess.PIPE, text=True
-    )
-    pair.procs.append(probe)
-    assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+    probe = _probe(pair, stop)
     steps = {short: len(_steps(pair, short)) for short in BOXES}
     marks = {short: agent.mark() for short, agent in agents.items()}
     cluster.etcd.kill()
