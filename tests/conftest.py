@@ -153,11 +153,13 @@ def consume() -> Iterator[Callable[..., StreamConsumer]]:
 
 
 class MemoryWriter(SyncState):
-    """An iptables writer whose kernel is a variable: what the last sync applied."""
+    """A writer whose kernel is a variable: what the last sync applied. `fail` makes its commits raise,
+    as iptables-restore refusing a transaction (or iptables-save a read-back) does."""
 
     def __init__(self) -> None:
         super().__init__("FLB-")
         self.kernel = RuleSet("FLB-")
+        self.fail = ""
 
     def read_owned(self) -> RuleSet:
         return self.kernel
@@ -166,6 +168,8 @@ class MemoryWriter(SyncState):
         pass
 
     def sync(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> Any:
+        if self.fail:
+            raise RuntimeError(self.fail)
         result = super().sync(desired, full=full, verify=verify)
         self.kernel = desired
         return result

@@ -53,7 +53,7 @@ global_defs {
 
 track_file flannel_lb_agent {
     file "/run/flb-ha/agent-health"
-    weight 0
+    weight -253
     init_file 1
 }
 

@@ -28,6 +28,7 @@ from flannel_lb import parts
 from flannel_lb.daemon import memory
 from flannel_lb.daemon.backend_checks import BackendChecker, check_targets
 from flannel_lb.daemon.conntrack_monitor import Monitor
+from flannel_lb.daemon.ha_health import HAHealth
 from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.reporting import SyncReporter
 from flannel_lb.daemon.scheduler import SyncScheduler
@@ -35,6 +36,7 @@ from flannel_lb.daemon.sdnotify import Notifier
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options, make_dataplane
 from flannel_lb.decode.model import Lease, NetworkConfig
+from flannel_lb.ha.paths import Paths
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
 from flannel_lb.plan import bootplan, holdover
@@ -128,6 +130,8 @@ class Agent:
         self._settled = False  # the first sync from an etcd snapshot is done (its memory frozen)
         self.checker_thread: BackendChecker | None = None  # [health]: started by run()
         self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
+        # keepalived's track_file ([ha] enabled): `run` opens it; `sync --once` leaves it alone
+        self.ha_health: HAHealth | None = None
 
     @property
     def options(self) -> Options:
@@ -145,6 +149,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
         self.prepare_host()
+        self.open_ha_health()
         source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -162,6 +167,13 @@ class Agent:
             feeder.join(timeout=10)
             self.close()
             log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
+
+    def open_ha_health(self) -> HAHealth | None:
+        """With `[ha] enabled`: take over keepalived's health file (what is in it stays until a sync
+        says otherwise). Only the running agent does: a `sync --once` must not hand the addresses over."""
+        if self.cfg.ha.enabled and self.ha_health is None:
+            self.ha_health = HAHealth(Path(Paths.of(self.cfg.ha).health_file), self.metrics)
+        return self.ha_health
 
     def prepare_host(self) -> None:
         """What the rules need from this host besides themselves, for `run` and `sync --once` alike:
@@ -209,6 +221,8 @@ class Agent:
             except queue.Empty:
                 item = None
         self.health.beat()
+        if self.ha_health is not None:
+            self.ha_health.flush()  # a verdict whose write failed is retried; no I/O otherwise
         if self.notifier.watchdog_interval is not None:
             self.notifier.watchdog()
         if not self.have_snapshot:
@@ -304,15 +318,18 @@ class Agent:
             log.error("config_reload_failed", error=str(e), kept="the running config")
             self.notifier.ready("config reload failed; running config kept")
             return
-        restart = (cfg.etcd, cfg.flannel, cfg.kubernetes) != (
+        restart = (cfg.etcd, cfg.flannel, cfg.kubernetes, cfg.ha.enabled, cfg.ha.state_dir) != (
             self.cfg.etcd,
             self.cfg.flannel,
             self.cfg.kubernetes,
+            self.cfg.ha.enabled,
+            self.cfg.ha.state_dir,
         )
         if restart or cfg.dataplane.chain_prefix != self.cfg.dataplane.chain_prefix:
             self.metrics.config_reloads.labels("needs_restart").inc()
             log.warning(
-                "config_reload_partial", detail="etcd, flannel, kubernetes and chain_prefix need a restart"
+                "config_reload_partial",
+                detail="etcd, flannel, kubernetes, chain_prefix and [ha] enabled/state_dir need a restart",
             )
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
@@ -344,6 +361,8 @@ class Agent:
             self.reporter.failed(kind)
             wait = self.scheduler.failed(self.clock())
             log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
+            if self.ha_health is not None:
+                self.ha_health.failed()  # the peer, if healthy, takes the addresses
             return None
         now = self.clock()
         self.scheduler.synced(now, full=full)
@@ -382,6 +401,8 @@ class Agent:
             seconds=self.last_sync_seconds,
         )
         self.health.synced = True
+        if self.ha_health is not None:
+            self.ha_health.synced()
         if self.stale is not None:
             log.info("serving_live", revision=plan.revision, replaced=bootplan.describe(self.stale))
             self.stale = None
@@ -413,12 +434,17 @@ class Agent:
         except Exception as e:
             self.metrics.syncs.labels("boot", "error").inc()
             log.error("boot_plan_failed", error=str(e), retry="at the next etcd attempt")
+            if self.ha_health is not None:
+                self.ha_health.failed()
             return
         self.plan, self.stale = plan, header
         counted = self.reporter.recorded(plan, result, "boot", time.perf_counter() - started)
         self.metrics.serving_stale.set(1)
         saved = bootplan.describe(header)
         self.health.synced = True
+        if self.ha_health is not None:
+            # serving the last good plan during an etcd outage is healthy: the peer sees the same etcd
+            self.ha_health.synced()
         self.health.stale = f"serving the last good plan ({saved}) until etcd answers: {reason}"
         log.warning(
             "serving_last_good_plan",

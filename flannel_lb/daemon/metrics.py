@@ -132,6 +132,23 @@ class Metrics:
         )
         self.conntrack_kernel = KernelConntrackCounters()
         r.register(self.conntrack_kernel)
+        self._ha: tuple[Gauge, Counter] | None = None
+
+    def ha(self) -> tuple[Gauge, Counter]:
+        """The pair's health metrics, registered on first use: a box without `[ha]` exports none."""
+        if self._ha is None:
+            healthy = Gauge(
+                "flannel_lb_ha_healthy",
+                "[ha]: 1 while the health file tells keepalived this box may hold the addresses (0 in it)",
+                registry=self.registry,
+            )
+            failures = Counter(
+                "flannel_lb_ha_health_write_failures",
+                "[ha]: failed writes of the health file",
+                registry=self.registry,
+            )
+            self._ha = (healthy, failures)
+        return self._ha
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

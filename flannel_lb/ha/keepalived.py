@@ -8,9 +8,13 @@ Design input: ../shared/reference/ha-and-scale-out.md §1 (keepalived 2.2.7 on D
 * One `vrrp_sync_group` holds the instance, so everything later slices float with the VIPs (the shared
   overlay identity of §1b) changes state together; its state changes reach one hook through keepalived's
   notify FIFO, in order, and run conntrackd's primary/backup sequence (`render_notify_script`).
-* `track_file`: the agent writes 0 (healthy) or 1 into `Paths.health_file`; weight 0 turns a non-zero
-  value into FAULT, so an unhealthy agent hands the addresses over. It starts at 1 ("not synced yet"):
-  a box serves nothing before its agent has said it can.
+* `track_file`: the agent writes 0 (healthy) or 1 into `Paths.health_file`
+  (`flannel_lb.daemon.ha_health`). Weight -253: a 1 takes the box's priority down to 1 (keepalived
+  clamps to [1, 254]), below any healthy peer, which takes the addresses. Not weight 0 (FAULT): both
+  boxes run the same plan with the same code, so a failure that hits one (iptables-restore refusing the
+  rules) may hit both, and two boxes in FAULT serve nothing, where two lowered ones still elect a master
+  that serves its last good rules (fail static). It starts at 1 ("not synced yet"): a box takes the
+  addresses from a healthy peer only once its agent has said it can.
 * `net_namespace` is a top-level keyword (core/global_parser.c), never inside global_defs.
 
 Everything written into the file comes from validated config (addresses, interface names, a plain
@@ -25,6 +29,7 @@ from flannel_lb.ha.paths import Paths
 INSTANCE = "flannel_lb_vip"
 GROUP = "flannel_lb"
 TRACK_FILE = "flannel_lb_agent"
+TRACK_WEIGHT = -253  # 1 in the file: priority - 253, clamped to 1 (a larger value read: FAULT)
 BINARY = "keepalived"
 
 HEADER = "# Rendered by flannel-lb from the [ha] section of its config: edit that, not this file.\n"
@@ -61,7 +66,7 @@ def render(ha: HAConfig, *, net_namespace: str | None = None) -> str:
         "}\n\n"
         f"track_file {TRACK_FILE} {{\n"
         f'    file "{paths.health_file}"\n'
-        "    weight 0\n"
+        f"    weight {TRACK_WEIGHT}\n"
         "    init_file 1\n"
         "}\n\n"
         f"vrrp_sync_group {GROUP} {{\n"

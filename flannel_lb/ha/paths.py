@@ -44,7 +44,7 @@ class Paths:
 
     @property
     def health_file(self) -> str:
-        """keepalived's track_file: 0 = the agent is healthy, anything else = give up mastership."""
+        """keepalived's track_file, the running agent's: 0 = healthy, 1 = a healthy peer is preferred."""
         return self._in("agent-health")
 
     @property
