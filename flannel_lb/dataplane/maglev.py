@@ -1,0 +1,88 @@
+"""Maglev consistent hashing (Eisenbud et al., NSDI'16, section 3.4): a frontend's lookup table (pure).
+
+`balance = "maglev"` makes the nftables writer pick a frontend's backend with
+`jhash <5-tuple> mod M seed SEED` into a table of M slots -> backend built here. Two boxes given the
+same backends build the same table (backends are sorted, the hashes are keyed BLAKE2b, never Python's
+per-process `hash()`), so a flow the standby has no conntrack entry for still reaches the same pod
+after a takeover. One backend more or less changes about 1/N of the slots, not (N-1)/N as `mod N`.
+
+Population, as in the paper: backend i prefers the slots `(offset_i + j * skip_i) mod M`, j = 0, 1, ...
+(a permutation of the table because M is prime); the backends take turns, each taking its next
+preferred slot that is still free, until the table is full. Every backend ends with floor(M/N) or
+ceil(M/N) slots.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+
+# The jhash seed of every maglev rule. Fixed on purpose: without a seed the kernel picks a random one
+# per rule (nft_hash.c), and two boxes (or two reloads) would hash the same flow differently.
+SEED = 0x666C62  # "flb"
+
+# Table sizes (primes). A frontend with N backends gets the smallest one with at least
+# SLOTS_PER_BACKEND * N slots: every backend's share is within one slot, 1/SLOTS_PER_BACKEND (2%), of
+# the mean, and removing one backend moves at most ~2x its own slots (the paper's 100 x N halves that
+# again at twice the map elements). Beyond 1310 backends the largest size is used (more imbalance). A
+# frontend whose backend count crosses a step (5 -> 6, 20 -> 21, ...) gets a new table: nearly every
+# slot moves then; established flows keep their conntrack entries.
+SIZES = (251, 1021, 4093, 16381, 65521)
+SLOTS_PER_BACKEND = 50
+
+
+def table_size(backends: int) -> int:
+    """The prime table size for a frontend with this many backends."""
+    for size in SIZES:
+        if size >= SLOTS_PER_BACKEND * backends:
+            return size
+    return SIZES[-1]
+
+
+def _hash(name: str, salt: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, person=salt).digest(), "big")
+
+
+def preference(name: str, size: int) -> tuple[int, int]:
+    """(offset, skip) of a backend's permutation of the slots: two independent hashes of its name."""
+    return _hash(name, b"flb-maglev-off") % size, _hash(name, b"flb-maglev-skip") % (size - 1) + 1
+
+
+def canonical(names: Sequence[str]) -> tuple[str, ...]:
+    """The order every box populates in: sorted, without duplicates."""
+    return tuple(sorted(set(names)))
+
+
+def populate(names: Sequence[str], size: int) -> tuple[int, ...]:
+    """slot -> index into `canonical(names)` for a table of `size` slots (a prime > len(names)).
+
+    Deterministic for a given set of names, whatever their order. Memoised: frontends of the same
+    pods on the same port (the usual Service with several LB addresses) share one table.
+    """
+    return _populate(canonical(names), size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _populate(names: tuple[str, ...], size: int) -> tuple[int, ...]:
+    n = len(names)
+    if n == 0:
+        return ()
+    if size < n or any(size % d == 0 for d in range(2, int(size**0.5) + 1)):
+        raise ValueError(f"maglev table size {size}: must be a prime of at least {n} (the backends)")
+    prefs = [preference(name, size) for name in names]
+    nxt = [0] * n
+    entry = [-1] * size
+    filled = 0
+    while True:
+        for i, (offset, skip) in enumerate(prefs):
+            j = nxt[i]
+            slot = (offset + j * skip) % size
+            while entry[slot] >= 0:
+                j += 1
+                slot = (offset + j * skip) % size
+            entry[slot] = i
+            nxt[i] = j + 1
+            filled += 1
+            if filled == size:
+                return tuple(entry)
