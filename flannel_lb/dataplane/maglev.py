@@ -34,7 +34,9 @@ SLOTS_PER_BACKEND = 50
 
 
 def table_size(backends: int) -> int:
-    """The prime table size for a frontend with this many backends."""
+    """The prime table size for a frontend with this many backends (1 for one: every flow is its)."""
+    if backends <= 1:
+        return 1
     for size in SIZES:
         if size >= SLOTS_PER_BACKEND * backends:
             return size
@@ -71,6 +73,8 @@ def _populate(names: tuple[str, ...], size: int) -> tuple[int, ...]:
         return ()
     if size < n or any(size % d == 0 for d in range(2, int(size**0.5) + 1)):
         raise ValueError(f"maglev table size {size}: must be a prime of at least {n} (the backends)")
+    if n == 1:
+        return (0,) * size
     prefs = [preference(name, size) for name in names]
     nxt = [0] * n
     entry = [-1] * size
