@@ -158,3 +158,13 @@ def test_the_layout_writes_the_table_as_endpoint_elements() -> None:
 def test_the_iptables_layouts_refuse_maglev() -> None:
     with pytest.raises(ValueError, match=r"maglev.*at random"):
         build_ruleset(Plan(1, (frontend("10.246.1.2"),)), Options(balance="maglev"))
+
+
+def test_more_backends_than_the_largest_table_hash_mod_n_and_say_so() -> None:
+    n = maglev.SIZES[-1] + 1
+    ips = [f"10.{244 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(n)]
+    entries = frontend_entries(frontend(*ips), Options(balance="maglev"))
+    assert entries.balance == (n, "tcp") and not entries.slots
+    assert entries.elements[0][2] == f"goto maglev-{n}-tcp"  # its own chain: jhash ... mod n
+    assert len(entries.elements) == 1 + n
+    assert any("largest Maglev table" in why for _, why in entries.skipped)

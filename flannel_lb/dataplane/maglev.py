@@ -66,7 +66,7 @@ def populate(names: Sequence[str], size: int) -> tuple[int, ...]:
     return _populate(canonical(names), size)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)  # live frontends hold their own tables: this only spares rebuilds
 def _populate(names: tuple[str, ...], size: int) -> tuple[int, ...]:
     n = len(names)
     if n == 0:

@@ -221,7 +221,10 @@ def frontend_entries(f: Frontend, opts: Options) -> Entries:
     if f.affinity is not None:
         skipped.append((f.label, f"affinity {f.affinity.mode!r}/{f.affinity.timeout}s ignored: not ClientIP"))
     k = len(backends)
-    if opts.balance == "maglev":
+    if opts.balance == "maglev" and k > maglev.SIZES[-1]:
+        why = f"{k} backends: more than the largest Maglev table ({maglev.SIZES[-1]}); jhash mod {k} instead"
+        skipped.append((f.label, why))
+    elif opts.balance == "maglev":
         by_name = {f"{b.ip}:{b.port}": b for b in backends}
         names = maglev.canonical(list(by_name))
         size = maglev.table_size(k)
@@ -229,7 +232,7 @@ def frontend_entries(f: Frontend, opts: Options) -> Entries:
         table = maglev.populate(names, size)
         ordered = tuple(by_name[n] for n in names)
         return Entries(dispatch, (), (size, proto), tuple(skipped), f.address, f.port, ordered, table)
-    dispatch = ((dispatch_map, key, f"goto {balance_chain(k, proto)}"),)
+    dispatch = ((dispatch_map, key, f"goto {balance_chain(k, proto, opts.balance)}"),)
     kept = f.backends if k == len(f.backends) else tuple(backends)  # usually all of them: share the tuple
     return Entries(dispatch, (), (k, proto), tuple(skipped), f.address, f.port, kept)
 
