@@ -6,6 +6,8 @@ address. Each box's table is built by its own writer (box 2's in another process
 seed), from the same plan. UDP flows with fixed source ports are the same 5-tuples every time, so their
 pods can be compared flow by flow; conntrack is flushed so every packet asks the table again. The same
 runs with `balance = "random"` are the control: they must move flows, or the test proves nothing.
+And the kernel is checked flow by flow against the Python model (`maglev.flow_slot`: Linux's jhash
+over the padded 5-tuple, then the frontend's table): every pod observed is the pod predicted.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.netns
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWS = 150
+CLIENT_ADDRESS = "192.168.121.1"
 MAGLEV = Options(balance="maglev")
 
 
@@ -138,6 +141,7 @@ def test_a_flow_reaches_the_same_pod_through_either_box(boxes: Pair) -> None:
     )
 
     first = boxes.flows(44000)
+    assert first == predicted(("pod1", "pod2", "pod3"), 44000)  # the kernel hashes as the model says
     spread = Counter(first)
     assert set(spread) == set(PODS), spread  # still a load balancer: every pod gets flows
     assert all(spread[p] > FLOWS / 6 for p in PODS), spread
@@ -178,6 +182,15 @@ def _owners(pods: tuple[str, ...], size: int) -> list[str]:
     return [order[i] for i in maglev.populate(names, size)]
 
 
+def predicted(pods: tuple[str, ...], sport: int) -> list[str]:
+    """The pod of each flow of `Pair.flows(sport)` by the Python model alone: jhash -> slot -> owner."""
+    by_address = {f"{ip}:{UDP_PORT}": pod for pod, ip in PODS.items()}
+    size = maglev.table_size(len(pods))
+    owners = _owners(pods, size)
+    slots = (maglev.flow_slot(CLIENT_ADDRESS, sport + i, LB, 53, size) for i in range(FLOWS))
+    return [by_address[owners[s]] for s in slots]
+
+
 @pytest.mark.parametrize("balance", ["maglev", "random"])
 def test_removing_a_backend_moves_only_its_own_flows(boxes: Pair, balance: str) -> None:
     w = NftWriter(Options(balance=balance), netns=boxes.lab.lb)  # type: ignore[arg-type]
@@ -199,6 +212,7 @@ def test_removing_a_backend_moves_only_its_own_flows(boxes: Pair, balance: str) 
         for a, b in zip(_owners(("pod1", "pod2", "pod3"), size), _owners(("pod1", "pod3"), size), strict=True)
     )
     assert result.counts["elements_added"] == result.counts["elements_deleted"] == changed
+    assert (before, after) == (predicted(("pod1", "pod2", "pod3"), 45000), predicted(("pod1", "pod3"), 45000))
     assert changed <= 3 * -(-size // 3)
     # The kernel agrees: flows of pod1 and pod3 stay where they were (a slot or two of theirs may move).
     assert moved <= len(kept) * 0.1, (moved, len(kept))

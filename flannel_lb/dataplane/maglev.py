@@ -10,12 +10,16 @@ Population, as in the paper: backend i prefers the slots `(offset_i + j * skip_i
 (a permutation of the table because M is prime); the backends take turns, each taking its next
 preferred slot that is still free, until the table is full. Every backend ends with floor(M/N) or
 ceil(M/N) slots.
+
+`flow_slot` is the kernel's choice computed here (Linux's jhash over the 5-tuple as nft lays it out):
+the namespace tests check every observed pod against it, and a tool can say where a flow goes.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 from collections.abc import Sequence
 
 # The jhash seed of every maglev rule. Fixed on purpose: without a seed the kernel picks a random one
@@ -91,3 +95,64 @@ def _populate(names: tuple[str, ...], size: int) -> tuple[int, ...]:
             filled += 1
             if filled == size:
                 return tuple(entry)
+
+
+# --- which slot the kernel picks (the model of `jhash ... mod M seed S`, for tests and explanations) ---
+
+_M32 = 0xFFFFFFFF
+
+
+def _rol(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _M32
+
+
+def jhash(key: bytes, initval: int) -> int:
+    """Linux's `jhash()` (include/linux/jhash.h, Bob Jenkins' lookup3), as nft_hash.c calls it."""
+    length = len(key)
+    a = b = c = (0xDEADBEEF + length + initval) & _M32
+    while length > 12:
+        a = (a + int.from_bytes(key[0:4], "little")) & _M32
+        b = (b + int.from_bytes(key[4:8], "little")) & _M32
+        c = (c + int.from_bytes(key[8:12], "little")) & _M32
+        a = (a - c) & _M32 ^ _rol(c, 4)  # __jhash_mix
+        c = (c + b) & _M32
+        b = (b - a) & _M32 ^ _rol(a, 6)
+        a = (a + c) & _M32
+        c = (c - b) & _M32 ^ _rol(b, 8)
+        b = (b + a) & _M32
+        a = (a - c) & _M32 ^ _rol(c, 16)
+        c = (c + b) & _M32
+        b = (b - a) & _M32 ^ _rol(a, 19)
+        a = (a + c) & _M32
+        c = (c - b) & _M32 ^ _rol(b, 4)
+        b = (b + a) & _M32
+        length -= 12
+        key = key[12:]
+    if length == 0:
+        return c
+    tail = key + bytes(12 - length)
+    a = (a + int.from_bytes(tail[0:4], "little")) & _M32
+    b = (b + int.from_bytes(tail[4:8], "little")) & _M32
+    c = (c + int.from_bytes(tail[8:12], "little")) & _M32
+    c = ((c ^ b) - _rol(b, 14)) & _M32  # __jhash_final
+    a = ((a ^ c) - _rol(c, 11)) & _M32
+    b = ((b ^ a) - _rol(a, 25)) & _M32
+    c = ((c ^ b) - _rol(b, 16)) & _M32
+    a = ((a ^ c) - _rol(c, 4)) & _M32
+    b = ((b ^ a) - _rol(a, 14)) & _M32
+    c = ((c ^ b) - _rol(b, 24)) & _M32
+    return c
+
+
+def flow_slot(saddr: str, sport: int, daddr: str, dport: int, modulus: int, seed: int = SEED) -> int:
+    """The slot `jhash ip saddr . th sport . ip daddr . th dport mod modulus seed seed` gives a flow:
+    nft hashes the concatenation as registers hold it, each field padded to 4 bytes with zeros."""
+    key = (
+        ipaddress.IPv4Address(saddr).packed
+        + sport.to_bytes(2, "big")
+        + bytes(2)
+        + ipaddress.IPv4Address(daddr).packed
+        + dport.to_bytes(2, "big")
+        + bytes(2)
+    )
+    return (jhash(key, seed) * modulus) >> 32  # reciprocal_scale()
