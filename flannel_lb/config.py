@@ -85,6 +85,7 @@ class DataplaneConfig:
     conntrack_cleanup: bool = True
     manage_ip_forward: bool = True  # turn on net.ipv4.ip_forward at start (DNATed packets are forwarded)
     forward_accept: str = "always"  # or "auto": the FORWARD accept only while FORWARD could drop (iptables)
+    balance: str = "random"  # or "maglev" (writer = "nft" only): the same backend for a flow on every box
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             conntrack_cleanup=dp.get("conntrack_cleanup", bool, True),
             manage_ip_forward=dp.get("manage_ip_forward", bool, True),
             forward_accept=dp.get("forward_accept", str, "always", _one_of("always", "auto")),
+            balance=dp.get("balance", str, "random", _one_of("random", "maglev")),
         ),
         conntrack=ConntrackConfig(
             manage=ct.get("manage", bool, False),
@@ -275,6 +277,11 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     )
     if bool(cfg.etcd.cert_file) != bool(cfg.etcd.key_file):
         raise ConfigError(f"{path}: [etcd] cert_file and key_file: set both or neither")
+    if cfg.dataplane.balance == "maglev" and cfg.dataplane.writer != "nft":
+        raise ConfigError(
+            f'{path}: [dataplane] balance: "maglev" needs writer = "nft" (the iptables layouts pick a backend'
+            f" at random with `statistic`; writer is {cfg.dataplane.writer!r})"
+        )
     if cfg.flannel.subnet_manager == "kube" and cfg.flannel.network is None:
         raise ConfigError(
             f'{path}: [flannel] network: required with subnet_manager = "kube" '

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -62,6 +63,7 @@ LB = "192.168.121.201"
 SETTINGS = PlanSettings(addresses=frozenset({LB}))
 NOW = 1_800_000_000.0
 OPTIONS = Options(prefix="FLB-", overlay_udp_port=8472)
+MAGLEV_OPTIONS = dataclasses.replace(OPTIONS, balance="maglev")
 
 CONFIG_KEY = "/coreos.com/network/config"
 SUBNETS = "/coreos.com/network/subnets/"
@@ -360,6 +362,7 @@ class Result:
     plan: Plan
     iptables_text: str
     nft_text: str
+    nft_maglev_text: str = ""  # the same plan with `balance = "maglev"` (Maglev tables, jhash)
 
 
 def run_pipeline(values: dict[str, bytes]) -> tuple[ClusterState, Result]:
@@ -369,7 +372,8 @@ def run_pipeline(values: dict[str, bytes]) -> tuple[ClusterState, Result]:
     rules = build_ruleset(plan, OPTIONS)
     nft = NftWriter(OPTIONS)
     nft_text = nft.next_sync(plan, full=True)[1]
-    return state, Result(plan, render(rules, None, full=True), nft_text)
+    maglev_text = NftWriter(MAGLEV_OPTIONS).next_sync(plan, full=True)[1]
+    return state, Result(plan, render(rules, None, full=True), nft_text, maglev_text)
 
 
 def _good_frontends(plan: Plan) -> tuple[Frontend, ...]:
@@ -491,6 +495,7 @@ class KernelCheck:
         for argv, text in (
             (["iptables-restore", "--test", "--noflush", "-w"], result.iptables_text),
             (["nft", "-c", "-f", "-"], result.nft_text),
+            (["nft", "-c", "-f", "-"], result.nft_maglev_text),
         ):
             digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
             if digest in self.seen or self.checked >= self.budget:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from flannel_lb import config
+from flannel_lb.dataplane.plane import dataplane_options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -287,3 +288,17 @@ def test_ha_enabled_needs_a_peer_and_an_interface(tmp_path: Path, missing: str) 
         config.load(write(tmp_path, text))
     # a disabled pair may leave them out: the section is checked but not required
     assert config.load(write(tmp_path, text.replace("enabled = true", "enabled = false"))).ha.enabled is False
+
+
+def test_balance_defaults_to_random_and_maglev_needs_the_nft_writer(tmp_path: Path) -> None:
+    base = '[lb]\naddresses = ["10.0.0.1"]\n'
+    assert config.load(write(tmp_path, base)).dataplane.balance == "random"
+    cfg = config.load(write(tmp_path, base + '[dataplane]\nwriter = "nft"\nbalance = "maglev"\n'))
+    assert cfg.dataplane.balance == "maglev"
+    assert dataplane_options(cfg).balance == "maglev"
+    for writer in ("restore", "libiptc"):
+        text = base + f'[dataplane]\nwriter = "{writer}"\nbalance = "maglev"\n'
+        with pytest.raises(config.ConfigError, match=rf'balance: "maglev" needs writer = "nft".*{writer}'):
+            config.load(write(tmp_path, text))
+    with pytest.raises(config.ConfigError, match=r"\[dataplane\] balance: .*random.*maglev"):
+        config.load(write(tmp_path, base + '[dataplane]\nwriter = "nft"\nbalance = "hash"\n'))

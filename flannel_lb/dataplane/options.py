@@ -35,6 +35,9 @@ class Options:
     # saves that but leaves a window (until the next verifying sync) when a firewall turns FORWARD to
     # DROP later, e.g. Docker starting after the agent. Safety first: "always" by default.
     forward_accept: Literal["auto", "always"] = "always"
+    # how a new flow picks its backend: "random" (numgen/statistic), or "maglev" (nftables only): a
+    # per-frontend Maglev table indexed by a seeded jhash of the 5-tuple, the same on every box
+    balance: Literal["random", "maglev"] = "random"
 
     def __post_init__(self) -> None:
         if not (1 <= len(self.prefix) <= MAX_PREFIX) or not all(
@@ -50,6 +53,8 @@ class Options:
             raise ValueError("snat_pool has duplicate addresses")
         if self.forward_accept not in ("auto", "always"):
             raise ValueError(f"forward_accept {self.forward_accept!r}: must be 'auto' or 'always'")
+        if self.balance not in ("random", "maglev"):
+            raise ValueError(f"balance {self.balance!r}: must be 'random' or 'maglev'")
         if self.bucket_size < 0:
             raise ValueError(f"bucket_size {self.bucket_size}: must be 0 (no buckets) or more")
         if self.overlay_udp_port is not None and not 0 < self.overlay_udp_port < 65536:

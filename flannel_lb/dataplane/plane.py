@@ -76,6 +76,7 @@ def dataplane_options(cfg: config_mod.Config, network: NetworkConfig | None = No
         snat_pool=d.snat_addresses,
         overlay_udp_port=overlay_udp_port(network.backend_type, network.port) if network else None,
         forward_accept="auto" if d.forward_accept == "auto" else "always",
+        balance="maglev" if d.balance == "maglev" else "random",
     )
 
 

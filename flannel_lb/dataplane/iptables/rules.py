@@ -338,11 +338,20 @@ def build_ruleset(plan: Plan, options: Options | None = None, *, forward_filtere
     `forward_accept = "auto"` the FORWARD -> FLB-FORWARD jump is installed only then. The reference for
     `RuleBuilder`, which returns the same RuleSet while reusing unchanged frontends' work.
     """
-    opts = options or Options()
+    opts = _iptables_options(options)
     names = Names(opts.prefix)
     parts = [_frontend_part(f, opts, names) for f in plan.frontends]
     unique = len({f.key for f in plan.frontends}) == len(parts)
     return _assemble(parts, opts, names, unique=unique, forward=_forward_jump(opts, forward_filtered))
+
+
+def _iptables_options(options: Options | None) -> Options:
+    opts = options or Options()
+    if opts.balance != "random":  # config.py refuses the combination; this guards other callers
+        raise ValueError(
+            f"balance {opts.balance!r}: the iptables layouts only balance at random (use the nft writer)"
+        )
+    return opts
 
 
 class RuleBuilder:
@@ -364,7 +373,7 @@ class RuleBuilder:
         self.rebuilt: tuple[str, ...] = ()  # labels of the frontends the last build made chains for
 
     def build(self, plan: Plan, options: Options | None = None, *, forward_filtered: bool = True) -> RuleSet:
-        opts = options or Options()
+        opts = _iptables_options(options)
         shape = _part_options(opts)
         if shape != self._shape:
             self._shape, self._names, self._memo = shape, Names(opts.prefix), {}

@@ -8,6 +8,9 @@ Layout (table `ip <prefix>`, e.g. `ip flb`; nothing outside it is ever touched):
     set rejects, local-rejects                           frontends without backends (REJECT)
     chain balance-<k>-<proto>  one per distinct backend count k: set the ctmark, then
                                dnat to the endpoint `numgen random mod k` of this frontend
+    chain maglev-<M>-<proto>   instead, with `balance = "maglev"`: one per table size M; the index is
+                               `jhash ip saddr . sport . ip daddr . dport mod M seed <fixed>`, and the
+                               frontend's M endpoint elements are its Maglev table (`maglev.py`)
     chain aff-<hash>...        ClientIP affinity only: per-frontend chains and per-endpoint sets
     prerouting/output (nat), postrouting (ctmark -> masquerade/snat), refuse-input/-output (filter)
 
@@ -23,6 +26,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from flannel_lb.dataplane import maglev
 from flannel_lb.dataplane.iptables.rules import (
     LAYOUT_VERSION,
     PROTOCOLS,
@@ -44,7 +48,15 @@ FrontendKey = tuple[str, int, str]
 
 def shaping(opts: Options) -> tuple[object, ...]:
     """The options the nftables table depends on (the rest only shape the iptables layout)."""
-    return (opts.prefix, opts.mark, opts.masquerade, opts.random_fully, opts.snat_pool, opts.reject_empty)
+    return (
+        opts.prefix,
+        opts.mark,
+        opts.masquerade,
+        opts.random_fully,
+        opts.snat_pool,
+        opts.reject_empty,
+        opts.balance,
+    )
 
 
 def table_name(prefix: str) -> str:
@@ -68,6 +80,8 @@ class Entries:
     address: str = ""  # the frontend's address and port: the endpoint elements' key prefix
     port: int = 0
     backends: tuple[Backend, ...] = ()  # endpoint index i -> backends[i] in `endpoints-<proto>`
+    # maglev: slot s -> backends[slots[s]] (the table, shared between frontends with the same backends)
+    slots: tuple[int, ...] = ()
 
     @property
     def elements(self) -> tuple[tuple[str, str, str], ...]:
@@ -76,6 +90,10 @@ class Entries:
             return self.head
         assert self.balance is not None
         name, prefix = endpoint_map(self.balance[1]), f"{self.address} . {self.port} . "
+        if self.slots:
+            values = [f"{b.ip} . {b.port}" for b in self.backends]
+            slots = ((name, f"{prefix}{s}", values[i]) for s, i in enumerate(self.slots))
+            return (*self.head, *slots)
         endpoints = ((name, f"{prefix}{i}", f"{b.ip} . {b.port}") for i, b in enumerate(self.backends))
         return (*self.head, *endpoints)
 
@@ -107,8 +125,19 @@ def endpoint_map(proto: str) -> str:
     return f"endpoints-{proto}"
 
 
-def balance_chain(k: int, proto: str) -> str:
-    return f"balance-{k}-{proto}"
+def balance_chain(k: int, proto: str, balance: str = "random") -> str:
+    """`balance-<k>-<proto>` (random over k endpoints) or `maglev-<M>-<proto>` (a table of M slots)."""
+    return f"{chain_kind(balance)}-{k}-{proto}"
+
+
+def chain_kind(balance: str) -> str:
+    return "maglev" if balance == "maglev" else "balance"
+
+
+def flow_hash(proto: str, modulus: int) -> str:
+    """The seeded hash of a flow's 5-tuple (its protocol is the chain's): the same on every box."""
+    fields = f"ip saddr . {proto} sport . ip daddr . {proto} dport"
+    return f"jhash {fields} mod {modulus} seed {maglev.SEED:#x}"
 
 
 def frontend_key_text(address: str, proto: str, port: int) -> str:
@@ -192,7 +221,18 @@ def frontend_entries(f: Frontend, opts: Options) -> Entries:
     if f.affinity is not None:
         skipped.append((f.label, f"affinity {f.affinity.mode!r}/{f.affinity.timeout}s ignored: not ClientIP"))
     k = len(backends)
-    dispatch = ((dispatch_map, key, f"goto {balance_chain(k, proto)}"),)
+    if opts.balance == "maglev" and k > maglev.SIZES[-1]:
+        why = f"{k} backends: more than the largest Maglev table ({maglev.SIZES[-1]}); jhash mod {k} instead"
+        skipped.append((f.label, why))
+    elif opts.balance == "maglev":
+        by_name = {f"{b.ip}:{b.port}": b for b in backends}
+        names = maglev.canonical(list(by_name))
+        size = maglev.table_size(k)
+        dispatch = ((dispatch_map, key, f"goto {balance_chain(size, proto, opts.balance)}"),)
+        table = maglev.populate(names, size)
+        ordered = tuple(by_name[n] for n in names)
+        return Entries(dispatch, (), (size, proto), tuple(skipped), f.address, f.port, ordered, table)
+    dispatch = ((dispatch_map, key, f"goto {balance_chain(k, proto, opts.balance)}"),)
     kept = f.backends if k == len(f.backends) else tuple(backends)  # usually all of them: share the tuple
     return Entries(dispatch, (), (k, proto), tuple(skipped), f.address, f.port, kept)
 
@@ -222,11 +262,15 @@ def _affinity_objects(
                 ),
             )
         )
-    chain = "aff-" + hash16(f"{LAYOUT_VERSION}|{f.fingerprint()}|{opts.mark}")
+    chain = "aff-" + hash16(f"{LAYOUT_VERSION}|{f.fingerprint()}|{opts.mark}|{opts.balance}")
     picks = ", ".join(f"{i} : goto {name}" for i, name in enumerate(endpoint_chains))
     rules = [f"add chain {FAMILY} {table} {chain}", f"add rule {FAMILY} {table} {chain} {_set_mark(opts)}"]
     rules += [f"add rule {FAMILY} {table} {chain} ip saddr @{name} goto {name}" for name in endpoint_chains]
-    rules.append(f"add rule {FAMILY} {table} {chain} numgen random mod {len(backends)} vmap {{ {picks} }}")
+    # maglev: a new client's pod is a seeded hash of its address, so the standby (which has not seen
+    # the affinity sets) picks the same one; plain `mod k`, not a Maglev table
+    k, seed = len(backends), f"seed {maglev.SEED:#x}"
+    pick = f"jhash ip saddr mod {k} {seed}" if opts.balance == "maglev" else f"numgen random mod {k}"
+    rules.append(f"add rule {FAMILY} {table} {chain} {pick} vmap {{ {picks} }}")
     objects.append((chain, tuple(rules)))
     return chain, tuple(objects)
 
@@ -236,11 +280,12 @@ def _set_mark(opts: Options) -> str:
 
 
 def balance_chain_commands(k: int, proto: str, opts: Options) -> tuple[str, ...]:
-    table, name = table_name(opts.prefix), balance_chain(k, proto)
+    table, name = table_name(opts.prefix), balance_chain(k, proto, opts.balance)
+    index = flow_hash(proto, k) if opts.balance == "maglev" else f"numgen random mod {k}"
     return (
         f"add chain {FAMILY} {table} {name}",
         f"add rule {FAMILY} {table} {name} {_set_mark(opts)}"
-        f" dnat ip to ip daddr . {proto} dport . numgen random mod {k} map @{endpoint_map(proto)}",
+        f" dnat ip to ip daddr . {proto} dport . {index} map @{endpoint_map(proto)}",
     )
 
 

@@ -115,7 +115,7 @@ class NftWriter:
             drift = self.drift(kernel, desired)
             if not drift:
                 assert kernel is not None
-                self._staged_balance = _balance_chains(kernel)  # used ones and leftovers alike
+                self._staged_balance = _balance_chains(kernel, self._options)  # used ones and leftovers alike
                 return mode, "", {}, desired
             self.last_drift = drift
             return (mode, *self._full_text(desired), desired)
@@ -250,7 +250,8 @@ class NftWriter:
                 out.append(f"chain {name}: {have if have is not None else 'missing'} rules, want {rules}")
         # Balance chains a partial sync stopped using stay until the next full sync: not drift.
         extra = kernel.chains.keys() - want_chains.keys()
-        out += [f"unexpected chain {name}" for name in sorted(extra) if not name.startswith("balance-")]
+        kind = nl.chain_kind(self._options.balance) + "-"
+        out += [f"unexpected chain {name}" for name in sorted(extra) if not name.startswith(kind)]
         want_sets = {*nl.MAPS, *nl.SETS, *_set_names(desired)}
         if kernel.sets != want_sets:
             out.append(f"sets/maps differ: {sorted(kernel.sets ^ want_sets)}")
@@ -296,11 +297,12 @@ def _diff(
     gone_objects += [name for name, _ in (old.objects if old else ()) if name not in new_names]
 
 
-def _balance_chains(kernel: KernelTable) -> set[tuple[int, str]]:
-    out = set()
+def _balance_chains(kernel: KernelTable, opts: Options) -> set[tuple[int, str]]:
+    """The balance chains of the configured kind (`balance-k-proto` or `maglev-M-proto`) present."""
+    out, kind = set(), nl.chain_kind(opts.balance)
     for name in kernel.chains:
         parts = name.split("-")
-        k = ascii_decimal(parts[1]) if len(parts) == 3 and parts[0] == "balance" else None
+        k = ascii_decimal(parts[1]) if len(parts) == 3 and parts[0] == kind else None
         if k is not None:
             out.add((k, parts[2]))
     return out
@@ -319,7 +321,7 @@ def _set_names(layout: nl.Layout) -> set[str]:
 def expected_chains(layout: nl.Layout, opts: Options) -> dict[str, int]:
     """Chain name -> number of rules, for the whole desired table."""
     out = {name: len(rules) for name, (_, rules) in nl.hooked_chains(opts).items()}
-    out.update({nl.balance_chain(k, proto): 1 for k, proto in layout.balance_chains()})
+    out.update({nl.balance_chain(k, proto, opts.balance): 1 for k, proto in layout.balance_chains()})
     for e in layout.frontends.values():
         for name, commands in e.objects:
             out[name] = sum(1 for c in commands if c.startswith("add rule "))
