@@ -71,6 +71,22 @@ def bench_lab(tag: str, *, nodes: int = 2, pods_per_node: int = 1) -> Iterator[L
         lab.down()
 
 
+def child_answer(argv: Sequence[str], env: dict[str, str], tree: Path, what: str) -> dict[str, Any]:
+    """Run a benchmark's child in a fresh interpreter; its last line of output is JSON naming the
+    flannel_lb it imported, which must be `tree`'s (so a measurement never runs the wrong code)."""
+    proc = subprocess.run(
+        list(argv), env=env, cwd=tree, capture_output=True, text=True, check=False, timeout=1800
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    answer: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if Path(answer["flannel_lb"]).resolve() != (tree / "flannel_lb").resolve():
+        raise RuntimeError(
+            f"{what}: expected flannel_lb from {tree}, the child imported {answer['flannel_lb']}"
+        )
+    return answer
+
+
 def pods(lab: Lab) -> list[tuple[str, str, str]]:
     """(pod name, node, ip) of the lab's running pods, sorted by name."""
     return sorted((p.name, p.node, p.ip) for p in lab.cluster().pods.values() if p.ip and not p.terminating)

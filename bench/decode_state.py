@@ -124,22 +124,11 @@ def generate(services: int, endpoints: int, nodes: int, path: Path) -> tuple[int
 def run_child(tree: Path, mode: str, items: Path, address: str) -> dict[str, Any]:
     """This file as a script, with `tree`'s flannel_lb first on the path, in a fresh interpreter
     (`-P`: this file's directory, bench/, is not put on the path)."""
+    from bench.common import child_answer  # here: the child itself imports nothing of bench/
+
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-P", str(HERE), "--child", mode, str(items), address],
-        env=env,
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {tree} ({mode}) failed:\n{proc.stderr[-3000:]}")
-    answer: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if Path(answer["flannel_lb"]).resolve() != (tree / "flannel_lb").resolve():
-        raise RuntimeError(f"expected flannel_lb from {tree}, the child imported {answer['flannel_lb']}")
-    return answer
+    argv = [sys.executable, "-P", str(HERE), "--child", mode, str(items), address]
+    return child_answer(argv, env, tree, f"measuring {tree} ({mode})")
 
 
 @contextmanager

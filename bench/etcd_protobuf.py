@@ -157,25 +157,13 @@ def venv_python(option: Option, venv_dir: Path) -> Path:
 
 
 def run_child(option: Option, python: Path, endpoint: str) -> dict[str, Any]:
+    from bench.common import child_answer  # here: the child itself imports nothing of bench/
+
     env = {**os.environ, **dict(option.env), "PYTHONPATH": str(ROOT)}
     if "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION" not in dict(option.env):
         env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
-    argv = [str(python), "-P", str(HERE), "--child", endpoint]
-    proc = subprocess.run(
-        [*argv, "stock" if option.stock else "etcdrpc"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{option.name} failed:\n{proc.stderr[-3000:]}")
-    answer: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if Path(answer["flannel_lb"]).resolve() != (ROOT / "flannel_lb").resolve():
-        raise RuntimeError(f"{option.name}: expected flannel_lb from {ROOT}, got {answer['flannel_lb']}")
-    return answer
+    argv = [str(python), "-P", str(HERE), "--child", endpoint, "stock" if option.stock else "etcdrpc"]
+    return child_answer(argv, env, ROOT, option.name)
 
 
 def fill(endpoint: str, items: list[tuple[str, bytes]]) -> int:
