@@ -25,6 +25,7 @@ import structlog
 
 from flannel_lb import config as config_mod
 from flannel_lb import parts
+from flannel_lb.bgp.announce import Announcer
 from flannel_lb.daemon import memory
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
@@ -36,6 +37,7 @@ from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options,
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
+from flannel_lb.kernel.netns import RunError
 from flannel_lb.plan import bootplan, holdover
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
@@ -85,9 +87,14 @@ class Agent:
         checker: PathChecker | None = None,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
+        announcer: Announcer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
+        # [bgp]: the VIPs go on the interface after a live sync and off when the data plane fails or the
+        # agent stops (None: not announcing; `run` makes one when [bgp] is on, `sync --once` never does)
+        self.announcer = announcer
+        self._announced = False
         self.state: ClusterState = parts.new_state(cfg)
         self.planner = Planner(self.state, parts.plan_settings(cfg))
         self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
@@ -136,6 +143,8 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
         self.prepare_host()
+        if self.announcer is None and self.cfg.bgp.enabled:
+            self.announcer = Announcer.of(self.cfg.bgp)
         source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -163,7 +172,9 @@ class Agent:
         conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
 
     def close(self) -> None:
-        """Save the last plan (when configured) and release the data plane; the rules stay."""
+        """Withdraw the BGP announcement (when announcing), save the last plan (when configured) and
+        release the data plane; the rules stay."""
+        self._announce(False, "stopping")
         if self.saver is not None:
             self.saver.close()
         self.dataplane.close()
@@ -295,6 +306,8 @@ class Agent:
             log.warning(
                 "config_reload_partial", detail="etcd, flannel, kubernetes and chain_prefix need a restart"
             )
+        if cfg.bgp != self.cfg.bgp:
+            self._reload_bgp(cfg)
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
@@ -306,6 +319,19 @@ class Agent:
         log.info("config_reloaded", path=cfg.path)
         self._mark(None)
         self.notifier.ready("config reloaded")
+
+    def _reload_bgp(self, cfg: config_mod.Config) -> None:
+        """A changed [bgp]: the next sync announces the new addresses (and takes off the ones no longer
+        listed); a new interface or `enabled = false` first withdraws everything from the old one."""
+        old = self.announcer
+        if old is None:
+            if cfg.bgp.enabled:
+                log.warning("config_reload_partial", detail="[bgp] enabled at run time needs a restart")
+            return
+        new = Announcer.of(cfg.bgp, old.netns) if cfg.bgp.enabled else None
+        if new is None or new.interface != old.interface:
+            self._announce(False, "config reloaded")
+        self.announcer, self._announced = new, False
 
     # --- output -----------------------------------------------------------------------------------
 
@@ -325,6 +351,7 @@ class Agent:
             self.reporter.failed(kind)
             wait = self.scheduler.failed(self.clock())
             log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
+            self._announce(False, "sync failed")  # the kernel refused the rules: let the others serve
             return None
         now = self.clock()
         self.scheduler.synced(now, full=full)
@@ -367,6 +394,8 @@ class Agent:
             self.health.stale = ""
             self.metrics.serving_stale.set(0)
             self.notifier.status(f"serving {len(plan.frontends)} frontends")
+        if self.stale is None and (full or not self._announced):
+            self._announce(True, "live sync")  # full resyncs also put back an address someone removed
         if not self._settled:
             memory.first_sync_done()
             self._settled = True
@@ -374,6 +403,20 @@ class Agent:
             self._ready_sent = True
             self.notifier.ready(f"serving {len(plan.frontends)} frontends")
         return result
+
+    def _announce(self, fit: bool, reason: str) -> None:
+        """Announce the VIPs (fit) or withdraw them, when announcing; a failing `ip` never stops serving.
+        An etcd outage calls neither: the rules are still right (fail static), and so is the announcement."""
+        if self.announcer is None:
+            return
+        try:
+            changes = self.announcer.announce() if fit else self.announcer.withdraw()
+        except (RunError, OSError, ValueError) as e:
+            log.error("bgp_announce_failed" if fit else "bgp_withdraw_failed", error=str(e), reason=reason)
+            return
+        if changes or fit != self._announced:
+            log.info("bgp_announced" if fit else "bgp_withdrawn", changed=changes, reason=reason)
+        self._announced = fit
 
     def _serve_last_good(self, reason: str) -> None:
         """etcd is unreachable and nothing was served yet: program the state file's plan, reported
