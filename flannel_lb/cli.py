@@ -313,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     ru = sub.add_parser("run", help="the agent: watch etcd and keep the rules in step (systemd Type=notify)")
     ru.set_defaults(func=cmd_run)
 
+    from flannel_lb.bgp.cli import register_commands as register_bgp
     from flannel_lb.doctor import register_commands as register_doctor
     from flannel_lb.ha.cli import register_commands as register_ha
     from flannel_lb.lab.cli import register_lab_commands
 
     register_doctor(sub)
     register_ha(sub)
+    register_bgp(sub)
     register_lab_commands(sub)
     return p
 

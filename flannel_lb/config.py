@@ -133,6 +133,30 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BGPNeighbor:
+    address: str  # the upstream router's address on a link this box shares with it
+    asn: int
+
+
+@dataclass(frozen=True, slots=True)
+class BGPConfig:
+    """Announce the VIPs to upstream routers over BGP (BIRD 2, rendered by flannel_lb/bgp; docs/bgp.md)."""
+
+    enabled: bool = False
+    asn: int = 0  # this box's AS number (required with enabled = true)
+    router_id: str = ""  # "" in the file = the first [lb] address
+    neighbors: tuple[BGPNeighbor, ...] = ()
+    bfd: bool = True
+    bfd_interval_ms: int = 100  # BFD tx/rx; a dead box is routed around after ~ interval x multiplier
+    bfd_multiplier: int = 3
+    hold_time: int = 9  # seconds: the BGP fallback when BFD is off or not answered by the router
+    communities: tuple[str, ...] = ()  # "ASN:VALUE" (standard) or "ASN:V1:V2" (large) on every announcement
+    interface: str = "lo"  # where the VIPs are put while this box is fit (BIRD's `protocol direct` reads it)
+    addresses: tuple[str, ...] = ()  # the announced addresses; empty in the file = [lb] addresses
+    state_dir: str = "/run/flannel-lb/bgp"  # bird.conf, BIRD's pid file and control socket
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9842"  # "" disables the HTTP endpoint
 
@@ -155,6 +179,7 @@ class Config:
     conntrack: ConntrackConfig = field(default_factory=ConntrackConfig)
     ha: HAConfig = field(default_factory=HAConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    bgp: BGPConfig = field(default_factory=BGPConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -193,6 +218,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     ct = r.section("conntrack")
     ha = r.section("ha")
     health = r.section("health")
+    bgp = r.section("bgp")
     metrics = r.section("metrics")
     log = r.section("log")
 
@@ -269,6 +295,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             fall=health.number("fall", HealthConfig().fall),
             concurrency=health.number("concurrency", HealthConfig().concurrency),
         ),
+        bgp=_bgp(bgp, lb_config.addresses),
         metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
         log=LogConfig(
             level=log.get("level", str, "info", _one_of("debug", "info", "warning", "error")),
@@ -327,6 +354,91 @@ def _ha(ha: _Section, lb_addresses: tuple[str, ...]) -> HAConfig:
     )
 
 
+def _bgp(bgp: _Section, lb_addresses: tuple[str, ...]) -> BGPConfig:
+    """[bgp]: every key is checked, enabled or not; the AS number and a neighbour only when enabled."""
+    d = BGPConfig()
+    addresses = tuple(bgp.get("addresses", list, [], _each(_ipv4_address), nonempty=True)) or lb_addresses
+    out = BGPConfig(
+        enabled=bgp.get("enabled", bool, d.enabled),
+        asn=bgp.number("asn", d.asn),
+        router_id=bgp.get("router_id", str, d.router_id, _ipv4_address) or (lb_addresses or ("",))[0],
+        neighbors=tuple(bgp.get("neighbors", list, [], _each(_bgp_neighbor), nonempty=True)),
+        bfd=bgp.get("bfd", bool, d.bfd),
+        bfd_interval_ms=bgp.number("bfd_interval_ms", d.bfd_interval_ms),
+        bfd_multiplier=bgp.number("bfd_multiplier", d.bfd_multiplier),
+        hold_time=bgp.number("hold_time", d.hold_time),
+        communities=tuple(bgp.get("communities", list, [], _each(_community))),
+        interface=bgp.get("interface", str, d.interface, _label_ifname),
+        addresses=addresses,
+        state_dir=bgp.get("state_dir", str, d.state_dir, _state_dir),
+    )
+    where = f"{bgp.path}: [bgp]"
+    for key, values in (("addresses", out.addresses), ("neighbors", [n.address for n in out.neighbors])):
+        if len(set(values)) != len(values):
+            dup = next(a for a in values if values.count(a) > 1)
+            raise ConfigError(f"{where} {key}: {dup} is listed twice")
+    for n in out.neighbors:
+        if n.address in out.addresses:
+            raise ConfigError(f"{where} neighbors: {n.address} is an announced address, not a router's")
+    if not out.enabled:
+        return out
+    if not out.asn:
+        raise ConfigError(f"{where} asn: required with enabled = true")
+    if not out.neighbors:
+        raise ConfigError(f"{where} neighbors: required with enabled = true (at least one router)")
+    if not out.router_id:
+        raise ConfigError(f"{where} router_id: required with enabled = true when [lb] has no address")
+    return out
+
+
+_NEIGHBOR_KEYS = ("address", "asn")
+_ASN = (1, 4294967295)
+
+
+def _asn(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not _ASN[0] <= v <= _ASN[1]:
+        raise ValueError(f"asn: must be an AS number from {_ASN[0]} to {_ASN[1]}, got {v!r}")
+    return v
+
+
+def _bgp_neighbor(v: Any) -> BGPNeighbor:
+    """One upstream router: a table {address = "10.0.0.1", asn = 64512}."""
+    if not isinstance(v, Mapping):
+        raise ValueError('expected a table such as { address = "10.245.1.1", asn = 64512 }')
+    for key in v:
+        if key not in _NEIGHBOR_KEYS:
+            hint = _did_you_mean(key, _NEIGHBOR_KEYS, lambda k: f'"{k}"')
+            raise ValueError(
+                f"{key}: unknown key" + (f"; did you mean {hint}?" if hint else "") + " (known: address, asn)"
+            )
+    for key in _NEIGHBOR_KEYS:
+        if key not in v:
+            raise ValueError(f"{key}: required, but missing")
+    try:
+        address = _ipv4_address(v["address"])
+    except ValueError as e:
+        raise ValueError(f"address: {e}") from None
+    return BGPNeighbor(address=address, asn=_asn(v["asn"]))
+
+
+def _community(v: Any) -> str:
+    """A BGP community: "ASN:VALUE" (RFC 1997, 16-bit parts) or "GLOBAL:LOCAL1:LOCAL2" (RFC 8092, 32-bit)."""
+    parts = v.split(":") if isinstance(v, str) else []
+    numbers = [ascii_decimal(p) for p in parts]
+    limit = {2: 65535, 3: 4294967295}.get(len(parts))
+    if limit is None or any(n is None or n > limit for n in numbers):
+        raise ValueError('expected "ASN:VALUE" (each 0-65535) or a large community "A:B:C" (0-4294967295)')
+    return ":".join(str(n) for n in numbers)
+
+
+def _label_ifname(v: str) -> str:
+    """An interface name short enough that `NAME:flb` (the label marking flannel-lb's addresses) fits."""
+    _ifname(v)
+    if len(v) > 11:
+        raise ValueError("an interface name of at most 11 characters (the addresses get the label NAME:flb)")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class Range:
     """The values a numeric key may take: finite, inside bounds that make operational sense."""
@@ -374,6 +486,10 @@ NUMBERS: dict[tuple[str, str], Range] = {
     ("ha", "priority"): Range(int, 1, 254),  # 255 is VRRP's "address owner": neither box owns the VIPs
     ("ha", "virtual_router_id"): Range(int, 1, 255),
     ("ha", "advert_interval"): Range(float, 0.01, 40.95, "seconds"),  # VRRPv3: 12 bits of centiseconds
+    ("bgp", "asn"): Range(int, 1, 4294967295),  # 4-byte AS numbers (RFC 6793); 0 is reserved
+    ("bgp", "bfd_interval_ms"): Range(int, 10, 10000, "ms"),  # BIRD takes 1 ms steps; < 10 ms is noise here
+    ("bgp", "bfd_multiplier"): Range(int, 2, 255),  # 8 bits on the wire; 1: a lost packet drops it
+    ("bgp", "hold_time"): Range(int, 3, 65535, "seconds"),  # RFC 4271: 0 or at least 3 (0 = never: refused)
 }
 
 

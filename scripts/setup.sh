@@ -41,7 +41,7 @@ quietly() {
 
 PACKAGES="etcd-server etcd-client iptables nftables conntrack iproute2 iputils-ping curl openssl procps \
 python3 python3-venv python3-dev gcc libc6-dev nginx-light haproxy wrk shellcheck ruby \
-keepalived conntrackd"
+keepalived conntrackd bird2"
 
 missing=""
 for p in $PACKAGES; do
@@ -54,8 +54,9 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086  # word splitting of the package list is intended
     quietly "apt-get install" apt-get install -y -qq --no-install-recommends $missing
     # the packaged services must not hold the ports the lab and tests use; keepalived and conntrackd
-    # must never run in the root namespace (the HA tests start their own, inside namespaces)
-    for svc in etcd nginx haproxy keepalived conntrackd; do
+    # must never run in the root namespace, nor BIRD (bird2's service is "bird"): the HA and BGP tests
+    # start their own, inside namespaces
+    for svc in etcd nginx haproxy keepalived conntrackd bird; do
         if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
         if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
     done

@@ -302,3 +302,132 @@ def test_balance_defaults_to_random_and_maglev_needs_the_nft_writer(tmp_path: Pa
             config.load(write(tmp_path, text))
     with pytest.raises(config.ConfigError, match=r"\[dataplane\] balance: .*random.*maglev"):
         config.load(write(tmp_path, base + '[dataplane]\nwriter = "nft"\nbalance = "hash"\n'))
+
+
+BGP = '[lb]\naddresses = ["192.168.121.201", "10.245.1.142"]\n[bgp]\n'
+BGP_ON = BGP + 'enabled = true\nasn = 65001\nneighbors = [{ address = "10.245.1.1", asn = 65000 }]\n'
+
+
+def test_bgp_section_is_off_by_default_and_announces_the_lb_addresses_from_lo(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[lb]\naddresses = ["192.168.121.201", "10.245.1.142"]\n'))
+    assert cfg.bgp.enabled is False
+    assert cfg.bgp.addresses == ("192.168.121.201", "10.245.1.142")
+    assert (cfg.bgp.interface, cfg.bgp.state_dir) == ("lo", "/run/flannel-lb/bgp")
+    on = config.load(write(tmp_path, BGP_ON)).bgp
+    assert on.router_id == "192.168.121.201"  # the first [lb] address
+    assert on.neighbors == (config.BGPNeighbor("10.245.1.1", 65000),)
+    assert (on.bfd, on.bfd_interval_ms, on.bfd_multiplier, on.hold_time) == (True, 100, 3, 9)
+    assert on.communities == ()
+
+
+def test_bgp_section_reads_every_key_and_neighbors_as_tables(tmp_path: Path) -> None:
+    cfg = config.load(
+        write(
+            tmp_path,
+            BGP.replace("[bgp]\n", "")
+            + '[bgp]\nenabled = true\nasn = 4200000000\nrouter_id = "10.245.1.142"\nbfd = false\n'
+            "bfd_interval_ms = 50\nbfd_multiplier = 5\nhold_time = 30\n"
+            'communities = ["65001:100", "4200000000:1:2", "0065001:007"]\ninterface = "vip0"\n'
+            'addresses = ["192.168.121.201"]\nstate_dir = "/run/flb-bgp/"\n'
+            '[[bgp.neighbors]]\naddress = "10.245.1.1"\nasn = 65000\n'
+            '[[bgp.neighbors]]\naddress = "10.245.2.1"\nasn = 65002\n',
+        )
+    )
+    assert cfg.bgp == config.BGPConfig(
+        enabled=True,
+        asn=4200000000,
+        router_id="10.245.1.142",
+        neighbors=(config.BGPNeighbor("10.245.1.1", 65000), config.BGPNeighbor("10.245.2.1", 65002)),
+        bfd=False,
+        bfd_interval_ms=50,
+        bfd_multiplier=5,
+        hold_time=30,
+        communities=("65001:100", "4200000000:1:2", "65001:7"),  # leading zeros dropped
+        interface="vip0",
+        addresses=("192.168.121.201",),
+        state_dir="/run/flb-bgp",
+    )
+
+
+def test_shipped_example_bgp_section_loads_when_uncommented(tmp_path: Path) -> None:
+    """Every key the example documents exists, and its example value is valid."""
+    text = (REPO / "conf" / "flannel-lb.toml").read_text()
+    start = text.index("# [bgp]\n")
+    block = text[start : text.index("\n\n", start)]
+    uncommented = "\n".join(
+        line.removeprefix("# ") if re.match(r"# (\[bgp\]$|\w+ = )", line) else line
+        for line in block.splitlines()
+    )
+    cfg = config.load(write(tmp_path, text.replace(block, uncommented)))
+    keys = {line.split(" = ")[0] for line in uncommented.splitlines() if re.match(r"\w+ = ", line)}
+    assert keys == set(config._known_keys()["bgp"])
+    assert cfg.bgp.enabled and cfg.bgp.neighbors == (config.BGPNeighbor("10.245.1.1", 65000),)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("enabled = 1", r"\[bgp\] enabled: expected true or false, got 1"),
+        ("asn = 0", r"\[bgp\] asn: must be from 1 to 4294967295, got 0"),
+        ("asn = 4294967296", r"\[bgp\] asn: must be from 1 to 4294967295"),
+        ('asn = "65001"', r"\[bgp\] asn: expected an integer"),
+        ('router_id = "10.245.1.300"', r"\[bgp\] router_id: not an IPv4 address"),
+        ('router_id = "1.2.3.4;\\nprotocol x"', r"\[bgp\] router_id: not an IPv4 address"),
+        ("neighbors = []", r"\[bgp\] neighbors: must not be empty"),
+        ('neighbors = ["10.245.1.1"]', r"\[bgp\] neighbors: item 1 \('10.245.1.1'\): expected a table"),
+        ("neighbors = [{ asn = 1 }]", r"\[bgp\] neighbors: item 1 .*address: required, but missing"),
+        ('neighbors = [{ address = "10.0.0.1" }]', r"\[bgp\] neighbors: item 1 .*asn: required"),
+        (
+            'neighbors = [{ address = "10.0.0.1", asn = 1, as = 2 }]',
+            r'\[bgp\] neighbors: item 1 .*as: unknown key; did you mean "asn"',
+        ),
+        ('neighbors = [{ address = "::1", asn = 1 }]', r"\[bgp\] neighbors: item 1 .*address: not an IPv4"),
+        ('neighbors = [{ address = "10.0.0.1", asn = 0 }]', r"\[bgp\] neighbors: item 1 .*must be an AS"),
+        ('neighbors = [{ address = "10.0.0.1", asn = true }]', r"\[bgp\] neighbors: item 1 .*asn: must be"),
+        (
+            'neighbors = [{ address = "10.0.0.1", asn = 1 }, { address = "10.0.0.1", asn = 2 }]',
+            r"\[bgp\] neighbors: 10.0.0.1 is listed twice",
+        ),
+        (
+            'neighbors = [{ address = "10.245.1.142", asn = 1 }]',
+            r"\[bgp\] neighbors: 10.245.1.142 is an announced address",
+        ),
+        ("bfd = 1", r"\[bgp\] bfd: expected true or false"),
+        ("bfd_interval_ms = 5", r"\[bgp\] bfd_interval_ms: must be from 10 to 10000 ms, got 5"),
+        ("bfd_interval_ms = 0.5", r"\[bgp\] bfd_interval_ms: expected an integer"),
+        ("bfd_multiplier = 1", r"\[bgp\] bfd_multiplier: must be from 2 to 255"),
+        ("bfd_multiplier = 256", r"\[bgp\] bfd_multiplier: must be from 2 to 255"),
+        ("hold_time = 0", r"\[bgp\] hold_time: must be from 3 to 65535 seconds"),
+        ("hold_time = inf", r"\[bgp\] hold_time: expected an integer"),
+        ('communities = ["65001"]', r"\[bgp\] communities: item 1 \('65001'\): expected \"ASN:VALUE\""),
+        ('communities = ["65536:1"]', r"\[bgp\] communities: item 1 .*expected \"ASN:VALUE\""),
+        ('communities = ["1:2:4294967296"]', r"\[bgp\] communities: item 1 .*large community"),
+        ('communities = ["1:-2"]', r"\[bgp\] communities: item 1"),
+        ('communities = ["1:2));\\nprotocol x"]', r"\[bgp\] communities: item 1"),
+        ("communities = [1]", r"\[bgp\] communities: item 1 \(1\)"),
+        ('interface = "lo\\" ; x"', r"\[bgp\] interface: an interface name"),
+        ('interface = "twelve-chars"', r"\[bgp\] interface: an interface name of at most 11 characters"),
+        ('addresses = ["1.2.3.4", "1.2.3.4"]', r"\[bgp\] addresses: 1.2.3.4 is listed twice"),
+        ("addresses = []", r"\[bgp\] addresses: must not be empty"),
+        ('state_dir = "run/bgp"', r"\[bgp\] state_dir: an absolute path"),
+        ('state_dir = "/run/../etc"', r"\[bgp\] state_dir: must not contain '..'"),
+        ("neighbours = 1", r'\[bgp\] neighbours: unknown key; did you mean "neighbors"'),
+    ],
+)
+def test_bgp_errors_name_the_section_and_the_key(tmp_path: Path, extra: str, message: str) -> None:
+    key = extra.split(" = ")[0]
+    bgp_lines = BGP_ON.removeprefix(BGP).splitlines()
+    base = BGP + "".join(line + "\n" for line in bgp_lines if not line.startswith(key + " "))
+    path = write(tmp_path, base + extra + "\n")
+    with pytest.raises(config.ConfigError, match=message) as info:
+        config.load(path)
+    assert str(info.value).startswith(f"{path}: [bgp] ")
+
+
+@pytest.mark.parametrize("missing", ["asn", "neighbors"])
+def test_bgp_enabled_needs_an_asn_and_a_neighbor(tmp_path: Path, missing: str) -> None:
+    text = "".join(line + "\n" for line in BGP_ON.splitlines() if not line.startswith(missing))
+    with pytest.raises(config.ConfigError, match=rf"\[bgp\] {missing}: required with enabled = true"):
+        config.load(write(tmp_path, text))
+    disabled = config.load(write(tmp_path, text.replace("enabled = true", "enabled = false")))
+    assert disabled.bgp.enabled is False

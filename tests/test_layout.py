@@ -24,6 +24,7 @@ RANK = {
     "dataplane": 6,
     "parts": 7,
     "ha": 7,
+    "bgp": 7,  # the scale-out: renders BIRD's config, puts the VIPs on an interface
     "daemon": 8,
     "doctor": 9,
     "lab": 10,  # beside the product: builds labs and runs the agent

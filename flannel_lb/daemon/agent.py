@@ -25,6 +25,7 @@ import structlog
 
 from flannel_lb import config as config_mod
 from flannel_lb import parts
+from flannel_lb.bgp.announce import Announcer
 from flannel_lb.daemon import memory
 from flannel_lb.daemon.backend_checks import BackendChecker, check_targets
 from flannel_lb.daemon.conntrack_monitor import Monitor
@@ -39,6 +40,7 @@ from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.ha.paths import Paths
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
+from flannel_lb.kernel.netns import RunError
 from flannel_lb.plan import bootplan, holdover
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
@@ -95,9 +97,14 @@ class Agent:
         checker: PathChecker | None = None,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
+        announcer: Announcer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
+        # [bgp]: the VIPs go on the interface after a live sync and off when the data plane fails or the
+        # agent stops (None: not announcing; `run` makes one when [bgp] is on, `sync --once` never does)
+        self.announcer = announcer
+        self._announced = False
         self.state: ClusterState = parts.new_state(cfg)
         self.planner = Planner(self.state, parts.plan_settings(cfg))
         self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
@@ -150,6 +157,8 @@ class Agent:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
         self.prepare_host()
         self.open_ha_health()
+        if self.announcer is None and self.cfg.bgp.enabled:
+            self.announcer = Announcer.of(self.cfg.bgp)
         source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -189,7 +198,9 @@ class Agent:
         conntrack_limits.apply_at_start(self.cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
 
     def close(self) -> None:
-        """Save the last plan (when configured) and release the data plane; the rules stay."""
+        """Withdraw the BGP announcement (when announcing), save the last plan (when configured) and
+        release the data plane; the rules stay."""
+        self._announce(False, "stopping")
         if self.saver is not None:
             self.saver.close()
         self.dataplane.close()
@@ -331,6 +342,8 @@ class Agent:
                 "config_reload_partial",
                 detail="etcd, flannel, kubernetes, chain_prefix and [ha] enabled/state_dir need a restart",
             )
+        if cfg.bgp != self.cfg.bgp:
+            self._reload_bgp(cfg)
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
@@ -342,6 +355,19 @@ class Agent:
         log.info("config_reloaded", path=cfg.path)
         self._mark(None)
         self.notifier.ready("config reloaded")
+
+    def _reload_bgp(self, cfg: config_mod.Config) -> None:
+        """A changed [bgp]: the next sync announces the new addresses (and takes off the ones no longer
+        listed); a new interface or `enabled = false` first withdraws everything from the old one."""
+        old = self.announcer
+        if old is None:
+            if cfg.bgp.enabled:
+                log.warning("config_reload_partial", detail="[bgp] enabled at run time needs a restart")
+            return
+        new = Announcer.of(cfg.bgp, old.netns) if cfg.bgp.enabled else None
+        if new is None or new.interface != old.interface:
+            self._announce(False, "config reloaded")
+        self.announcer, self._announced = new, False
 
     # --- output -----------------------------------------------------------------------------------
 
@@ -363,6 +389,7 @@ class Agent:
             log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
             if self.ha_health is not None:
                 self.ha_health.failed()  # the peer, if healthy, takes the addresses
+            self._announce(False, "sync failed")  # the kernel refused the rules: let the others serve
             return None
         now = self.clock()
         self.scheduler.synced(now, full=full)
@@ -409,6 +436,8 @@ class Agent:
             self.health.stale = ""
             self.metrics.serving_stale.set(0)
             self.notifier.status(f"serving {len(plan.frontends)} frontends")
+        if self.stale is None and (full or not self._announced):
+            self._announce(True, "live sync")  # full resyncs also put back an address someone removed
         if not self._settled:
             memory.first_sync_done()
             self._settled = True
@@ -416,6 +445,20 @@ class Agent:
             self._ready_sent = True
             self.notifier.ready(f"serving {len(plan.frontends)} frontends")
         return result
+
+    def _announce(self, fit: bool, reason: str) -> None:
+        """Announce the VIPs (fit) or withdraw them, when announcing; a failing `ip` never stops serving.
+        An etcd outage calls neither: the rules are still right (fail static), and so is the announcement."""
+        if self.announcer is None:
+            return
+        try:
+            changes = self.announcer.announce() if fit else self.announcer.withdraw()
+        except (RunError, OSError, ValueError) as e:
+            log.error("bgp_announce_failed" if fit else "bgp_withdraw_failed", error=str(e), reason=reason)
+            return
+        if changes or fit != self._announced:
+            log.info("bgp_announced" if fit else "bgp_withdrawn", changed=changes, reason=reason)
+        self._announced = fit
 
     def _serve_last_good(self, reason: str) -> None:
         """etcd is unreachable and nothing was served yet: program the state file's plan, reported
