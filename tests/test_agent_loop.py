@@ -59,7 +59,8 @@ def ha_config(tmp_path: Path, **lb: object) -> config.Config:
 def ha_agent(cfg: config.Config) -> tuple[Agent, MemoryWriter, Path]:
     writer = MemoryWriter()
     agent = Agent(cfg, dataplane=IptablesPlane(writer, dataplane_options(cfg)))
-    assert agent.open_ha_health() is agent.ha_health is not None
+    agent.tier.start()
+    assert agent.tier.ha_health is not None
     return agent, writer, Path(Paths.of(cfg.ha).health_file)
 
 
@@ -91,7 +92,9 @@ def test_the_health_file_follows_syncs_and_not_etcd(tmp_path: Path) -> None:
     assert agent.sync(full=False) is None
     assert health.read_text() == "1\n"
     assert agent.sync(full=True) is None
-    assert health.read_text() == "1\n" and agent.ha_health is not None and agent.ha_health.writes == 2
+    assert (
+        health.read_text() == "1\n" and agent.tier.ha_health is not None and agent.tier.ha_health.writes == 2
+    )
     writer.fail = ""
     assert agent.sync(full=False) is not None
     assert health.read_text() == "0\n"
@@ -139,5 +142,6 @@ def test_without_ha_or_outside_run_no_health_file_is_written(tmp_path: Path) -> 
     assert once.sync(full=False) is not None
     off = dataclasses.replace(cfg, ha=dataclasses.replace(cfg.ha, enabled=False))
     plain = Agent(off, dataplane=IptablesPlane(MemoryWriter(), dataplane_options(off)))
-    assert plain.open_ha_health() is None
+    plain.tier.start()
+    assert plain.tier.ha_health is None
     assert list(tmp_path.iterdir()) == []

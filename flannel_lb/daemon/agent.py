@@ -29,18 +29,16 @@ from flannel_lb.bgp.announce import Announcer
 from flannel_lb.daemon import memory
 from flannel_lb.daemon.backend_checks import BackendChecker, check_targets
 from flannel_lb.daemon.conntrack_monitor import Monitor
-from flannel_lb.daemon.ha_health import HAHealth
 from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.reporting import SyncReporter
 from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
+from flannel_lb.daemon.tier import TierSignals
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options, make_dataplane
 from flannel_lb.decode.model import Lease, NetworkConfig
-from flannel_lb.ha.paths import Paths
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
-from flannel_lb.kernel.netns import RunError
 from flannel_lb.plan import bootplan, holdover
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
@@ -103,13 +101,12 @@ class Agent:
         self.cfg = cfg
         # [bgp]: the VIPs go on the interface after a live sync and off when the data plane fails or the
         # agent stops (None: not announcing; `run` makes one when [bgp] is on, `sync --once` never does)
-        self.announcer = announcer
-        self._announced = False
         self.state: ClusterState = parts.new_state(cfg)
         self.planner = Planner(self.state, parts.plan_settings(cfg))
         self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
         self.saver: holdover.Saver | None = None
         self.metrics = metrics or Metrics()
+        self.tier = TierSignals(cfg, self.metrics, announcer)  # keepalived's health file, BGP
         self.reporter = SyncReporter(self.metrics)
         if cfg.lb.state_file:
             loaded = holdover.load(Path(cfg.lb.state_file))
@@ -138,7 +135,6 @@ class Agent:
         self.checker_thread: BackendChecker | None = None  # [health]: started by run()
         self.stale: bootplan.Header | None = None  # serving the state file's plan: no snapshot yet
         # keepalived's track_file ([ha] enabled): `run` opens it; `sync --once` leaves it alone
-        self.ha_health: HAHealth | None = None
 
     @property
     def options(self) -> Options:
@@ -156,9 +152,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
         self.prepare_host()
-        self.open_ha_health()
-        if self.announcer is None and self.cfg.bgp.enabled:
-            self.announcer = Announcer.of(self.cfg.bgp)
+        self.tier.start()
         source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -177,13 +171,6 @@ class Agent:
             self.close()
             log.info("stopped", rules="left in place", frontends=len(self.plan.frontends) if self.plan else 0)
 
-    def open_ha_health(self) -> HAHealth | None:
-        """With `[ha] enabled`: take over keepalived's health file (what is in it stays until a sync
-        says otherwise). Only the running agent does: a `sync --once` must not hand the addresses over."""
-        if self.cfg.ha.enabled and self.ha_health is None:
-            self.ha_health = HAHealth(Path(Paths.of(self.cfg.ha).health_file), self.metrics)
-        return self.ha_health
-
     def prepare_host(self) -> None:
         """What the rules need from this host besides themselves, for `run` and `sync --once` alike:
         forwarding on (`manage_ip_forward`) and the opt-in conntrack limits. Never raises."""
@@ -200,7 +187,7 @@ class Agent:
     def close(self) -> None:
         """Withdraw the BGP announcement (when announcing), save the last plan (when configured) and
         release the data plane; the rules stay."""
-        self._announce(False, "stopping")
+        self.tier.stopping()
         if self.saver is not None:
             self.saver.close()
         self.dataplane.close()
@@ -232,8 +219,7 @@ class Agent:
             except queue.Empty:
                 item = None
         self.health.beat()
-        if self.ha_health is not None:
-            self.ha_health.flush()  # a verdict whose write failed is retried; no I/O otherwise
+        self.tier.turn()
         if self.notifier.watchdog_interval is not None:
             self.notifier.watchdog()
         if not self.have_snapshot:
@@ -342,8 +328,7 @@ class Agent:
                 "config_reload_partial",
                 detail="etcd, flannel, kubernetes, chain_prefix and [ha] enabled/state_dir need a restart",
             )
-        if cfg.bgp != self.cfg.bgp:
-            self._reload_bgp(cfg)
+        self.tier.reconfigured(cfg)
         if cfg.conntrack != self.cfg.conntrack:
             conntrack_limits.apply_at_start(cfg.conntrack, self.conntrack.paths)  # opt-in; never raises
         self.cfg = cfg
@@ -355,19 +340,6 @@ class Agent:
         log.info("config_reloaded", path=cfg.path)
         self._mark(None)
         self.notifier.ready("config reloaded")
-
-    def _reload_bgp(self, cfg: config_mod.Config) -> None:
-        """A changed [bgp]: the next sync announces the new addresses (and takes off the ones no longer
-        listed); a new interface or `enabled = false` first withdraws everything from the old one."""
-        old = self.announcer
-        if old is None:
-            if cfg.bgp.enabled:
-                log.warning("config_reload_partial", detail="[bgp] enabled at run time needs a restart")
-            return
-        new = Announcer.of(cfg.bgp, old.netns) if cfg.bgp.enabled else None
-        if new is None or new.interface != old.interface:
-            self._announce(False, "config reloaded")
-        self.announcer, self._announced = new, False
 
     # --- output -----------------------------------------------------------------------------------
 
@@ -387,9 +359,7 @@ class Agent:
             self.reporter.failed(kind)
             wait = self.scheduler.failed(self.clock())
             log.error("sync_failed", error=str(e), retry_in=wait, rules="unchanged")
-            if self.ha_health is not None:
-                self.ha_health.failed()  # the peer, if healthy, takes the addresses
-            self._announce(False, "sync failed")  # the kernel refused the rules: let the others serve
+            self.tier.broken("sync failed")
             return None
         now = self.clock()
         self.scheduler.synced(now, full=full)
@@ -428,16 +398,13 @@ class Agent:
             seconds=self.last_sync_seconds,
         )
         self.health.synced = True
-        if self.ha_health is not None:
-            self.ha_health.synced()
         if self.stale is not None:
             log.info("serving_live", revision=plan.revision, replaced=bootplan.describe(self.stale))
             self.stale = None
             self.health.stale = ""
             self.metrics.serving_stale.set(0)
             self.notifier.status(f"serving {len(plan.frontends)} frontends")
-        if self.stale is None and (full or not self._announced):
-            self._announce(True, "live sync")  # full resyncs also put back an address someone removed
+        self.tier.serving(live=True, full=full)
         if not self._settled:
             memory.first_sync_done()
             self._settled = True
@@ -445,20 +412,6 @@ class Agent:
             self._ready_sent = True
             self.notifier.ready(f"serving {len(plan.frontends)} frontends")
         return result
-
-    def _announce(self, fit: bool, reason: str) -> None:
-        """Announce the VIPs (fit) or withdraw them, when announcing; a failing `ip` never stops serving.
-        An etcd outage calls neither: the rules are still right (fail static), and so is the announcement."""
-        if self.announcer is None:
-            return
-        try:
-            changes = self.announcer.announce() if fit else self.announcer.withdraw()
-        except (RunError, OSError, ValueError) as e:
-            log.error("bgp_announce_failed" if fit else "bgp_withdraw_failed", error=str(e), reason=reason)
-            return
-        if changes or fit != self._announced:
-            log.info("bgp_announced" if fit else "bgp_withdrawn", changed=changes, reason=reason)
-        self._announced = fit
 
     def _serve_last_good(self, reason: str) -> None:
         """etcd is unreachable and nothing was served yet: program the state file's plan, reported
@@ -477,17 +430,14 @@ class Agent:
         except Exception as e:
             self.metrics.syncs.labels("boot", "error").inc()
             log.error("boot_plan_failed", error=str(e), retry="at the next etcd attempt")
-            if self.ha_health is not None:
-                self.ha_health.failed()
+            self.tier.broken("boot plan failed", withdraw=False)
             return
         self.plan, self.stale = plan, header
         counted = self.reporter.recorded(plan, result, "boot", time.perf_counter() - started)
         self.metrics.serving_stale.set(1)
         saved = bootplan.describe(header)
         self.health.synced = True
-        if self.ha_health is not None:
-            # serving the last good plan during an etcd outage is healthy: the peer sees the same etcd
-            self.ha_health.synced()
+        self.tier.serving(live=False)  # the last good plan during an etcd outage: healthy, as the peer
         self.health.stale = f"serving the last good plan ({saved}) until etcd answers: {reason}"
         log.warning(
             "serving_last_good_plan",
