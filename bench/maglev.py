@@ -8,7 +8,7 @@ Pure side (no kernel): for N backends in a table of `maglev.table_size(N)` slots
 slots that moves when one backend is removed, as a multiple of that backend's own share (1.0 = only
 its flows move; `hash mod N` would be about N - 1).
 
-Run: sudo .venv/bin/python -m bench.maglev [--services 1000] [--endpoints 3]
+Run (as root): .venv/bin/python -m bench.maglev [--services 1000] [--endpoints 3]
 """
 
 from __future__ import annotations
