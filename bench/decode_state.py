@@ -64,10 +64,14 @@ def _child(mode: str, items_path: str, address: str) -> dict[str, Any]:
     import tracemalloc
 
     import flannel_lb
-    from flannel_lb import parts
-    from flannel_lb.plan.compute import PlanSettings, compute_plan
-    from flannel_lb.source.records import KeyValue, Snapshot
-    from flannel_lb.state.cluster import ClusterState
+
+    try:
+        from flannel_lb.plan.compute import PlanSettings, compute_plan
+        from flannel_lb.state.cluster import ClusterState
+    except ImportError:  # a --baseline revision from before the stage layout (2026-12-03)
+        from flannel_lb.cluster import ClusterState  # type: ignore[no-redef,import-not-found]
+
+        from flannel_lb.plan import PlanSettings, compute_plan  # type: ignore[no-redef,attr-defined]
 
     out: dict[str, Any] = {"flannel_lb": str(Path(flannel_lb.__file__).parent)}
     gc.collect()
@@ -76,15 +80,17 @@ def _child(mode: str, items_path: str, address: str) -> dict[str, Any]:
     base = tracemalloc.get_traced_memory()[0]
     with open(items_path, "rb") as f:
         items: list[tuple[str, bytes]] = pickle.load(f)
-    snap = Snapshot(len(items), [KeyValue(k, v, i + 1) for i, (k, v) in enumerate(items)])
+    # what the agent's first snapshot does (parts.apply_update), without the etcd source's imports,
+    # so that a baseline from another layout or protobuf runs the same code
+    triples = [(k, v, None) for k, v in items]
     del items
     gc.collect()
     state = ClusterState()
     wall, cpu = time.perf_counter(), time.process_time()
-    parts.apply_update(state, snap)
+    state.replace(iter(triples), len(triples))
     out["load"], out["load_cpu"] = time.perf_counter() - wall, time.process_time() - cpu
     out["peak_mb"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
-    del snap
+    del triples
     gc.collect()
     out["retained_mb"] = (tracemalloc.get_traced_memory()[0] - base) / 2**20
     out["rss_mb"], out["hwm_mb"] = _status_mb("VmRSS"), _status_mb("VmHWM")
