@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flannel_lb.kernel.health import HealthTracker, probe_tcp
+from flannel_lb.config import HealthConfig
+from flannel_lb.daemon.backend_checks import BackendChecker
+from flannel_lb.kernel.health import HealthTracker, probe_http, probe_tcp
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 
 
@@ -102,3 +106,57 @@ def test_a_target_no_longer_checked_is_forgotten() -> None:
     assert tracker.down == {("10.246.1.2", 80)}
     tracker.record({})  # the backend left the plan
     assert tracker.down == frozenset()
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ok" else 302 if self.path == "/moved" else 500)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_http_check_wants_a_2xx_or_3xx_answer(http_server: int, listener: int) -> None:
+    port, closed = http_server, _closed_port()
+    got = probe_http(
+        [
+            ("127.0.0.1", port, "/ok"),
+            ("127.0.0.1", port, "/moved"),
+            ("127.0.0.1", port, "/broken"),  # accepts the connection, answers 500
+            ("127.0.0.1", closed, "/ok"),
+            ("127.0.0.1", listener, "/ok"),  # accepts, never answers: the timeout
+        ],
+        timeout=0.5,
+    )
+    assert got == {
+        ("127.0.0.1", port, "/ok"): True,
+        ("127.0.0.1", port, "/moved"): True,
+        ("127.0.0.1", port, "/broken"): False,
+        ("127.0.0.1", closed, "/ok"): False,
+        ("127.0.0.1", listener, "/ok"): False,
+    }
+
+
+def test_the_checker_takes_out_a_backend_whose_http_check_fails(http_server: int) -> None:
+    changes: list[frozenset[tuple[str, int]]] = []
+    settings = HealthConfig(enabled=True, timeout=0.5, rise=1, fall=2)
+    checker = BackendChecker(settings, changes.append)
+    checker.targets = frozenset({("127.0.0.1", http_server, "/broken"), ("127.0.0.1", http_server, "/ok")})
+    assert checker.check_once() == frozenset() and changes == []  # one failure: not yet
+    assert checker.check_once() == {("127.0.0.1", http_server)}  # any failing check takes it out
+    assert changes == [frozenset({("127.0.0.1", http_server)})]
+    checker.targets = frozenset({("127.0.0.1", http_server, "/ok")})
+    assert checker.check_once() == frozenset() and changes[-1] == frozenset()

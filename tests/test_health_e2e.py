@@ -3,14 +3,22 @@ netcheck sees nothing) leaves the rotation through the LB's own checks, and come
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.decode.values import decode_any
+from flannel_lb.kernel.netns import in_netns
 from flannel_lb.lab.lab import Lab
 from flannel_lb.lab.lbagent import LB_HOST, AgentProcess, agent_config
+from flannel_lb.lab.netns import namespace_pids
 from tests.test_agent_e2e import traffic
 from tests.test_faults import fetch, per_pod, pods_on
 from tests.test_lab import module_lab
@@ -64,5 +72,62 @@ def test_a_silently_broken_node_leaves_and_rejoins(lab: Lab, tmp_path: Path) -> 
         assert set(traffic(lab, "http", f"{VIP}:80", count=80)["by_pod"]) >= node1
     finally:
         lab.exec_in("node-1", ["nft", "delete", "table", "ip", "flb_test_blackhole"], check=False)
+        agent.stop()
+        lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=False)
+
+
+# a pod whose workload accepts connections and answers its health path with 500 (others: its name)
+SICK_POD = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        sick = self.path == "/healthz"
+        body = b"" if sick else sys.argv[1].encode() + b"\\n"
+        self.send_response(500 if sick else 200)
+        self.send_header("X-Pod-Name", sys.argv[1])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
+"""
+
+
+def test_an_http_check_takes_out_a_pod_that_accepts_connections_but_answers_500(
+    lab: Lab, tmp_path: Path
+) -> None:
+    key = "/registry/services/specs/default/nginx"
+    writer = lab.etcd()
+    original = writer.get(key)
+    assert original is not None
+    svc = decode_any(original.value, key=key)
+    svc["metadata"].setdefault("annotations", {})["flannel-lb.io/health-check-path"] = "/healthz"
+    sick = sorted(pods_on(lab, "node-2"))[0]
+    pod_ns = lab.namespace(sick)
+    config = tmp_path / "flannel-lb.toml"
+    config.write_text(agent_config(lab.etcd_url) + HEALTH)
+    agent = AgentProcess(lab.namespace(LB_HOST), config, tmp_path / "agent.log").start()
+    replacement: subprocess.Popen[bytes] | None = None
+    try:
+        writer.put(key, encode_protobuf(svc))
+        agent.wait_synced(timeout=30)
+        mark = agent.mark()
+        for pid in namespace_pids(pod_ns):  # the pod's own workload...
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        # ...replaced by one that still accepts connections on port 80 but fails its health path
+        replacement = subprocess.Popen(in_netns([sys.executable, "-c", SICK_POD, sick], pod_ns))
+        out = agent.wait_for(lambda e: e.get("event") == "sync" and e.get("excluded") == 1, 30, mark)
+        assert out["backends"] == 3 + 4, out  # 80/TCP loses the sick pod; 53/UDP is not checked
+        failing = [e for e in agent.events[mark:] if e.get("event") == "backend_check_failing"]
+        assert [e["check"] for e in failing] == ["/healthz"], failing
+        result = traffic(lab, "http", f"{VIP}:80", count=40)
+        assert result["failed"] == 0 and sick not in result["by_pod"], result
+    finally:
+        if replacement is not None:
+            replacement.kill()
+            replacement.wait()
+        writer.put(key, original.value)
         agent.stop()
         lab.exec_in(LB_HOST, agent.argv("cleanup")[4:], check=False)

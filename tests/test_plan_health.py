@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flannel_lb.daemon.backend_checks import check_targets
 from flannel_lb.decode.kube import encode_protobuf
 from flannel_lb.lab import objects as k
 from flannel_lb.plan.compute import PlanSettings, admission_for, compute_plan
@@ -60,3 +66,28 @@ def test_the_planner_replans_when_health_changes_and_agrees_with_a_fresh_plan() 
     assert planner.plan() == compute_plan(state, SETTINGS, now=NOW, unhealthy=[("10.246.2.5", 8080)])
     assert planner.set_unhealthy([]) is True
     assert [b.ip for b in planner.plan().frontends[0].backends] == sorted(PODS)
+
+
+def _annotated(path: str) -> ClusterState:
+    state = _state()
+    svc = k.service("web", ports=[k.port(80, name="http")], external_ips=[LB])
+    svc["metadata"]["annotations"] = {"flannel-lb.io/health-check-path": path}
+    state.put("/registry/services/specs/default/web", encode_protobuf(svc))
+    return state
+
+
+def test_a_check_path_annotation_reaches_the_tcp_frontends_and_their_check_targets() -> None:
+    plan = compute_plan(_annotated("/healthz"), SETTINGS, now=NOW)
+    (f,) = plan.frontends
+    assert f.check_path == "/healthz" and not plan.problems
+    assert check_targets(plan) == {(ip, 8080, "/healthz") for ip in PODS}
+    assert check_targets(compute_plan(_state(), SETTINGS, now=NOW)) == {(ip, 8080, "") for ip in PODS}
+
+
+@given(st.text(max_size=300).filter(lambda p: not re.fullmatch(r"/[!-~]{0,255}", p) and p != ""))
+def test_a_bad_check_path_is_reported_under_its_key_and_the_tcp_check_used(path: str) -> None:
+    plan = compute_plan(_annotated(path), SETTINGS, now=NOW)
+    (f,) = plan.frontends
+    assert f.check_path == "" and [b.ip for b in f.backends] == sorted(PODS)  # still served
+    (problem,) = plan.problems
+    assert problem.key == "/registry/services/specs/default/web" and "health-check-path" in problem.reason

@@ -9,21 +9,24 @@ from collections.abc import Callable
 import structlog
 
 from flannel_lb.config import HealthConfig
-from flannel_lb.kernel.health import HealthTracker, Target, probe_tcp
+from flannel_lb.kernel.health import HealthTracker, Target, probe_http, probe_tcp
 from flannel_lb.plan.model import Exclusion, Plan
 
 log = structlog.get_logger("flannel_lb.agent")
 
 
-def check_targets(plan: Plan) -> frozenset[Target]:
-    """What to check: every TCP backend of the plan, once per ip:port, and those out for failing a check
-    (they come back only by passing again). UDP and SCTP have no connect to check."""
-    out: set[Target] = set()
+Check = tuple[str, int, str]  # (ip, port, the URL path to GET; "" for a TCP connect)
+
+
+def check_targets(plan: Plan) -> frozenset[Check]:
+    """What to check: every TCP backend of the plan, once per ip:port and check path, and those out for
+    failing a check (they come back only by passing again). UDP and SCTP have no connect to check."""
+    out: set[Check] = set()
     for f in plan.frontends:
         if f.protocol != "TCP":
             continue
-        out.update((b.ip, b.port) for b in f.backends)
-        out.update((e.ip, e.port) for e in f.excluded if e.kind is Exclusion.HEALTH and e.port)
+        out.update((b.ip, b.port, f.check_path) for b in f.backends)
+        out.update((e.ip, e.port, f.check_path) for e in f.excluded if e.kind is Exclusion.HEALTH and e.port)
     return frozenset(out)
 
 
@@ -33,8 +36,9 @@ class BackendChecker:
     def __init__(self, settings: HealthConfig, on_change: Callable[[frozenset[Target]], None]) -> None:
         self.settings = settings
         self.on_change = on_change
-        self.targets: frozenset[Target] = frozenset()  # replaced by the agent after each sync
-        self.tracker = HealthTracker(rise=settings.rise, fall=settings.fall)
+        self.targets: frozenset[Check] = frozenset()  # replaced by the agent after each sync
+        self.tracker: HealthTracker[Check] = HealthTracker(rise=settings.rise, fall=settings.fall)
+        self._reported: frozenset[Target] = frozenset()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="backend-checks", daemon=True)
 
@@ -46,17 +50,21 @@ class BackendChecker:
         self._thread.join(timeout=self.settings.timeout + 5)
 
     def check_once(self) -> frozenset[Target]:
-        """One round over the current targets; the down set after it (reported when it changed)."""
+        """One round over the current targets; the backends (ip, port) down after it, any of whose
+        checks fails (reported when that changed)."""
         targets = self.targets
-        went_down, came_back = self.tracker.record(
-            probe_tcp(targets, self.settings.timeout, self.settings.concurrency)
-        )
-        for ip, port in sorted(went_down):
-            log.warning("backend_check_failing", backend=f"{ip}:{port}", fall=self.settings.fall)
-        for ip, port in sorted(came_back):
-            log.info("backend_check_passing", backend=f"{ip}:{port}", rise=self.settings.rise)
-        down = self.tracker.down
-        if went_down or came_back:
+        s = self.settings
+        connects = probe_tcp({(ip, port) for ip, port, path in targets if not path}, s.timeout, s.concurrency)
+        gets = probe_http({t for t in targets if t[2]}, s.timeout)
+        results = {t: (gets[t] if t[2] else connects[(t[0], t[1])]) for t in targets}
+        went_down, came_back = self.tracker.record(results)
+        for ip, port, path in sorted(went_down):
+            log.warning("backend_check_failing", backend=f"{ip}:{port}", check=path or "tcp", fall=s.fall)
+        for ip, port, path in sorted(came_back):
+            log.info("backend_check_passing", backend=f"{ip}:{port}", check=path or "tcp", rise=s.rise)
+        down = frozenset((ip, port) for ip, port, _ in self.tracker.down)
+        if down != self._reported:  # also when a failing backend left the plan
+            self._reported = down
             self.on_change(down)
         return down
 

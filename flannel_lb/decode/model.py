@@ -44,6 +44,7 @@ class Service:
     external_traffic_policy: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    health_check_path: str = ""  # [health]: an HTTP GET of this path checks its backends (TCP: a connect)
 
     @property
     def ref(self) -> str:

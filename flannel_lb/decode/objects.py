@@ -40,6 +40,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # kubectl apply's copy of the whole object: often the largest annotation, never read (the exposure
 # policy's annotation must be "true", which this JSON document never is), so it is not kept.
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+HEALTH_CHECK_PATH = "flannel-lb.io/health-check-path"  # [health]: GET this path instead of a bare connect
+_URL_PATH = re.compile(r"/[!-~]{0,255}")  # printable ASCII without spaces: it goes into a request line
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 # The strings ipaddress.IPv4Address accepts (four decimal octets, no leading zeros) are exactly the
@@ -211,6 +213,13 @@ def service(obj: Mapping[str, Any]) -> Converted:
     annotations = _strmap(meta, "annotations", "metadata")
     if LAST_APPLIED in annotations:
         annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    check_path = annotations.get(HEALTH_CHECK_PATH, "")
+    if check_path and not _URL_PATH.fullmatch(check_path):
+        warnings.append(
+            f"metadata.annotations[{HEALTH_CHECK_PATH}] {check_path[:80]!r} is not a URL path"
+            " ('/' and up to 255 printable ASCII characters, no spaces); the TCP check is used"
+        )
+        check_path = ""
     return Converted(
         Service(
             namespace=ns,
@@ -228,6 +237,7 @@ def service(obj: Mapping[str, Any]) -> Converted:
             external_traffic_policy=external_traffic_policy,
             labels=labels,
             annotations=annotations,
+            health_check_path=check_path,
         ),
         warnings,
     )

@@ -5,7 +5,9 @@ kubelet's readiness and the kernel's route to a lease can both be right while tr
 its probe on another port). A connect from the LB's own namespace goes through the same routes,
 vxlan device and node as a client's DNATed connection, so it sees those faults too.
 
-Two parts: `probe_tcp` runs one round of non-blocking connects, many at once, each target once;
+Three parts: `probe_tcp` runs one round of non-blocking connects, many at once, each target once;
+`probe_http` GETs a path (a Service's `flannel-lb.io/health-check-path`), for a pod that accepts
+connections but answers errors;
 `HealthTracker` turns rounds into up/down with rise and fall counts (HAProxy's semantics), so one
 lost SYN does not take a backend out and one lucky connect does not bring it back.
 """
@@ -13,13 +15,20 @@ lost SYN does not take a backend out and one lucky connect does not bring it bac
 from __future__ import annotations
 
 import errno
+import re
 import selectors
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 Target = tuple[str, int]  # (IPv4 address, TCP port)
+HttpTarget = tuple[str, int, str]  # (IPv4 address, TCP port, URL path)
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
+K = TypeVar("K", bound=Hashable)
+HTTP_WORKERS = 32  # GETs in flight at once: they block a thread each, unlike the connects
 
 
 def probe_tcp(targets: Iterable[Target], timeout: float, concurrency: int = 256) -> dict[Target, bool]:
@@ -82,19 +91,49 @@ def _start_connect(target: Target) -> socket.socket | None:
     return sock
 
 
+def probe_http(targets: Iterable[HttpTarget], timeout: float) -> dict[HttpTarget, bool]:
+    """One GET of each distinct (ip, port, path); True for a 2xx or 3xx status line within `timeout`."""
+    distinct = list(dict.fromkeys(targets))
+    if not distinct:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(HTTP_WORKERS, len(distinct))) as pool:
+        return dict(zip(distinct, pool.map(lambda t: _get_ok(t, timeout), distinct), strict=True))
+
+
+def _get_ok(target: HttpTarget, timeout: float) -> bool:
+    ip, port, path = target
+    request = f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: flannel-lb\r\n\r\n".encode()
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            head = b""
+            while b"\r\n" not in head and len(head) < 256:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return False
+    m = _STATUS_LINE.match(head)
+    return m is not None and 200 <= int(m.group(1)) < 400
+
+
 @dataclass
-class HealthTracker:
+class HealthTracker(Generic[K]):
     """Up/down per target from the rounds of checks: `fall` failures in a row take a target down,
     `rise` successes in a row bring it back. A target is up until it has failed `fall` times."""
 
     rise: int = 2
     fall: int = 3
-    _down: set[Target] = field(default_factory=set)
-    _streak: dict[Target, int] = field(default_factory=dict)  # >0: successes in a row, <0: failures
+    _down: set[K] = field(default_factory=set)
+    _streak: dict[K, int] = field(default_factory=dict)  # >0: successes in a row, <0: failures
 
-    def record(self, results: dict[Target, bool]) -> tuple[set[Target], set[Target]]:
+    def record(self, results: Mapping[K, bool]) -> tuple[set[K], set[K]]:
         """Take one round; returns (went down, came back). Targets not in `results` are forgotten."""
-        went_down, came_back = set(), set()
+        went_down: set[K] = set()
+        came_back: set[K] = set()
         for target in set(self._streak) - results.keys():
             del self._streak[target]
             self._down.discard(target)
@@ -111,5 +150,5 @@ class HealthTracker:
         return went_down, came_back
 
     @property
-    def down(self) -> frozenset[Target]:
+    def down(self) -> frozenset[K]:
         return frozenset(self._down)

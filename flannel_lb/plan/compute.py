@@ -310,8 +310,11 @@ def plan_service(
             if why is not None:
                 denied.append(Denial(svc.ref, address, sp.port, sp.protocol, why))
                 continue
+            check = svc.health_check_path if sp.protocol == "TCP" else ""
             frontends.append(
-                Frontend(address, sp.port, sp.protocol, svc.ref, sp.name, affinity, backends, excluded, kind)
+                Frontend(
+                    address, sp.port, sp.protocol, svc.ref, sp.name, affinity, backends, excluded, kind, check
+                )
             )
     return ServicePlan((svc.namespace, svc.name), verdict, tuple(frontends), _created(svc), tuple(denied))
 

@@ -71,6 +71,7 @@ class Frontend:
     backends: tuple[Backend, ...] = ()
     excluded: tuple[Excluded, ...] = ()
     kind: str = "external"  # "external" (an LB address) or "cluster-ip" (reachable from the LB itself)
+    check_path: str = ""  # [health]: GET this path on each backend; "" = a TCP connect
     # (address, port, protocol), computed once: every sync looks up every frontend by it, at 10k
     # frontends building the tuple on each access was a third of a sync's Python time.
     key: tuple[str, int, str] = field(init=False, repr=False, compare=False)
