@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flannel_lb import config as config_mod
 
@@ -26,3 +28,17 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
         return config_mod.load(args.config or config_mod.default_path())
     except config_mod.ConfigError as e:
         raise CommandError(f"config error: {e}", EXIT_CONFIG) from None
+
+
+@contextmanager
+def rendering(section: str, state_dir: str) -> Iterator[None]:
+    """Around a renderer of daemon configs (`ha`, `bgp`): a config it cannot render (ValueError) ends
+    the verb as a config error, a state_dir it cannot write ends it naming the section and the path."""
+    try:
+        yield
+    except ValueError as e:
+        raise CommandError(str(e), EXIT_CONFIG) from None
+    except OSError as e:
+        raise CommandError(
+            f"cannot write into [{section}] state_dir {state_dir}: {e.strerror or e}"
+        ) from None

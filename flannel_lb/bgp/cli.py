@@ -7,27 +7,20 @@ import sys
 from typing import Any
 
 from flannel_lb.bgp import bird
-from flannel_lb.verbs import EXIT_CONFIG, CommandError, load_config
+from flannel_lb.verbs import load_config, rendering
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    try:
+    with rendering("bgp", cfg.bgp.state_dir):
         sys.stdout.write(bird.render(cfg.bgp))
-    except ValueError as e:
-        raise CommandError(str(e), EXIT_CONFIG) from None
     return 0
 
 
 def cmd_write(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    try:
+    with rendering("bgp", cfg.bgp.state_dir):
         print(bird.write(cfg.bgp))
-    except ValueError as e:
-        raise CommandError(str(e), EXIT_CONFIG) from None
-    except OSError as e:
-        message = f"cannot write into [bgp] state_dir {cfg.bgp.state_dir}: {e.strerror or e}"
-        raise CommandError(message) from None
     return 0
 
 

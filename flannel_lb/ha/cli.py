@@ -7,27 +7,20 @@ import sys
 from typing import Any
 
 from flannel_lb.ha import files
-from flannel_lb.verbs import EXIT_CONFIG, CommandError, load_config
+from flannel_lb.verbs import load_config, rendering
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    try:
+    with rendering("ha", cfg.ha.state_dir):
         sys.stdout.write(files.render(cfg, args.kind, net_namespace=args.net_namespace))
-    except ValueError as e:
-        raise CommandError(str(e), EXIT_CONFIG) from None
     return 0
 
 
 def cmd_write(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    try:
+    with rendering("ha", cfg.ha.state_dir):
         written = files.write_all(cfg, net_namespace=args.net_namespace)
-    except ValueError as e:
-        raise CommandError(str(e), EXIT_CONFIG) from None
-    except OSError as e:
-        message = f"cannot write into [ha] state_dir {cfg.ha.state_dir}: {e.strerror or e}"
-        raise CommandError(message) from None
     print("\n".join(written))
     return 0
 
