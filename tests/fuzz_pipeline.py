@@ -108,6 +108,7 @@ def _victim_objects() -> dict[str, dict[str, Any]]:
             external_ips=[LB],
             affinity_timeout=600,
             created="2020-01-01T00:00:00Z",
+            source_ranges=["192.168.121.0/24", " 10.0.0.7/8", "2001:db8::/32"],
         ),
         VICTIM_KEYS["slice"]: k.endpoint_slice(
             "fuzz-1",

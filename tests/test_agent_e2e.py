@@ -143,6 +143,52 @@ def test_node_whose_route_disappears_is_excluded(lab: Lab, agent: AgentProcess) 
     assert set(traffic(lab, "http", f"{VIP}:80", count=60)["by_pod"]) >= node1  # the route came back
 
 
+_FETCH = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=5).read().decode())"
+
+
+def _fetch(lab: Lab, path: str) -> str:
+    """GET the agent's metrics listener (the lab config's 127.0.0.1:9842) from inside the LB."""
+    url = f"http://127.0.0.1:9842{path}"
+    return lab.exec_in(LB_HOST, [sys.executable, "-c", _FETCH, url], check=True).stdout
+
+
+def _metrics(lab: Lab) -> str:
+    return _fetch(lab, "/metrics")
+
+
+def test_source_ranges_admit_only_their_clients_and_a_change_applies(lab: Lab, agent: AgentProcess) -> None:
+    """A Service with loadBalancerSourceRanges, written to etcd as kube-apiserver would: clients outside
+    are dropped (and counted), the Service's other clients and every other Service are unaffected."""
+    mark = agent.mark()
+    lab.expose("nginx", VIP, ["web:8088:http"], name="office", source_ranges=["198.51.100.0/24"])
+    try:
+        agent.wait_synced(after=mark, timeout=10)
+        shut = traffic(lab, "http", f"{VIP}:8088", count=3, timeout=0.5)
+        assert shut["failed"] == 3, shut  # the lab's client (192.168.121.1) is outside the range
+        assert traffic(lab, "http", f"{VIP}:80", count=20)["failed"] == 0
+        labels = f'frontend="{VIP}:8088/TCP",service="default/office"'
+        series = f"flannel_lb_source_range_drops_total{{{labels}}}"
+        deadline = time.monotonic() + 10
+        while series not in _metrics(lab) and time.monotonic() < deadline:
+            time.sleep(0.5)  # sampled with the netcheck, every 2 s
+        line = next(ln for ln in _metrics(lab).splitlines() if ln.startswith(series))
+        assert float(line.split()[-1]) >= 3, line
+        mark = agent.mark()
+        lab.set_source_ranges("office", ["192.168.121.1/32", "2001:db8::/32"])
+        agent.wait_synced(after=mark, timeout=10)
+        assert traffic(lab, "http", f"{VIP}:8088", count=20)["failed"] == 0
+        story = lab.exec_in(LB_HOST, agent.argv("explain", "default/office")[4:], check=True).stdout
+        assert "clients: only from 192.168.121.1/32 (loadBalancerSourceRanges)" in story, story
+        mark = agent.mark()
+        lab.set_source_ranges("office", [])
+        agent.wait_synced(after=mark, timeout=10)
+        assert traffic(lab, "http", f"{VIP}:8088", count=20)["failed"] == 0  # no ranges: open
+    finally:
+        mark = agent.mark()
+        lab.unexpose("office")
+        agent.wait_synced(after=mark, timeout=10)
+
+
 def test_agent_restart_under_load_loses_no_request(lab: Lab, agent: AgentProcess, tmp_path: Path) -> None:
     loop = Background(lab, "http", f"{VIP}:80", duration=6, interval=0.005, timeout=2)
     time.sleep(1)
@@ -368,21 +414,12 @@ def test_metrics_healthz_and_systemd_notify(lab: Lab, tmp_path: Path) -> None:
             messages.append(notify.recv(4096).decode())
         messages.append(notify.recv(4096).decode())
         assert any("WATCHDOG=1" in m for m in messages), messages
-        fetch = (
-            "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=5).read().decode())"
-        )
-        metrics = lab.exec_in(
-            LB_HOST, [sys.executable, "-c", fetch, "http://127.0.0.1:9842/metrics"], check=True
-        )
-        text = metrics.stdout
+        text = _metrics(lab)
         assert "flannel_lb_frontends 2.0" in text
         assert "flannel_lb_etcd_watch_connected 1.0" in text
         assert 'flannel_lb_syncs_total{kind="partial",result="ok"}' in text
         assert "flannel_lb_sync_duration_seconds_bucket" in text
-        health = lab.exec_in(
-            LB_HOST, [sys.executable, "-c", fetch, "http://127.0.0.1:9842/healthz"], check=True
-        )
-        assert health.stdout.startswith("ok")
+        assert _fetch(lab, "/healthz").startswith("ok")
     finally:
         proc.stop()
         notify.close()

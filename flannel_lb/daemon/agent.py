@@ -33,6 +33,7 @@ from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.reporting import SyncReporter
 from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
+from flannel_lb.daemon.source_ranges import DropSampler
 from flannel_lb.daemon.tier import TierSignals
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options, make_dataplane
@@ -115,6 +116,7 @@ class Agent:
             self.saver = holdover.Saver(Path(cfg.lb.state_file))
         self.checker = checker
         self.conntrack = Monitor(self.metrics)
+        self.drops = DropSampler(self.metrics)
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -228,6 +230,7 @@ class Agent:
         if self.scheduler.netcheck_due(now):
             self._netcheck()
             self.conntrack.sample(self.cfg.conntrack.warn_usage)  # never raises
+            self.drops.sample(self.plan, self.dataplane)  # never raises
             self.scheduler.netcheck_done(now)
         expiry = self.planner.next_expiry()
         if expiry is not None and time.time() >= expiry:

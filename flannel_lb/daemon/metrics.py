@@ -48,6 +48,25 @@ class KernelConntrackCounters:
         yield drops
 
 
+class SourceRangeDrops:
+    """New connections the kernel dropped for coming from outside a Service's loadBalancerSourceRanges,
+    per frontend, as last sampled (iptables zeroes a rule's count when its chain is rewritten, which
+    Prometheus' rate() reads as a counter reset)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], int] = {}  # (service, frontend label) -> packets
+
+    def collect(self) -> Iterator[Any]:
+        family = CounterMetricFamily(
+            "flannel_lb_source_range_drops",
+            "New connections dropped: their client is outside the Service's loadBalancerSourceRanges",
+            labels=["service", "frontend"],
+        )
+        for (service, frontend), packets in sorted(self.values.items()):
+            family.add_metric([service, frontend], packets)
+        yield family
+
+
 class Metrics:
     """Everything the agent reports. One registry per agent, so tests can run several side by side."""
 
@@ -132,6 +151,8 @@ class Metrics:
         )
         self.conntrack_kernel = KernelConntrackCounters()
         r.register(self.conntrack_kernel)
+        self.source_range_drops = SourceRangeDrops()
+        r.register(self.source_range_drops)
         self._ha: tuple[Gauge, Counter] | None = None
 
     def ha(self) -> tuple[Gauge, Counter]:

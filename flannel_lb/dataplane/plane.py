@@ -63,6 +63,11 @@ class DataPlane(Protocol):
         """Remove everything flannel-lb owns in the kernel, nothing else; says what went."""
         ...
 
+    def source_range_drops(self) -> dict[tuple[str, int, str], int]:
+        """New connections dropped per (address, port, protocol) for coming from outside the frontend's
+        loadBalancerSourceRanges, as the kernel counts them."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -154,6 +159,9 @@ class IptablesPlane:
         changes = self.writer.cleanup()
         removed, jumps = len(changes.delete), len(changes.del_jumps)
         return f"removed {removed} chains and {jumps} jumps owned by flannel-lb ({self.writer.prefix}*)"
+
+    def source_range_drops(self) -> dict[tuple[str, int, str], int]:
+        return self.writer.source_range_drops()
 
     def close(self) -> None:
         self.writer.close()

@@ -435,6 +435,7 @@ kind core.v1.Service
   core.v1.Service                metadata spec status
   core.v1.ServiceSpec            ports clusterIP type externalIPs sessionAffinity loadBalancerIP
                                  externalTrafficPolicy sessionAffinityConfig clusterIPs
+                                 loadBalancerSourceRanges
   core.v1.ServicePort            name protocol port targetPort nodePort
   core.v1.SessionAffinityConfig  clientIP
   core.v1.ClientIPConfig         timeoutSeconds

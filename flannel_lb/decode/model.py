@@ -45,6 +45,8 @@ class Service:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     health_check_path: str = ""  # [health]: an HTTP GET of this path checks its backends (TCP: a connect)
+    # loadBalancerSourceRanges, canonical (IPv4 and IPv6); None: every client is admitted
+    source_ranges: tuple[str, ...] | None = None
 
     @property
     def ref(self) -> str:

@@ -42,6 +42,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 HEALTH_CHECK_PATH = "flannel-lb.io/health-check-path"  # [health]: GET this path instead of a bare connect
 _URL_PATH = re.compile(r"/[!-~]{0,255}")  # printable ASCII without spaces: it goes into a request line
+# Read when spec.loadBalancerSourceRanges is empty, as kube-proxy and the cloud providers do.
+SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
+MAX_SOURCE_RANGES = 1000  # per Service: each is a rule (iptables) or an element (nft) on every port
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 # The strings ipaddress.IPv4Address accepts (four decimal octets, no leading zeros) are exactly the
@@ -220,6 +223,7 @@ def service(obj: Mapping[str, Any]) -> Converted:
             " ('/' and up to 255 printable ASCII characters, no spaces); the TCP check is used"
         )
         check_path = ""
+    source_ranges = _source_ranges(spec, annotations, warnings)
     return Converted(
         Service(
             namespace=ns,
@@ -238,9 +242,59 @@ def service(obj: Mapping[str, Any]) -> Converted:
             labels=labels,
             annotations=annotations,
             health_check_path=check_path,
+            source_ranges=source_ranges,
         ),
         warnings,
     )
+
+
+def _source_ranges(
+    spec: Mapping[str, Any], annotations: Mapping[str, str], warnings: list[str]
+) -> tuple[str, ...] | None:
+    """The client ranges the Service admits, canonical (`10.0.0.0/8`); None when it admits everyone.
+
+    A malformed entry is reported and left out, which can only narrow who is admitted: a list whose
+    every entry is malformed admits nobody. Opening a restricted Service to the world because of a
+    typo would be the worse failure, and the report names it.
+    """
+    values = _list(spec, "loadBalancerSourceRanges", "spec")
+    where = "spec.loadBalancerSourceRanges"
+    if not values and annotations.get(SOURCE_RANGES_ANNOTATION, "").strip():
+        values = annotations[SOURCE_RANGES_ANNOTATION].split(",")
+        where = f"metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"
+    if not values:
+        return None
+    out: dict[str, None] = {}
+    for i, v in enumerate(values):
+        if len(out) == MAX_SOURCE_RANGES:
+            warnings.append(
+                f"{where}: more than {MAX_SOURCE_RANGES} ranges; the rest ({len(values) - i}) are ignored"
+            )
+            break
+        network = _cidr(v)
+        if network is None:
+            shown = v[:80] if isinstance(v, str) else type(v).__name__
+            warnings.append(
+                f"{where}[{i}] {shown!r} is not a CIDR range (e.g. 203.0.113.0/24); left out, "
+                "so clients it meant to admit are dropped"
+            )
+            continue
+        out[network] = None
+    return tuple(out)
+
+
+def _cidr(value: Any) -> str | None:
+    """`value` as a canonical network, with kube-apiserver's leniency: surrounding spaces and host bits
+    are accepted (Go's net.ParseCIDR), a bare address is not."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if "/" not in text or not text.isascii():
+        return None
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return None
 
 
 def _endpoint_ports(items: list[Any], where: str, warnings: list[str]) -> tuple[EndpointPort, ...]:

@@ -190,7 +190,8 @@ def _with_lab(fn: Any) -> Any:
 
 
 def register_lab_commands(subparsers: Any) -> None:
-    """Add `lab up|status|down|diagram|exec|shell|demo|scale|kill-pod|set-ready|drain|expose` to a parent.
+    """Add the `lab` verbs (up, status, down, diagram, exec, shell, demo, scale, kill-pod, set-ready,
+    drain, expose, source-ranges) to a parent.
 
     Each leaf sets `func(args) -> int` (exit code), like the other flannel-lb commands.
     """
@@ -294,6 +295,7 @@ def register_lab_commands(subparsers: Any) -> None:
                 a.port or ["http:80:http"],
                 name=a.name,
                 session_affinity=a.session_affinity,
+                source_ranges=a.source_range,
             )
         ),
         "kubectl expose deployment --external-ip",
@@ -308,3 +310,18 @@ def register_lab_commands(subparsers: Any) -> None:
     )
     p.add_argument("--name", help="service name (default: the deployment's)")
     p.add_argument("--session-affinity", choices=("None", "ClientIP"), default="None")
+    p.add_argument(
+        "--source-range",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="loadBalancerSourceRanges: only these clients get through (repeatable)",
+    )
+
+    p = leaf(
+        "source-ranges",
+        _with_lab(lambda lab, a: lab.set_source_ranges(a.service, a.cidr)),
+        "set a Service's loadBalancerSourceRanges (none: open to every client)",
+    )
+    p.add_argument("service")
+    p.add_argument("cidr", nargs="*")

@@ -145,6 +145,7 @@ class Service:
     session_affinity: str = "None"
     labels: dict[str, str] = field(default_factory=dict)
     static_endpoints: list[str] = field(default_factory=list)
+    source_ranges: list[str] = field(default_factory=list)  # loadBalancerSourceRanges, as written
 
     @property
     def ref(self) -> str:
@@ -262,6 +263,7 @@ class Cluster:
         labels: Mapping[str, str] | None = None,
         cluster_ip: str | None = None,
         static_endpoints: Sequence[str] = (),
+        source_ranges: Sequence[str] = (),
     ) -> Service:
         ref = f"{namespace}/{name}"
         if ref in self.services:
@@ -278,6 +280,7 @@ class Cluster:
             session_affinity=session_affinity,
             labels=dict(labels if labels is not None else (selector or {})),
             static_endpoints=list(static_endpoints),
+            source_ranges=list(source_ranges),
         )
         self.services[ref] = svc
         return svc
@@ -606,6 +609,7 @@ def _service_object(svc: Service) -> dict[str, Any]:
         created=svc.created,
         labels=svc.labels,
         apiserver_defaults=True,
+        source_ranges=svc.source_ranges,
     )
 
 

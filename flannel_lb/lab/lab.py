@@ -621,6 +621,7 @@ class Lab:
         *,
         name: str | None = None,
         session_affinity: str = "None",
+        source_ranges: Sequence[str] = (),
     ) -> str:
         """`kubectl expose deployment D --external-ip=IP --port=...`; returns the Service's `ns/name`.
 
@@ -640,9 +641,20 @@ class Lab:
                 namespace=dep.namespace,
                 external_ips=ips,
                 session_affinity=session_affinity,
+                source_ranges=source_ranges,
             )
             self._sync(state, cluster)
             return svc.ref
+
+    def set_source_ranges(self, service: str, ranges: Sequence[str]) -> None:
+        """`kubectl patch service`: replace its loadBalancerSourceRanges (none: open to every client)."""
+        ref = service if "/" in service else f"default/{service}"
+        with self._verb() as (state, cluster):
+            svc = cluster.services.get(ref)
+            if svc is None:
+                raise LabError(f"no service {ref}")
+            svc.source_ranges = list(ranges)
+            self._sync(state, cluster)
 
     def unexpose(self, service: str) -> None:
         """`kubectl delete service`: the Service goes, then its Endpoints and slices (garbage collector)."""

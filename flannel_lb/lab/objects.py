@@ -113,6 +113,7 @@ def service(
     created: str = DEFAULT_CREATED,
     labels: Mapping[str, str] | None = None,
     apiserver_defaults: bool = False,
+    source_ranges: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A v1 Service. `ports` default to one TCP port 80; `uid` to one derived from the name.
 
@@ -131,6 +132,8 @@ def service(
     spec["sessionAffinity"] = affinity
     if load_balancer_ip:
         spec["loadBalancerIP"] = load_balancer_ip
+    if source_ranges:
+        spec["loadBalancerSourceRanges"] = list(source_ranges)
     if affinity == "ClientIP":
         timeout = affinity_timeout or DEFAULT_AFFINITY_TIMEOUT
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": timeout}}

@@ -300,6 +300,7 @@ def plan_service(
     if not (verdict.exposed or cluster_ips):
         return ServicePlan((svc.namespace, svc.name), verdict, created=_created(svc), denied=tuple(denied))
     affinity = Affinity("ClientIP", svc.affinity_timeout) if svc.session_affinity == "ClientIP" else None
+    ranges = ipv4_source_ranges(svc.source_ranges)
     frontends = []
     for sp in svc.ports:
         backends, excluded = _backends(sp, groups, admission)
@@ -313,10 +314,30 @@ def plan_service(
             check = svc.health_check_path if sp.protocol == "TCP" else ""
             frontends.append(
                 Frontend(
-                    address, sp.port, sp.protocol, svc.ref, sp.name, affinity, backends, excluded, kind, check
+                    address,
+                    sp.port,
+                    sp.protocol,
+                    svc.ref,
+                    sp.name,
+                    affinity,
+                    backends,
+                    excluded,
+                    kind,
+                    check,
+                    ranges if kind == "external" else None,  # the LB's own connections are not filtered
                 )
             )
     return ServicePlan((svc.namespace, svc.name), verdict, tuple(frontends), _created(svc), tuple(denied))
+
+
+def ipv4_source_ranges(ranges: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The IPv4 part of a Service's source ranges, merged into disjoint networks (nft's interval sets
+    refuse overlaps). A Service restricted to IPv6 ranges only admits no IPv4 client: kube-proxy would
+    leave its IPv4 frontends open, which is the opposite of what the ranges ask for."""
+    if ranges is None:
+        return None
+    networks = [ipaddress.IPv4Network(r) for r in ranges if ":" not in r]
+    return tuple(str(n) for n in ipaddress.collapse_addresses(networks))
 
 
 def endpoint_report(

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from flannel_lb.decode.model import PROTOCOLS
+from flannel_lb.decode.objects import MAX_SOURCE_RANGES
 from flannel_lb.plan.compute import ServicePlan
 from flannel_lb.plan.model import (
     Affinity,
@@ -70,7 +71,17 @@ def frontend_from_json(d: Mapping[str, Any]) -> Frontend:
             for e in d.get("excluded", ())
         ),
         kind=str(d.get("kind", "external")),
+        source_ranges=_ranges(d.get("source_ranges")),
     )
+
+
+def _ranges(value: object) -> tuple[str, ...] | None:
+    """Saved loadBalancerSourceRanges: None (open) only when the file says so or predates them."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise ValueError(f"source_ranges {str(value)[:80]!r} is not a list of networks")
+    return tuple(value)
 
 
 def _kind(label: object) -> Exclusion:
@@ -123,6 +134,12 @@ def _checked(f: Frontend) -> Frontend:
         ipaddress.IPv4Address(b.ip)
     if f.affinity is not None and not 0 < f.affinity.timeout <= 86400:
         raise ValueError(f"affinity timeout {f.affinity.timeout} is not from 1 to 86400 seconds")
+    if f.source_ranges is not None:
+        if len(f.source_ranges) > MAX_SOURCE_RANGES:
+            raise ValueError(f"{len(f.source_ranges)} source ranges: more than {MAX_SOURCE_RANGES}")
+        networks = [ipaddress.IPv4Network(r) for r in f.source_ranges]  # strict: as the planner writes them
+        if [str(n) for n in ipaddress.collapse_addresses(networks)] != list(f.source_ranges):
+            raise ValueError(f"source ranges {list(f.source_ranges)[:5]} are not disjoint and sorted")
     return f
 
 

@@ -72,6 +72,9 @@ class Frontend:
     excluded: tuple[Excluded, ...] = ()
     kind: str = "external"  # "external" (an LB address) or "cluster-ip" (reachable from the LB itself)
     check_path: str = ""  # [health]: GET this path on each backend; "" = a TCP connect
+    # loadBalancerSourceRanges: the IPv4 client networks admitted (disjoint, sorted); None: everyone.
+    # () admits nobody: the Service restricts its clients, but to none an IPv4 frontend can admit.
+    source_ranges: tuple[str, ...] | None = None
     # (address, port, protocol), computed once: every sync looks up every frontend by it, at 10k
     # frontends building the tuple on each access was a third of a sync's Python time.
     key: tuple[str, int, str] = field(init=False, repr=False, compare=False)
@@ -168,6 +171,7 @@ def frontend_json(f: Frontend) -> dict[str, Any]:
         "service": f.service,
         "port_name": f.port_name,
         "kind": f.kind,
+        "source_ranges": None if f.source_ranges is None else list(f.source_ranges),
         "affinity": None if f.affinity is None else {"mode": f.affinity.mode, "timeout": f.affinity.timeout},
         "backends": [{"ip": b.ip, "port": b.port, "node": b.node} for b in f.backends],
         "excluded": [

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flannel_lb.plan.compute import Admission, PlanSettings, endpoint_report, exposed_addresses, health_kept
+from flannel_lb.plan.compute import (
+    Admission,
+    PlanSettings,
+    endpoint_report,
+    exposed_addresses,
+    health_kept,
+    ipv4_source_ranges,
+)
 from flannel_lb.plan.model import Backend, Excluded, Plan
 from flannel_lb.state.cluster import ClusterState, ServiceRef
 from flannel_lb.text import printable
@@ -27,6 +35,8 @@ def plan_table(plan: Plan) -> str:
         kind = " [cluster IP, from the LB only]" if f.kind == "cluster-ip" else ""
         lines.append("")
         lines.append(f"{f.label}  {f.service}{port}{affinity}{kind}")
+        if f.source_ranges is not None:
+            lines.append(f"  {source_ranges_text(f.source_ranges)}")
         if not f.backends:
             lines.append("  (no backends: connections are refused)")
         lines.extend(f"  -> {b.ip}:{b.port:<6} {b.node}" for b in f.backends)
@@ -51,6 +61,12 @@ def plan_table(plan: Plan) -> str:
     return _joined(lines)
 
 
+def source_ranges_text(ranges: Sequence[str]) -> str:
+    if not ranges:
+        return "clients: none admitted (loadBalancerSourceRanges has no usable IPv4 range); all dropped"
+    return f"clients: only from {', '.join(ranges)} (loadBalancerSourceRanges); others dropped"
+
+
 def _joined(lines: list[str]) -> str:
     """One line per entry: names from etcd are escaped here, at output, so none can break a line."""
     return "\n".join(printable(line) for line in lines)
@@ -65,6 +81,10 @@ class PortStory:
     port: str
     backends: tuple[Backend, ...]
     excluded: tuple[Excluded, ...]
+
+
+def _listed(ranges: tuple[str, ...] | None) -> list[str] | None:
+    return None if ranges is None else list(ranges)
 
 
 def explain(
@@ -103,6 +123,8 @@ def explain(
         "endpoints_from": source,
         "endpoint_sources": sorted({g.source for g in groups}),
         "affinity": svc.session_affinity,
+        "source_ranges": None if svc.source_ranges is None else list(svc.source_ranges),
+        "ipv4_source_ranges": _listed(ipv4_source_ranges(svc.source_ranges)),
         "ports": ports,
         "frontends": [f.label for f in plan.frontends if f.service == name],
         "conflicts": [
@@ -131,6 +153,11 @@ def explain_text(story: dict[str, Any]) -> str:
     )
     if story["affinity"] == "ClientIP":
         lines.append("  session affinity: ClientIP")
+    if story["ipv4_source_ranges"] is not None:
+        lines.append(f"  {source_ranges_text(story['ipv4_source_ranges'])}")
+        ignored = [r for r in story["source_ranges"] if ":" in r]
+        if ignored:
+            lines.append(f"  IPv6 source ranges not used on IPv4 frontends: {', '.join(ignored)}")
     for p in story["ports"]:
         label = f"{p['port']}/{p['protocol']}" + (f" ({p['name']})" if p["name"] else "")
         lines.append(f"  port {label} -> targetPort {p['target_port']}:")

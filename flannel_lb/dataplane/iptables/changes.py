@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from flannel_lb.dataplane.iptables.rules import TABLES, Chain, Jump, RuleSet
 
-LEAF_ROLES = ("frontend", "endpoint")  # chains nothing but the dispatch (or their frontend) jumps to
+# chains nothing but the dispatch (or their frontend, or its firewall) jumps to
+LEAF_ROLES = ("frontend", "endpoint", "firewall")
 NFT_LEAF_BLOCK = 500  # iptables-nft: chains per early transaction (see `transactions`)
 
 

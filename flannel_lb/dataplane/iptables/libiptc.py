@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from flannel_lb.dataplane.iptables.changes import Changes
-from flannel_lb.dataplane.iptables.restore import read_owned
+from flannel_lb.dataplane.iptables.restore import read_owned, read_source_range_drops
 from flannel_lb.dataplane.iptables.rules import Rule, RuleSet
 from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.tools import Tools, make_tools
@@ -211,6 +211,9 @@ class LibiptcWriter(SyncState):
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return self._pool.submit(fn, *args).result()
+
+    def source_range_drops(self) -> dict[tuple[str, int, str], int]:
+        return read_source_range_drops(self.tools, self.prefix)
 
     def read_owned(self) -> RuleSet:
         return read_owned(self.tools, self._prefix)  # iptables-legacy-save: the same kernel tables

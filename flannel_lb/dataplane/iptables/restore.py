@@ -13,8 +13,8 @@ import re
 from flannel_lb.dataplane.generation import GenerationError, read_generation
 from flannel_lb.dataplane.iptables.changes import NFT_LEAF_BLOCK, Changes
 from flannel_lb.dataplane.iptables.render import render, render_changes
-from flannel_lb.dataplane.iptables.rules import TABLES, RuleSet, without_forward_jump
-from flannel_lb.dataplane.iptables.savefile import parse_save, spell
+from flannel_lb.dataplane.iptables.rules import FILTER, TABLES, RuleSet, without_forward_jump
+from flannel_lb.dataplane.iptables.savefile import parse_save, source_range_drops, spell
 from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.tools import Tools, make_tools
 
@@ -83,6 +83,11 @@ def read_owned(tools: Tools, prefix: str) -> RuleSet:
     return parse_save("".join(tools.output(tools.save_argv(t)) for t in TABLES), prefix)
 
 
+def read_source_range_drops(tools: Tools, prefix: str) -> dict[tuple[str, int, str], int]:
+    """Packets dropped per restricted frontend (`savefile.source_range_drops`): the filter table only."""
+    return source_range_drops(tools.output(tools.save_argv(FILTER, counters=True), timeout=10), prefix)
+
+
 def diff(desired: RuleSet, tools: Tools) -> str:
     """A unified diff from the kernel's owned chains to `desired`, newline-terminated ("" when they match)."""
     return diff_rulesets(read_owned(tools, desired.prefix), desired)
@@ -126,6 +131,9 @@ class RestoreWriter(SyncState):
         self.tools = make_tools(backend, netns)
         if self.tools.backend == "nft":
             self.leaf_block = NFT_LEAF_BLOCK
+
+    def source_range_drops(self) -> dict[tuple[str, int, str], int]:
+        return read_source_range_drops(self.tools, self.prefix)
 
     def read_owned(self) -> RuleSet:
         return read_owned(self.tools, self._prefix)

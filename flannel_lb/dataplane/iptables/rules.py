@@ -14,6 +14,12 @@ Layout (prefix `FLB-`):
     filter FORWARD  -> FLB-FORWARD       ACCEPT both directions of connections carrying the ctmark
                                          (forward_accept = "auto": only while FORWARD could drop them)
 
+loadBalancerSourceRanges (kube-proxy's KUBE-FW-* scheme): the dispatch rule of a restricted frontend
+jumps to FLB-FW-<hash>, one `-s RANGE -j FLB-FE-<hash>` per admitted range, so only those clients are
+DNATed; FLB-REJECT then DROPs new connections still addressed to the frontend (nobody else's are: the
+DNATed ones carry a pod address by then). The nat table may not drop; a rule per range costs only the
+first packet of a connection to that frontend, whatever the number of Services.
+
 Overlay guard: with `Options.overlay_udp_port` (flannel's vxlan, udp or wireguard port), FLB-SERVICES
 and FLB-LOCAL start with `-p udp -m udp --dport PORT -j RETURN`. Every new connection through the LB
 also starts two UDP flows of flannel's own encapsulation (out via nat OUTPUT, back via nat
@@ -76,7 +82,7 @@ BUCKET_TAGS = ("SVC-", "LCL-", "REJ-", "LRJ-")  # bucket chains of SERVICES, LOC
 
 DUPLICATE = "duplicate frontend (address, port, protocol); the first one is used"
 
-Role = Literal["dispatch", "bucket", "frontend", "endpoint"]
+Role = Literal["dispatch", "bucket", "frontend", "endpoint", "firewall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,9 @@ class Names:
     def endpoint(self, digest: str) -> str:
         return f"{self.prefix}SEP-{digest}"
 
+    def firewall(self, digest: str) -> str:
+        return f"{self.prefix}FW-{digest}"
+
 
 def hash16(text: str) -> str:
     """16 characters of base32(sha256): valid in chain names, 80 bits (kube-proxy's scheme)."""
@@ -282,9 +291,10 @@ class _Part:
     key: tuple[str, int, str] = ("", 0, "")
     label: str = ""
     udp_port: int = 0  # its port if it is a UDP frontend (the overlay guard must not shadow it)
-    slot: int = -1  # the dispatch chain it goes into (a *_SLOT), -1: none (no backends, no reject)
-    entry: tuple[int, str, Rule] | None = None  # (address << 16 | port, protocol, its dispatch rule)
-    chains: tuple[Chain, ...] = ()  # FE chain first, then SEP chains (frontends with backends)
+    # (the dispatch chain, a *_SLOT; (address << 16 | port, protocol, rule)), in order: its dispatch
+    # rule, or its REJECT, and a restricted frontend's DROP
+    entries: tuple[tuple[int, tuple[int, str, Rule]], ...] = ()
+    chains: tuple[Chain, ...] = ()  # FE chain first, then SEP chains, then the FW chain
     fe: tuple[str, str] | None = None  # (label, FE chain name) for RuleSet.frontend_chains
     backend_problems: tuple[tuple[str, str], ...] = ()
 
@@ -305,17 +315,28 @@ def _frontend_part(f: Frontend, opts: Options, names: Names) -> _Part:
     comment = _service_comment(f) if opts.comments else ""
     skipped: list[tuple[str, str]] = []
     backends = usable_backends(f, skipped)
+    ranges = f.source_ranges
     chains: tuple[Chain, ...] = ()
-    rule: Rule | None = None
-    slot = -1
-    if backends:
+    rules: list[tuple[int, Rule]] = []
+    if backends and ranges != ():
         chains = tuple(_frontend_chains(f, backends, opts, names))
-        rule = Rule(dst, (chains[0].name,), comment)
-        slot = LOCAL_SLOT if local else SERVICES_SLOT
-    elif opts.reject_empty:
+        target = chains[0].name
+        if ranges is not None:
+            chains += (_firewall_chain(f, ranges, target, opts, names),)
+            target = chains[-1].name
+        rules.append((LOCAL_SLOT if local else SERVICES_SLOT, Rule(dst, (target,), comment)))
+    elif opts.reject_empty and not backends:
         how = "tcp-reset" if proto == "tcp" else "icmp-port-unreachable"
-        rule = Rule(dst, ("REJECT", "--reject-with", how), comment)
+        reject = ("REJECT", "--reject-with", how)
         slot = LOCAL_REJECT_SLOT if local else REJECT_SLOT
+        if ranges is None:
+            rules.append((slot, Rule(dst, reject, comment)))
+        else:  # admitted clients learn there is no backend; the others are dropped below
+            rules += [(slot, Rule((*_source(r), *dst), reject, comment)) for r in ranges]
+    if ranges is not None:
+        drop = f"{comment} clients outside loadBalancerSourceRanges" if comment else ""
+        rules.append((REJECT_SLOT, Rule(dst, ("DROP",), clean_comment(drop))))
+    key = address << 16 | f.port
     return _Part(
         given,
         problems,
@@ -323,12 +344,27 @@ def _frontend_part(f: Frontend, opts: Options, names: Names) -> _Part:
         f.key,
         f.label,
         f.port if proto == "udp" else 0,
-        slot,
-        None if rule is None else (address << 16 | f.port, f.protocol, rule),
+        tuple((slot, (key, f.protocol, rule)) for slot, rule in rules),
         chains,
         (f.label, chains[0].name) if chains else None,
         tuple(skipped),
     )
+
+
+def _source(network: str) -> tuple[str, ...]:
+    # iptables-save prints no -s for 0.0.0.0/0: neither does the rule, so the two compare equal
+    return () if network == "0.0.0.0/0" else ("-s", network)
+
+
+def _firewall_chain(f: Frontend, ranges: tuple[str, ...], fe: str, opts: Options, names: Names) -> Chain:
+    """FLB-FW-<hash>: admitted clients go on to the frontend's chain; the rest fall through undone.
+
+    Named by its content, apart from the FE chain's, so a change of ranges rewrites this chain and the
+    dispatch rule, and the frontend's DNAT chain (with its counters) stays."""
+    name = names.firewall(hash16(f"{LAYOUT_VERSION}|{opts.prefix}|{fe}|{','.join(ranges)}"))
+    comment = clean_comment(f"{f.label} loadBalancerSourceRanges") if opts.comments else ""
+    rules = tuple(Rule(_source(r), (fe,), comment if i == 0 else "") for i, r in enumerate(ranges))
+    return Chain(NAT, name, rules, "firewall")
 
 
 def build_ruleset(plan: Plan, options: Options | None = None, *, forward_filtered: bool = True) -> RuleSet:
@@ -436,8 +472,8 @@ def _assemble(parts: list[_Part], opts: Options, names: Names, *, unique: bool, 
             skipped += part.backend_problems
         if part.udp_port and part.udp_port == overlay and not overlay_conflict:
             overlay_conflict = part.label
-        if part.entry is not None:
-            entries[part.slot].append(part.entry)
+        for slot, entry in part.entries:
+            entries[slot].append(entry)
         if part.fe is not None:
             per_frontend += part.chains
             frontend_chains.append(part.fe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from flannel_lb.dataplane.iptables.rules import (
     BUCKET_TAGS,
     BUILTIN_CHAINS,
     FILTER,
+    PROTOCOLS,
     TABLES,
     Chain,
     Jump,
@@ -57,11 +59,51 @@ def spell(tokens: tuple[str, ...]) -> str:
     return " ".join(out)
 
 
+_PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+
+def source_range_drops(text: str, prefix: str) -> dict[tuple[str, int, str], int]:
+    """Packets each restricted frontend dropped (clients outside its loadBalancerSourceRanges), by
+    (address, port, protocol), from `iptables-save -c -t filter`: the counters of its DROP rule in
+    FLB-REJECT or a REJ- bucket. The kernel zeroes them when that chain is rewritten."""
+    out: dict[tuple[str, int, str], int] = {}
+    for table, line in _lines(text):
+        if table != FILTER or not line.startswith("["):
+            continue
+        tokens = split_line(line)
+        if len(tokens) < 4 or tokens[1] != "-A":
+            continue
+        if tokens[2] != prefix + "REJECT" and not tokens[2].startswith(prefix + "REJ-"):
+            continue
+        rule = Rule.from_args(tokens[3:])
+        key = _destination(rule.matches) if rule.target == ("DROP",) else None
+        packets = tokens[0][1:].partition(":")[0]
+        if key is not None and packets.isdigit():
+            out[key] = out.get(key, 0) + int(packets)
+    return out
+
+
+def _destination(matches: tuple[str, ...]) -> tuple[str, int, str] | None:
+    """(address, port, protocol) of `-d ADDR/32 -p P ... --dport N` (None for any other shape)."""
+    found: dict[str, str] = {}
+    for flag, value in itertools.pairwise(matches):
+        if flag in ("-d", "-p", "--dport", "-s"):
+            found[flag] = value
+    address, _, length = found.get("-d", "").partition("/")
+    protocol = _PROTOCOL_NAMES.get(found.get("-p", ""))
+    port = found.get("--dport", "")
+    if "-s" in found or length != "32" or protocol is None or not port.isdigit():
+        return None
+    return (address, int(port), protocol)
+
+
 def role_of(name: str, prefix: str) -> Role:
     if name.startswith(prefix + "FE-"):
         return "frontend"
     if name.startswith(prefix + "SEP-"):
         return "endpoint"
+    if name.startswith(prefix + "FW-"):
+        return "firewall"
     if name[len(prefix) :].startswith(BUCKET_TAGS):
         return "bucket"
     return "dispatch"

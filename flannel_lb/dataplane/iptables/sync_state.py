@@ -63,6 +63,10 @@ class SyncState(ABC):
     @abstractmethod
     def read_owned(self) -> RuleSet: ...
 
+    def source_range_drops(self) -> dict[tuple[str, int, str], int]:
+        """Packets dropped per restricted frontend (`restore.read_source_range_drops`); {}: no kernel."""
+        return {}
+
     def generation(self) -> int | None:
         """The kernel's nf_tables generation (see `generation.py`), or None where there is none to
         trust (iptables-legacy): then every verify reads the kernel back."""

@@ -13,6 +13,11 @@ Layout (table `ip <prefix>`, e.g. `ip flb`; nothing outside it is ever touched):
                                frontend's M endpoint elements are its Maglev table (`maglev.py`)
     chain aff-<hash>...        ClientIP affinity only: per-frontend chains and per-endpoint sets
     prerouting/output (nat), postrouting (ctmark -> masquerade/snat), refuse-input/-output (filter)
+    set restricted      addr . proto . port              frontends with loadBalancerSourceRanges
+                                                         (a counter per element: its drops)
+    set allowed         addr . proto . port . client net  their admitted ranges (an interval set)
+    chain firewall-in/-out  before DNAT (filter, priority -110): a new connection to a restricted
+                        frontend from outside its ranges is dropped; two lookups whatever the sizes
 
 Dispatch is one hash lookup whatever the number of frontends, and 10k frontends x 10 endpoints are
 100k map elements in a handful of objects: nft's cost grows with chains and rules, not elements. An
@@ -22,6 +27,7 @@ memoised by `LayoutBuilder` per Frontend object, so a sync costs O(changed front
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,7 +47,8 @@ FAMILY = "ip"
 SERVICES, LOCAL_SERVICES = "services", "local-services"
 REJECTS, LOCAL_REJECTS = "rejects", "local-rejects"
 MAPS = (SERVICES, LOCAL_SERVICES, *(f"endpoints-{p}" for p in PROTOCOLS.values()))
-SETS = (REJECTS, LOCAL_REJECTS)
+RESTRICTED, ALLOWED = "restricted", "allowed"
+SETS = (REJECTS, LOCAL_REJECTS, RESTRICTED, ALLOWED)
 KEY = "ip daddr . meta l4proto . th dport"
 FrontendKey = tuple[str, int, str]
 
@@ -205,6 +212,19 @@ def frontend_entries(f: Frontend, opts: Options) -> Entries:
     problem = frontend_problem(f)
     if problem:
         return Entries(skipped=((f.label, problem),))
+    entries = _frontend_entries(f, opts)
+    if f.source_ranges is None:
+        return entries
+    key = frontend_key_text(f.address, PROTOCOLS[f.protocol], f.port)
+    firewall = [(RESTRICTED, key, ""), *((ALLOWED, f"{key} . {_network(r)}", "") for r in f.source_ranges)]
+    return dataclasses.replace(entries, head=(*entries.head, *firewall))
+
+
+def _network(cidr: str) -> str:
+    return cidr.removesuffix("/32")  # as nft lists a single address in an interval set
+
+
+def _frontend_entries(f: Frontend, opts: Options) -> Entries:
     skipped: list[tuple[str, str]] = []
     proto = PROTOCOLS[f.protocol]
     local = f.kind == "cluster-ip"
@@ -322,7 +342,14 @@ def hooked_chains(opts: Options) -> dict[str, tuple[str, tuple[str, ...]]]:
                 f"ct state new {KEY} @{REJECTS} goto refuse",
             ),
         ),
+        # A drop, not a reject: a client outside the ranges learns nothing, not even that the
+        # address serves (kube-proxy drops too). `accept` ends only this chain: DNAT still follows.
+        "firewall-in": ("type filter hook prerouting priority -110; policy accept;", _FIREWALL),
+        "firewall-out": ("type filter hook output priority -110; policy accept;", _FIREWALL),
     }
+
+
+_FIREWALL = (f"ct state new {KEY} . ip saddr @{ALLOWED} accept", f"ct state new {KEY} @{RESTRICTED} drop")
 
 
 def skeleton(opts: Options) -> str:
@@ -341,6 +368,8 @@ def skeleton(opts: Options) -> str:
         ),
         f"  set {REJECTS} {{ {keyed}; }}",
         f"  set {LOCAL_REJECTS} {{ {keyed}; }}",
+        f"  set {RESTRICTED} {{ {keyed}; counter; }}",
+        f"  set {ALLOWED} {{ {keyed} . ipv4_addr; flags interval; }}",
     ]
     for name, (hook, rules) in hooked_chains(opts).items():
         lines += [

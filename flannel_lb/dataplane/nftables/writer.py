@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flannel_lb.dataplane.generation import after_own_commits, read_generation
+from flannel_lb.dataplane.iptables.rules import PROTOCOLS
 from flannel_lb.dataplane.nftables import layout as nl
 from flannel_lb.dataplane.nftables.layout import FrontendKey
 from flannel_lb.dataplane.options import Options
@@ -274,6 +275,15 @@ class NftWriter:
             raise NftError(f"nft delete table {table} failed: {proc.stderr.strip()}")
         return f"removed nftables table {table}" if existed else f"no nftables table {table} to remove"
 
+    def source_range_drops(self) -> dict[tuple[str, int, str], int]:
+        """The per-element counters of the `restricted` set: only the drop rule's lookup hits them."""
+        proc = self._nft(["-j", "list", "set", nl.FAMILY, self.table, nl.RESTRICTED])
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return {}
+            raise NftError(f"nft list set {nl.RESTRICTED} failed: {proc.stderr.strip()}")
+        return restricted_counters(json.loads(proc.stdout))
+
     def close(self) -> None:
         self._current = None
 
@@ -351,12 +361,37 @@ def parse_listing(doc: dict[str, Any]) -> KernelTable:
     return out
 
 
+def restricted_counters(doc: dict[str, Any]) -> dict[tuple[str, int, str], int]:
+    """(address, port, protocol) -> packets, from `nft -j list set ... restricted`."""
+    names = {v: k for k, v in PROTOCOLS.items()}
+    out: dict[tuple[str, int, str], int] = {}
+    items = doc.get("nftables") if isinstance(doc, dict) else None
+    for item in items if isinstance(items, list) else []:
+        match item:
+            case {"set": {"elem": list(elements)}}:
+                pass
+            case _:
+                continue
+        for elem in elements:
+            match elem:
+                case {
+                    "elem": {
+                        "val": {"concat": [str(address), str(proto), int(port)]},
+                        "counter": {"packets": int(packets)},
+                    }
+                } if proto in names:
+                    out[(address, port, names[proto])] = packets
+    return out
+
+
 def _text(value: Any) -> str:
     if isinstance(value, dict):
         if "concat" in value:
             return " . ".join(_text(v) for v in value["concat"])
         if "elem" in value:
             return _text(value["elem"]["val"])
+        if "prefix" in value:
+            return f"{_text(value['prefix'].get('addr'))}/{_text(value['prefix'].get('len'))}"
         for verdict in ("goto", "jump"):
             if verdict in value:
                 return f"{verdict} {value[verdict]['target']}"
