@@ -477,3 +477,34 @@ def test_the_plane_follows_forward_and_never_races_a_firewall(mode: str) -> None
 
     kernel.forward = FILTER_ACCEPT.format(rules="")  # and goes: the accept stays
     assert not plane.sync(plan, verify=True).applied and installed()
+
+
+_FORWARDS = {
+    "accept": FILTER_ACCEPT.format(rules=""),
+    "drop": FILTER_ACCEPT.replace(":FORWARD ACCEPT", ":FORWARD DROP").format(rules=""),
+    "docker": FILTER_ACCEPT.format(rules="-A FORWARD -j DOCKER-USER\n"),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["auto", "always"]),
+    st.lists(st.tuples(st.sampled_from(sorted(_FORWARDS)), st.booleans()), min_size=1, max_size=8),
+)
+def test_diff_and_the_syncs_decide_the_forward_jump_alike(mode: str, steps: list[tuple[str, bool]]) -> None:
+    """One rule (`settle_forward`): after any verifying sync, the agent's `diff` and that of a fresh
+    process (`flannel-lb diff`, which knows nothing of the agent's history) find the kernel in step,
+    whatever FORWARD did before; and the jump is never missing while FORWARD can drop."""
+    kernel = ScriptedKernel()
+    plane = IptablesPlane(kernel, Options(forward_accept=mode))  # type: ignore[arg-type]
+    plan = Plan(1, (Frontend(LB, 80, "TCP", "a/web", backends=backends(2)),))
+    for forward, verify in steps:
+        kernel.forward = _FORWARDS[forward]
+        plane.sync(plan, verify=verify)
+        if verify:
+            assert plane.diff(plan) == ""
+            other = ScriptedKernel()  # the same kernel, read by another process
+            other.forward, other.applied = kernel.forward, kernel.applied
+            assert IptablesPlane(other, Options(forward_accept=mode)).diff(plan) == ""  # type: ignore[arg-type]
+            if forward != "accept":
+                assert any(j.chain == "FORWARD" for j in kernel.applied.jumps)

@@ -15,7 +15,7 @@ import structlog
 from flannel_lb import config as config_mod
 from flannel_lb.dataplane.iptables.render import render
 from flannel_lb.dataplane.iptables.restore import diff_rulesets
-from flannel_lb.dataplane.iptables.rules import FILTER, RuleBuilder, RuleSet, with_forward_jump
+from flannel_lb.dataplane.iptables.rules import RuleBuilder, RuleSet, has_forward_jump, settle_forward
 from flannel_lb.dataplane.iptables.sync_state import SyncResult, SyncState
 from flannel_lb.dataplane.options import Options, overlay_udp_port
 from flannel_lb.decode.model import NetworkConfig
@@ -109,10 +109,10 @@ def make_writer(cfg: config_mod.Config, netns: str | None = None) -> SyncState:
 class IptablesPlane:
     """A RuleSet writer (iptables-restore or libiptc) fed by a `RuleBuilder` (build_ruleset, memoised).
 
-    With `forward_accept = "auto"` the FORWARD -> FLB-FORWARD jump follows what the writer's read-backs
-    (adopt, verify, full) see of filter FORWARD, decided right after each read-back: left out while
-    FORWARD accepts everything anyway, installed while that is unknown and, for good, once FORWARD could
-    drop flannel-lb's flows. A FORWARD that turns to DROP later is noticed by the next verifying sync.
+    With `forward_accept = "auto"` the FORWARD -> FLB-FORWARD jump is decided by `settle_forward` right
+    after each of the writer's read-backs (adopt, verify, full), and kept as decided by the syncs in
+    between; `diff` applies the same rule to its own read-back. A FORWARD that turns to DROP later is
+    noticed by the next verifying sync.
     """
 
     def __init__(self, writer: SyncState, options: Options) -> None:
@@ -120,12 +120,16 @@ class IptablesPlane:
         self.options = options  # the agent replaces it on a config reload: the builder then starts over
         self.builder = RuleBuilder()
         self.skipped: tuple[tuple[str, str], ...] = ()  # what the last sync's rule set could not express
-        self.forward_filtered: bool | None = None  # None: not read back yet (assumed True)
+        self.forward_filtered: bool | None = None  # None: not read back yet; True: sticks (logged once)
+        self._forward_jump = True  # as last settled; unknown: assumed needed
         writer.settle = self._settle
+
+    def _build(self, plan: Plan) -> RuleSet:
+        return self.builder.build(plan, self.options, forward_filtered=self._forward_jump)
 
     def sync(self, plan: Plan, *, verify: bool = False) -> SyncResult:
         # verify: the periodic resync reads the kernel back and rewrites only what drifted
-        desired = self.builder.build(plan, self.options, forward_filtered=self.forward_filtered is not False)
+        desired = self._build(plan)
         if desired.skipped != self.skipped:
             known = set(self.skipped)
             new = [f"{what}: {why}" for what, why in desired.skipped if (what, why) not in known]
@@ -134,25 +138,24 @@ class IptablesPlane:
         self.skipped = desired.skipped
         return self.writer.sync(desired, verify=verify)
 
-    def _settle(self, desired: RuleSet) -> RuleSet:
-        """After a read-back: the FORWARD jump as the kernel's FORWARD chain requires it."""
-        seen = self.writer.forward_filtered
-        if seen:
+    def _settle(self, desired: RuleSet, kernel: RuleSet) -> RuleSet:
+        """After a read-back: the FORWARD jump as the kernel requires it (`settle_forward`)."""
+        if kernel.forward_filtered:
             if self.forward_filtered is False:
                 log.warning("forward_filtered", detail="FORWARD can drop flows now: installing the accept")
-            self.forward_filtered = True  # for good: never race a firewall that comes and goes
-        elif seen is False and self.forward_filtered is None:
+            self.forward_filtered = True
+        elif kernel.forward_filtered is False and self.forward_filtered is None:
             self.forward_filtered = False
-        want = self.options.forward_accept == "always" or self.forward_filtered is not False
-        have = any(j.table == FILTER and j.chain == "FORWARD" for j in desired.jumps)
-        return desired if want == have else with_forward_jump(desired, want)
+        settled = settle_forward(desired, kernel)
+        self._forward_jump = has_forward_jump(settled)
+        return settled
 
     def render(self, plan: Plan, *, full: bool = False) -> str:
-        desired = self.builder.build(plan, self.options, forward_filtered=self.forward_filtered is not False)
+        desired = self._build(plan)
         return render(desired, None, full=True) if full else self.writer.render(desired)
 
     def diff(self, plan: Plan) -> str:
-        desired = self.builder.build(plan, self.options, forward_filtered=self.forward_filtered is not False)
+        desired = self._build(plan)
         return diff_rulesets(self.writer.read_owned(), desired)
 
     def cleanup(self) -> str:

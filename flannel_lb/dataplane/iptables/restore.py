@@ -13,7 +13,7 @@ import re
 from flannel_lb.dataplane.generation import GenerationError, read_generation
 from flannel_lb.dataplane.iptables.changes import NFT_LEAF_BLOCK, Changes
 from flannel_lb.dataplane.iptables.render import render, render_changes
-from flannel_lb.dataplane.iptables.rules import FILTER, TABLES, RuleSet, without_forward_jump
+from flannel_lb.dataplane.iptables.rules import FILTER, TABLES, RuleSet, settle_forward
 from flannel_lb.dataplane.iptables.savefile import parse_save, source_range_drops, spell
 from flannel_lb.dataplane.iptables.sync_state import SyncState
 from flannel_lb.dataplane.tools import Tools, make_tools
@@ -94,10 +94,9 @@ def diff(desired: RuleSet, tools: Tools) -> str:
 
 
 def diff_rulesets(current: RuleSet, desired: RuleSet) -> str:
-    """A unified diff from `current` (the kernel's owned chains) to `desired` ("" when they match)."""
-    if desired.forward_auto and current.forward_filtered is False:
-        # FORWARD accepts everything: flannel-lb's accept there is optional (kept once it was needed)
-        desired, current = without_forward_jump(desired), without_forward_jump(current)
+    """A unified diff from `current` (the kernel's owned chains) to `desired` ("" when they match),
+    the FORWARD jump settled against `current` as a sync would settle it."""
+    desired = settle_forward(desired, current)
     lines = difflib.unified_diff(_listing(current), _listing(desired), "kernel", "desired", lineterm="", n=1)
     return "".join(f"{line}\n" for line in lines)
 

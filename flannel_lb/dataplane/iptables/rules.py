@@ -164,7 +164,7 @@ class RuleSet:
     # Read back from a kernel only: whether filter FORWARD could drop flannel-lb's flows (policy DROP, or
     # rules other than flannel-lb's jump); None when not known.
     forward_filtered: bool | None = field(default=None, compare=False)
-    # Built with forward_accept = "auto": the FORWARD jump is optional where FORWARD accepts everything.
+    # Built with forward_accept = "auto": the FORWARD jump follows the kernel (`settle_forward`).
     forward_auto: bool = field(default=False, compare=False)
     _index: dict[tuple[str, str], Chain] = field(default_factory=dict, compare=False, repr=False)
 
@@ -582,14 +582,27 @@ def bucket_leaves(keys: Sequence[int], size: int) -> list[tuple[int, int, int, i
     return out
 
 
+def settle_forward(desired: RuleSet, kernel: RuleSet) -> RuleSet:
+    """`desired` with the FORWARD -> FLB-FORWARD jump as `forward_accept = "auto"` wants it, given a
+    read-back of the kernel: the one rule, for syncs and for `diff` alike.
+
+    The jump is left out only while the kernel's FORWARD accepts everything and holds no jump of
+    flannel-lb's: one already there was installed while FORWARD could drop, and it stays, so a
+    firewall that comes and goes is never raced. With "always" the jump is never left out.
+    """
+    if not desired.forward_auto:
+        return desired
+    want = kernel.forward_filtered is not False or has_forward_jump(kernel)
+    return desired if want == has_forward_jump(desired) else with_forward_jump(desired, want)
+
+
+def has_forward_jump(rs: RuleSet) -> bool:
+    return any(j.table == FILTER and j.chain == "FORWARD" for j in rs.jumps)
+
+
 def with_forward_jump(rs: RuleSet, forward: bool) -> RuleSet:
     """`rs` with (or without) the filter FORWARD -> FLB-FORWARD jump."""
     return _with_jumps(rs, _jumps(Names(rs.prefix), forward=forward))
-
-
-def without_forward_jump(rs: RuleSet) -> RuleSet:
-    """`rs` without any filter FORWARD jump (kernel read-backs too)."""
-    return _with_jumps(rs, tuple(j for j in rs.jumps if not (j.table == FILTER and j.chain == "FORWARD")))
 
 
 def _with_jumps(rs: RuleSet, jumps: tuple[Jump, ...]) -> RuleSet:

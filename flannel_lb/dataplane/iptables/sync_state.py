@@ -49,9 +49,9 @@ class SyncState(ABC):
         self._current: RuleSet | None = None  # what the kernel holds, as far as this writer knows
         self._need_full = False
         self.forward_filtered: bool | None = None  # from the last read-back (see RuleSet.forward_filtered)
-        # Called with the desired RuleSet right after each read-back of the kernel (adopt, verify, full);
-        # returns what to apply instead (IptablesPlane: the FORWARD jump as that read-back requires).
-        self.settle: Callable[[RuleSet], RuleSet] | None = None
+        # Called with the desired RuleSet and the kernel's right after each read-back (adopt, verify,
+        # full); returns what to apply instead (IptablesPlane: the FORWARD jump as the kernel requires).
+        self.settle: Callable[[RuleSet, RuleSet], RuleSet] | None = None
         self._genid: int | None = None  # nf_tables generation at our last commit or read-back
         self.leaf_block: int | None = None  # see `changes.transactions`; None: one transaction per sync
         self.read_backs = 0  # kernel reads done by adopt/verify/full (the generation check avoids most)
@@ -120,7 +120,7 @@ class SyncState(ABC):
         kernel = self.read_owned()
         if kernel.forward_filtered is not None:
             self.forward_filtered = kernel.forward_filtered
-        return kernel, (desired if self.settle is None else self.settle(desired))
+        return kernel, (desired if self.settle is None else self.settle(desired, kernel))
 
     def render(self, desired: RuleSet, *, full: bool = False, verify: bool = False) -> str:
         """The exact restore text the next sync would apply ("" if nothing would change)."""
