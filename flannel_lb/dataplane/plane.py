@@ -8,7 +8,7 @@ only what changed.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -20,8 +20,6 @@ from flannel_lb.dataplane.iptables.sync_state import SyncResult, SyncState
 from flannel_lb.dataplane.options import Options, overlay_udp_port
 from flannel_lb.decode.model import NetworkConfig
 from flannel_lb.plan.model import Plan
-
-Mode = Literal["adopt", "verify", "full", "partial"]
 
 log = structlog.get_logger("flannel_lb.dataplane")
 

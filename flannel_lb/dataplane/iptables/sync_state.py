@@ -13,15 +13,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from flannel_lb.dataplane.generation import after_own_commits
 from flannel_lb.dataplane.iptables.changes import Changes, compute_changes, transactions
 from flannel_lb.dataplane.iptables.render import render_changes, render_transactions
 from flannel_lb.dataplane.iptables.rules import RuleSet
-
-if TYPE_CHECKING:
-    from flannel_lb.dataplane.plane import Mode
+from flannel_lb.dataplane.modes import Mode, choose_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +95,20 @@ class SyncState(ABC):
     def _plan(self, desired: RuleSet, *, full: bool, verify: bool) -> tuple[Mode, Changes, RuleSet]:
         if desired.prefix != self._prefix:
             raise ValueError(f"rule set prefix {desired.prefix!r} != writer prefix {self._prefix!r}")
-        if full or self._need_full:
+        mode, read = choose_mode(
+            full=full or self._need_full,
+            verify=verify,
+            remembers=self._current is not None,
+            unchanged=lambda: self._genid is not None and self._genid == self.generation(),
+        )
+        if mode == "full":  # read anyway: stale chains found there are deleted
             kernel, desired = self._read_back(desired)
-            return "full", compute_changes(desired, kernel, full=True), desired
-        if (
-            verify
-            and self._current is not None
-            and self._genid is not None
-            and self._genid == self.generation()
-        ):
-            # Nobody committed since our last commit or read-back: the kernel holds what we remember.
-            return "verify", compute_changes(desired, self._current), desired
-        if verify or self._current is None:
+            return mode, compute_changes(desired, kernel, full=True), desired
+        if read:
             kernel, desired = self._read_back(desired)
-            return ("verify" if verify else "adopt"), compute_changes(desired, kernel), desired
-        return "partial", compute_changes(desired, self._current), desired
+            return mode, compute_changes(desired, kernel), desired
+        assert self._current is not None
+        return mode, compute_changes(desired, self._current), desired
 
     def _read_back(self, desired: RuleSet) -> tuple[RuleSet, RuleSet]:
         self._genid = self.generation()  # before the read: a commit during it shows up next time

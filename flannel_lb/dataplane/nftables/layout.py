@@ -53,6 +53,50 @@ KEY = "ip daddr . meta l4proto . th dport"
 FrontendKey = tuple[str, int, str]
 
 
+@dataclass(frozen=True, slots=True)
+class NftChain:
+    """A chain of the owned table, its rules as nft statements (as knftables keeps them), rendered into
+    commands in one place; `hook` makes it a base chain."""
+
+    name: str
+    rules: tuple[str, ...] = ()
+    hook: str = ""  # e.g. "type nat hook prerouting priority dstnat; policy accept;"
+
+    def commands(self, table: str) -> list[str]:
+        hook = f" {{ {self.hook} }}" if self.hook else ""
+        head = f"add chain {FAMILY} {table} {self.name}{hook}"
+        return [head, *(f"add rule {FAMILY} {table} {self.name} {rule}" for rule in self.rules)]
+
+    def delete(self, table: str) -> str:
+        return f"delete chain {FAMILY} {table} {self.name}"
+
+    def block(self) -> list[str]:
+        """As a `chain NAME { ... }` block inside `table ... { }`."""
+        body = [self.hook, *self.rules] if self.hook else list(self.rules)
+        return [f"  chain {self.name} {{", *(f"    {line}" for line in body), "  }"]
+
+
+@dataclass(frozen=True, slots=True)
+class NftSet:
+    """A set or map of the owned table; `spec` is its body (`type ...; flags ...;`)."""
+
+    name: str
+    spec: str
+    kind: str = "set"  # or "map"
+
+    def commands(self, table: str) -> list[str]:
+        return [f"add {self.kind} {FAMILY} {table} {self.name} {{ {self.spec} }}"]
+
+    def delete(self, table: str) -> str:
+        return f"delete {self.kind} {FAMILY} {table} {self.name}"
+
+    def block(self) -> list[str]:
+        return [f"  {self.kind} {self.name} {{ {self.spec} }}"]
+
+
+NftObject = NftChain | NftSet
+
+
 def shaping(opts: Options) -> tuple[object, ...]:
     """The options the nftables table depends on (the rest only shape the iptables layout)."""
     return (
@@ -80,8 +124,8 @@ class Entries:
     """
 
     head: tuple[tuple[str, str, str], ...] = ()  # dispatch or reject: (map or set, key, value; "" for sets)
-    # own chains/sets (affinity): (name, nft commands), in creation order
-    objects: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # its own sets and chains (affinity), in creation order: deleted in the reverse one
+    objects: tuple[NftObject, ...] = ()
     balance: tuple[int, str] | None = None  # the shared balance chain it jumps to: (k, proto)
     skipped: tuple[tuple[str, str], ...] = ()  # (what, why) the layout cannot express
     address: str = ""  # the frontend's address and port: the endpoint elements' key prefix
@@ -259,39 +303,30 @@ def _frontend_entries(f: Frontend, opts: Options) -> Entries:
 
 def _affinity_objects(
     f: Frontend, backends: list[Backend], proto: str, opts: Options
-) -> tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]:
+) -> tuple[str, tuple[NftObject, ...]]:
     """ClientIP affinity the way kube-proxy's nftables mode does it: a per-endpoint set of recent
     clients (entries expire after the timeout), checked before the random choice. Sets are named by
     frontend and endpoint, so a client stays on its pod when other endpoints come and go."""
-    table = table_name(opts.prefix)
     seconds = f.affinity.timeout if f.affinity else 0
-    objects: list[tuple[str, tuple[str, ...]]] = []
+    objects: list[NftObject] = []
     endpoint_chains = []
     for b in backends:
         name = "aff-" + hash16(f"{LAYOUT_VERSION}|{f.key}|{b.ip}|{b.port}|{seconds}")
         endpoint_chains.append(name)
-        objects.append(
-            (
-                name,
-                (
-                    f"add set {FAMILY} {table} {name}"
-                    f" {{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}",
-                    f"add chain {FAMILY} {table} {name}",
-                    f"add rule {FAMILY} {table} {name} update @{name} {{ ip saddr }}"
-                    f" meta l4proto {proto} dnat ip to {b.ip}:{b.port}",
-                ),
-            )
-        )
+        remember = f"update @{name} {{ ip saddr }} meta l4proto {proto} dnat ip to {b.ip}:{b.port}"
+        objects += [
+            NftSet(name, f"type ipv4_addr; flags dynamic,timeout; timeout {seconds}s;"),
+            NftChain(name, (remember,)),
+        ]
     chain = "aff-" + hash16(f"{LAYOUT_VERSION}|{f.fingerprint()}|{opts.mark}|{opts.balance}")
     picks = ", ".join(f"{i} : goto {name}" for i, name in enumerate(endpoint_chains))
-    rules = [f"add chain {FAMILY} {table} {chain}", f"add rule {FAMILY} {table} {chain} {_set_mark(opts)}"]
-    rules += [f"add rule {FAMILY} {table} {chain} ip saddr @{name} goto {name}" for name in endpoint_chains]
+    rules = [_set_mark(opts), *(f"ip saddr @{name} goto {name}" for name in endpoint_chains)]
     # maglev: a new client's pod is a seeded hash of its address, so the standby (which has not seen
     # the affinity sets) picks the same one; plain `mod k`, not a Maglev table
     k, seed = len(backends), f"seed {maglev.SEED:#x}"
     pick = f"jhash ip saddr mod {k} {seed}" if opts.balance == "maglev" else f"numgen random mod {k}"
-    rules.append(f"add rule {FAMILY} {table} {chain} {pick} vmap {{ {picks} }}")
-    objects.append((chain, tuple(rules)))
+    rules.append(f"{pick} vmap {{ {picks} }}")
+    objects.append(NftChain(chain, tuple(rules)))
     return chain, tuple(objects)
 
 
@@ -299,85 +334,89 @@ def _set_mark(opts: Options) -> str:
     return f"ct mark set ct mark | {opts.mark:#x}"
 
 
-def balance_chain_commands(k: int, proto: str, opts: Options) -> tuple[str, ...]:
-    table, name = table_name(opts.prefix), balance_chain(k, proto, opts.balance)
+def balance_chain_object(k: int, proto: str, opts: Options) -> NftChain:
+    name = balance_chain(k, proto, opts.balance)
     index = flow_hash(proto, k) if opts.balance == "maglev" else f"numgen random mod {k}"
-    return (
-        f"add chain {FAMILY} {table} {name}",
-        f"add rule {FAMILY} {table} {name} {_set_mark(opts)}"
-        f" dnat ip to ip daddr . {proto} dport . {index} map @{endpoint_map(proto)}",
-    )
+    dnat = f"dnat ip to ip daddr . {proto} dport . {index} map @{endpoint_map(proto)}"
+    return NftChain(name, (f"{_set_mark(opts)} {dnat}",))
 
 
-def hooked_chains(opts: Options) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """The fixed chains: name -> (hook line, rules).
+def hooked_chains(opts: Options) -> tuple[NftChain, ...]:
+    """The fixed chains (and `refuse`, which the refusals go to).
 
     The refusals hook in just before the iptables filter chains (`filter - 1`), as the iptables
     layout's jumps sit at the top of INPUT/OUTPUT: a firewall that silently drops closed ports must
     not turn "no backends" into a timeout.
     """
     mark = f"ct mark & {opts.mark:#x} == {opts.mark:#x}"
-    return {
-        "prerouting": (
-            "type nat hook prerouting priority dstnat; policy accept;",
+    return (
+        NftChain(
+            "prerouting",
             (f"{KEY} vmap @{SERVICES}",),
+            "type nat hook prerouting priority dstnat; policy accept;",
         ),
-        "output": (
-            "type nat hook output priority -100; policy accept;",
+        NftChain(
+            "output",
             (f"{KEY} vmap @{LOCAL_SERVICES}", f"{KEY} vmap @{SERVICES}"),
+            "type nat hook output priority -100; policy accept;",
         ),
-        "postrouting": (
-            "type nat hook postrouting priority srcnat; policy accept;",
+        NftChain(
+            "postrouting",
             tuple(f"{mark} {rule}" for rule in _snat_statements(opts)),
+            "type nat hook postrouting priority srcnat; policy accept;",
         ),
-        "refuse": ("", ("meta l4proto tcp reject with tcp reset", "reject")),
-        "refuse-input": (
-            "type filter hook input priority filter - 1; policy accept;",
+        NftChain("refuse", ("meta l4proto tcp reject with tcp reset", "reject")),
+        NftChain(
+            "refuse-input",
             (f"ct state new {KEY} @{REJECTS} goto refuse",),
+            "type filter hook input priority filter - 1; policy accept;",
         ),
-        "refuse-output": (
-            "type filter hook output priority filter - 1; policy accept;",
+        NftChain(
+            "refuse-output",
             (
                 f"ct state new {KEY} @{LOCAL_REJECTS} goto refuse",
                 f"ct state new {KEY} @{REJECTS} goto refuse",
             ),
+            "type filter hook output priority filter - 1; policy accept;",
         ),
         # A drop, not a reject: a client outside the ranges learns nothing, not even that the
         # address serves (kube-proxy drops too). `accept` ends only this chain: DNAT still follows.
-        "firewall-in": ("type filter hook prerouting priority -110; policy accept;", _FIREWALL),
-        "firewall-out": ("type filter hook output priority -110; policy accept;", _FIREWALL),
-    }
+        NftChain("firewall-in", _FIREWALL, "type filter hook prerouting priority -110; policy accept;"),
+        NftChain("firewall-out", _FIREWALL, "type filter hook output priority -110; policy accept;"),
+    )
 
 
 _FIREWALL = (f"ct state new {KEY} . ip saddr @{ALLOWED} accept", f"ct state new {KEY} @{RESTRICTED} drop")
 
 
-def skeleton(opts: Options) -> str:
-    """The fixed part of the table (maps, sets, hooked chains) as an `nft -f` block."""
+def fixed_sets() -> tuple[NftSet, ...]:
     keyed = "type ipv4_addr . inet_proto . inet_service"
-    lines = [
-        f"table {FAMILY} {table_name(opts.prefix)} {{",
-        f"  map {SERVICES} {{ {keyed} : verdict; }}",
-        f"  map {LOCAL_SERVICES} {{ {keyed} : verdict; }}",
+    return (
+        NftSet(SERVICES, f"{keyed} : verdict;", "map"),
+        NftSet(LOCAL_SERVICES, f"{keyed} : verdict;", "map"),
         # One endpoint map per protocol, keyed by `tcp dport` etc.: with a `th dport` key, nft 1.0.6
         # refuses later `add rule` commands that use the map ("conflicting protocols: tcp vs. th").
         *(
-            f"  map {endpoint_map(p)} {{ typeof ip daddr . {p} dport . numgen random mod 1"
-            f" : ip daddr . {p} dport; }}"
+            NftSet(endpoint_map(p), f"typeof {_endpoint_key(p)} : ip daddr . {p} dport;", "map")
             for p in PROTOCOLS.values()
         ),
-        f"  set {REJECTS} {{ {keyed}; }}",
-        f"  set {LOCAL_REJECTS} {{ {keyed}; }}",
-        f"  set {RESTRICTED} {{ {keyed}; counter; }}",
-        f"  set {ALLOWED} {{ {keyed} . ipv4_addr; flags interval; }}",
-    ]
-    for name, (hook, rules) in hooked_chains(opts).items():
-        lines += [
-            f"  chain {name} {{",
-            *([f"    {hook}"] if hook else []),
-            *(f"    {r}" for r in rules),
-            "  }",
-        ]
+        NftSet(REJECTS, f"{keyed};"),
+        NftSet(LOCAL_REJECTS, f"{keyed};"),
+        NftSet(RESTRICTED, f"{keyed}; counter;"),
+        NftSet(ALLOWED, f"{keyed} . ipv4_addr; flags interval;"),
+    )
+
+
+def _endpoint_key(proto: str) -> str:
+    return f"ip daddr . {proto} dport . numgen random mod 1"
+
+
+def skeleton(opts: Options) -> str:
+    """The fixed part of the table (maps, sets, hooked chains) as an `nft -f` block."""
+    lines = [f"table {FAMILY} {table_name(opts.prefix)} {{"]
+    objects: tuple[NftObject, ...] = (*fixed_sets(), *hooked_chains(opts))
+    for obj in objects:
+        lines += obj.block()
     return "\n".join([*lines, "}"])
 
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from flannel_lb.dataplane.generation import after_own_commits, read_generation
 from flannel_lb.dataplane.iptables.rules import PROTOCOLS
+from flannel_lb.dataplane.modes import Mode, choose_mode
 from flannel_lb.dataplane.nftables import layout as nl
 from flannel_lb.dataplane.nftables.layout import FrontendKey
 from flannel_lb.dataplane.options import Options
-from flannel_lb.dataplane.plane import Mode
 from flannel_lb.kernel.netns import run
 from flannel_lb.plan.model import Plan
 from flannel_lb.untrusted import ascii_decimal
@@ -104,23 +104,27 @@ class NftWriter:
     ) -> tuple[Mode, str, dict[str, int], nl.Layout]:
         """What the next sync would do: its mode, the `nft -f` text ("" = nothing), counts, the layout."""
         desired = self.builder.build(plan)
-        if full or self._need_full:
-            return ("full", *self._full_text(desired), desired)
-        if verify or self._current is None:
-            mode: Mode = "verify" if verify else "adopt"
-            if self._current is not None and self._genid is not None and self._genid == self.generation():
-                return ("verify", *self._delta_text(self._current, desired), desired)  # nobody else committed
-            self._genid = self.generation()  # before the read: a commit during it shows up next time
-            self.verify_reads += 1
-            kernel = self.read_kernel()
-            drift = self.drift(kernel, desired)
-            if not drift:
-                assert kernel is not None
-                self._staged_balance = _balance_chains(kernel, self._options)  # used ones and leftovers alike
-                return mode, "", {}, desired
-            self.last_drift = drift
+        mode, read = choose_mode(
+            full=full or self._need_full,
+            verify=verify,
+            remembers=self._current is not None,
+            unchanged=lambda: self._genid is not None and self._genid == self.generation(),
+        )
+        if mode == "full":
             return (mode, *self._full_text(desired), desired)
-        return ("partial", *self._delta_text(self._current, desired), desired)
+        if not read:
+            assert self._current is not None
+            return (mode, *self._delta_text(self._current, desired), desired)
+        self._genid = self.generation()  # before the read: a commit during it shows up next time
+        self.verify_reads += 1
+        kernel = self.read_kernel()
+        drift = self.drift(kernel, desired)
+        if not drift:
+            assert kernel is not None
+            self._staged_balance = _balance_chains(kernel, self._options)  # used ones and leftovers alike
+            return mode, "", {}, desired
+        self.last_drift = drift
+        return (mode, *self._full_text(desired), desired)
 
     def sync(self, plan: Plan, *, full: bool = False, verify: bool = False) -> NftSyncResult:
         """One atomic transaction (none if nothing changed); a failure makes the next sync a full one."""
@@ -158,10 +162,10 @@ class NftWriter:
         opts, table = self._options, self.table
         lines = [f"table {nl.FAMILY} {table}", f"delete table {nl.FAMILY} {table}", nl.skeleton(opts)]
         for k, proto in sorted(desired.balance_chains()):
-            lines += nl.balance_chain_commands(k, proto, opts)
+            lines += nl.balance_chain_object(k, proto, opts).commands(table)
         for entries in desired.frontends.values():
-            for _, commands in entries.objects:
-                lines += commands
+            for obj in entries.objects:
+                lines += obj.commands(table)
         # Frontends own disjoint keys, so their elements need no de-duplication (nor sorting: 100k here).
         elements = [el for entries in desired.frontends.values() for el in entries.elements]
         lines += nl.element_commands("add", table, elements)
@@ -171,8 +175,8 @@ class NftWriter:
     def _delta_text(self, old: nl.Layout, new: nl.Layout) -> tuple[str, dict[str, int]]:
         add: list[tuple[str, str, str]] = []
         delete: list[tuple[str, str, str]] = []
-        new_objects: list[tuple[str, tuple[str, ...]]] = []
-        gone_objects: list[str] = []
+        new_objects: list[nl.NftObject] = []
+        gone_objects: list[nl.NftObject] = []
         if new.changed is not None and new.base is old:
             keys: Iterable[FrontendKey] = new.changed  # the builder knows what changed since `old`
         else:
@@ -190,18 +194,14 @@ class NftWriter:
         table, lines = self.table, list[str]()
         self._staged_balance = needed  # present in the kernel once this text is applied
         for k, proto in sorted(needed):
-            lines += nl.balance_chain_commands(k, proto, self._options)
-        for _, commands in new_objects:
-            lines += commands
+            lines += nl.balance_chain_object(k, proto, self._options).commands(table)
+        for obj in new_objects:
+            lines += obj.commands(table)
         lines += nl.element_commands("delete", table, delete)
         lines += nl.element_commands("add", table, add)
-        # Objects go after the elements that jump to them; a frontend chain before the endpoint chains
-        # and sets it references (each frontend lists its own chain last).
-        old_sets = _set_names(old) if gone_objects else set()
-        for name in reversed(gone_objects):
-            lines.append(f"delete chain {nl.FAMILY} {table} {name}")
-            if name in old_sets:
-                lines.append(f"delete set {nl.FAMILY} {table} {name}")
+        # Objects go after the elements that jump to them, in the reverse of their creation order: a
+        # frontend chain before the endpoint chains it jumps to, a chain before the set it updates.
+        lines += [obj.delete(table) for obj in reversed(gone_objects)]
         # Balance chains no longer used are left in place (one rule each) until the next full sync.
         counts = {
             "elements_added": len(add),
@@ -293,18 +293,18 @@ def _diff(
     new: nl.Entries | None,
     add: list[tuple[str, str, str]],
     delete: list[tuple[str, str, str]],
-    new_objects: list[tuple[str, tuple[str, ...]]],
-    gone_objects: list[str],
+    new_objects: list[nl.NftObject],
+    gone_objects: list[nl.NftObject],
 ) -> None:
     before = set(old.elements) if old else set()
     after = set(new.elements) if new else set()
     # A changed value (same key) is a delete plus an add; both happen in the same transaction.
     delete += sorted(before - after)
     add += sorted(after - before)
-    old_names = {name for name, _ in old.objects} if old else set()
-    new_names = {name for name, _ in new.objects} if new else set()
-    new_objects += [(name, cmds) for name, cmds in (new.objects if new else ()) if name not in old_names]
-    gone_objects += [name for name, _ in (old.objects if old else ()) if name not in new_names]
+    had = set(old.objects) if old else set()
+    has = set(new.objects) if new else set()
+    new_objects += [obj for obj in (new.objects if new else ()) if obj not in had]
+    gone_objects += [obj for obj in (old.objects if old else ()) if obj not in has]
 
 
 def _balance_chains(kernel: KernelTable, opts: Options) -> set[tuple[int, str]]:
@@ -319,22 +319,16 @@ def _balance_chains(kernel: KernelTable, opts: Options) -> set[tuple[int, str]]:
 
 
 def _set_names(layout: nl.Layout) -> set[str]:
-    """Affinity objects: each per-endpoint name is both a chain and a set (frontend chains are not)."""
-    return {
-        name
-        for e in layout.frontends.values()
-        for name, commands in e.objects
-        if commands and commands[0].startswith("add set ")
-    }
+    """The frontends' own sets (affinity: one per endpoint)."""
+    return {obj.name for e in layout.frontends.values() for obj in e.objects if isinstance(obj, nl.NftSet)}
 
 
 def expected_chains(layout: nl.Layout, opts: Options) -> dict[str, int]:
     """Chain name -> number of rules, for the whole desired table."""
-    out = {name: len(rules) for name, (_, rules) in nl.hooked_chains(opts).items()}
+    out = {chain.name: len(chain.rules) for chain in nl.hooked_chains(opts)}
     out.update({nl.balance_chain(k, proto, opts.balance): 1 for k, proto in layout.balance_chains()})
     for e in layout.frontends.values():
-        for name, commands in e.objects:
-            out[name] = sum(1 for c in commands if c.startswith("add rule "))
+        out.update({obj.name: len(obj.rules) for obj in e.objects if isinstance(obj, nl.NftChain)})
     return out
 
 
