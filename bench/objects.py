@@ -38,6 +38,7 @@ class BenchService:
     port: int
     target_port: int
     endpoints: tuple[Endpoint, ...]
+    source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges (none: open)
 
     @property
     def service_key(self) -> str:
@@ -67,6 +68,7 @@ def service_object(svc: BenchService, cluster_ip: str) -> dict[str, Any]:
         created=now_rfc3339(),
         labels={"app": svc.name},
         apiserver_defaults=True,
+        source_ranges=svc.source_ranges,
     )
 
 

@@ -19,7 +19,7 @@ from flannel_lb.daemon.metrics import Metrics
 from flannel_lb.daemon.source_ranges import DropSampler
 from flannel_lb.dataplane.iptables.rules import RuleBuilder, build_ruleset
 from flannel_lb.dataplane.iptables.savefile import source_range_drops
-from flannel_lb.dataplane.nftables.layout import ALLOWED, RESTRICTED, frontend_entries
+from flannel_lb.dataplane.nftables.layout import FIREWALL, RESTRICTED, NftChain, frontend_entries
 from flannel_lb.dataplane.nftables.writer import restricted_counters
 from flannel_lb.dataplane.options import Options
 from flannel_lb.decode.kube import encode_protobuf
@@ -184,16 +184,23 @@ def test_iptables_a_range_change_rewrites_only_the_firewall_chain() -> None:
     assert len(drops) == 1 and drops[0].matches[-2:] == ("--dport", "80")
 
 
-def test_nftables_elements_of_a_restricted_frontend() -> None:
+def test_nftables_a_restricted_frontend_gets_its_own_chain_and_the_others_nothing() -> None:
     entries = frontend_entries(_frontend(("10.0.0.0/8", "192.0.2.7/32")), Options())
-    firewall = [e for e in entries.elements if e[0] in (RESTRICTED, ALLOWED)]
-    assert firewall == [
-        (RESTRICTED, f"{LB} . tcp . 80", ""),
-        (ALLOWED, f"{LB} . tcp . 80 . 10.0.0.0/8", ""),
-        (ALLOWED, f"{LB} . tcp . 80 . 192.0.2.7", ""),  # as nft lists a /32 back
-    ]
+    (chain,) = [o for o in entries.objects if isinstance(o, NftChain)]
+    firewall = [e for e in entries.elements if e[0] in (FIREWALL, RESTRICTED)]
+    key = f"{LB} . tcp . 80"
+    assert firewall == [(FIREWALL, key, f"goto {chain.name}"), (RESTRICTED, key, "")]
+    assert chain.rules == (
+        "ip saddr { 10.0.0.0/8, 192.0.2.7/32 } return",
+        f"ip daddr . meta l4proto . th dport @{RESTRICTED} drop",
+    )
+    nobody = frontend_entries(_frontend(()), Options())
+    assert [o.rules for o in nobody.objects if isinstance(o, NftChain)] == [(chain.rules[-1],)]
+    other = frontend_entries(_frontend(("10.0.0.0/9",)), Options())
+    assert {o.name for o in other.objects} != {chain.name}  # other ranges: another chain
     open_entries = frontend_entries(_frontend(None), Options())
-    assert not [e for e in open_entries.elements if e[0] in (RESTRICTED, ALLOWED)]
+    assert not open_entries.objects
+    assert not [e for e in open_entries.elements if e[0] in (FIREWALL, RESTRICTED)]
 
 
 def test_drop_counters_are_read_back_from_both_kernels_listings() -> None:

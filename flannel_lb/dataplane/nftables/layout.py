@@ -13,11 +13,12 @@ Layout (table `ip <prefix>`, e.g. `ip flb`; nothing outside it is ever touched):
                                frontend's M endpoint elements are its Maglev table (`maglev.py`)
     chain aff-<hash>...        ClientIP affinity only: per-frontend chains and per-endpoint sets
     prerouting/output (nat), postrouting (ctmark -> masquerade/snat), refuse-input/-output (filter)
-    set restricted      addr . proto . port              frontends with loadBalancerSourceRanges
-                                                         (a counter per element: its drops)
-    set allowed         addr . proto . port . client net  their admitted ranges (an interval set)
-    chain firewall-in/-out  before DNAT (filter, priority -110): a new connection to a restricted
-                        frontend from outside its ranges is dropped; two lookups whatever the sizes
+    map firewall        addr . proto . port : verdict    frontends with loadBalancerSourceRanges
+                                                         -> goto their chain fw-<hash>
+    chain fw-<hash>     `ip saddr { RANGES } return`, then the counted drop (set `restricted`, a
+                        counter per element)
+    chain firewall-in/-out  before DNAT (filter, priority -110): new connections, one lookup in
+                        `firewall`; only a restricted frontend's own clients meet its ranges
 
 Dispatch is one hash lookup whatever the number of frontends, and 10k frontends x 10 endpoints are
 100k map elements in a handful of objects: nft's cost grows with chains and rules, not elements. An
@@ -46,9 +47,9 @@ from flannel_lb.plan.model import Backend, Frontend, Plan
 FAMILY = "ip"
 SERVICES, LOCAL_SERVICES = "services", "local-services"
 REJECTS, LOCAL_REJECTS = "rejects", "local-rejects"
-MAPS = (SERVICES, LOCAL_SERVICES, *(f"endpoints-{p}" for p in PROTOCOLS.values()))
-RESTRICTED, ALLOWED = "restricted", "allowed"
-SETS = (REJECTS, LOCAL_REJECTS, RESTRICTED, ALLOWED)
+FIREWALL, RESTRICTED = "firewall", "restricted"
+MAPS = (SERVICES, LOCAL_SERVICES, FIREWALL, *(f"endpoints-{p}" for p in PROTOCOLS.values()))
+SETS = (REJECTS, LOCAL_REJECTS, RESTRICTED)
 KEY = "ip daddr . meta l4proto . th dport"
 FrontendKey = tuple[str, int, str]
 
@@ -260,12 +261,22 @@ def frontend_entries(f: Frontend, opts: Options) -> Entries:
     if f.source_ranges is None:
         return entries
     key = frontend_key_text(f.address, PROTOCOLS[f.protocol], f.port)
-    firewall = [(RESTRICTED, key, ""), *((ALLOWED, f"{key} . {_network(r)}", "") for r in f.source_ranges)]
-    return dataclasses.replace(entries, head=(*entries.head, *firewall))
+    chain = _firewall_chain(key, f.source_ranges)
+    head = (*entries.head, (FIREWALL, key, f"goto {chain.name}"), (RESTRICTED, key, ""))
+    return dataclasses.replace(entries, head=head, objects=(*entries.objects, chain))
 
 
-def _network(cidr: str) -> str:
-    return cidr.removesuffix("/32")  # as nft lists a single address in an interval set
+def _firewall_chain(key: str, ranges: tuple[str, ...]) -> NftChain:
+    """A restricted frontend's own check: its clients go on (to DNAT), the others are counted and dropped.
+
+    A chain per frontend, as kube-proxy's nftables mode has, keeps the ranges out of every other
+    frontend's path: one concatenated interval set of all of them cost every new connection of
+    every frontend a lookup that grew with the number of ranges (docs/benchmarks.md, source ranges).
+    Named by its content: a change of ranges makes a new chain, and the old one goes.
+    """
+    name = "fw-" + hash16(f"{LAYOUT_VERSION}|{key}|{','.join(ranges)}")
+    admit = (f"ip saddr {{ {', '.join(ranges)} }} return",) if ranges else ()
+    return NftChain(name, (*admit, f"{KEY} @{RESTRICTED} drop"))
 
 
 def _frontend_entries(f: Frontend, opts: Options) -> Entries:
@@ -380,13 +391,13 @@ def hooked_chains(opts: Options) -> tuple[NftChain, ...]:
             "type filter hook output priority filter - 1; policy accept;",
         ),
         # A drop, not a reject: a client outside the ranges learns nothing, not even that the
-        # address serves (kube-proxy drops too). `accept` ends only this chain: DNAT still follows.
+        # address serves (kube-proxy drops too). `return` ends only this chain: DNAT still follows.
         NftChain("firewall-in", _FIREWALL, "type filter hook prerouting priority -110; policy accept;"),
         NftChain("firewall-out", _FIREWALL, "type filter hook output priority -110; policy accept;"),
     )
 
 
-_FIREWALL = (f"ct state new {KEY} . ip saddr @{ALLOWED} accept", f"ct state new {KEY} @{RESTRICTED} drop")
+_FIREWALL = (f"ct state new {KEY} vmap @{FIREWALL}",)
 
 
 def fixed_sets() -> tuple[NftSet, ...]:
@@ -402,8 +413,8 @@ def fixed_sets() -> tuple[NftSet, ...]:
         ),
         NftSet(REJECTS, f"{keyed};"),
         NftSet(LOCAL_REJECTS, f"{keyed};"),
+        NftSet(FIREWALL, f"{keyed} : verdict;", "map"),
         NftSet(RESTRICTED, f"{keyed}; counter;"),
-        NftSet(ALLOWED, f"{keyed} . ipv4_addr; flags interval;"),
     )
 
 
