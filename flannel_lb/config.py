@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -114,6 +115,22 @@ class HAConfig:
     advert_interval: float = 0.1  # seconds; VRRPv3 sends centiseconds (rendered rounded to 0.01)
     addresses: tuple[str, ...] = ()  # the floating addresses; empty in the file = [lb] addresses
     state_dir: str = "/run/flannel-lb/ha"  # rendered files, pid files, lock, socket, health file
+    # The shared overlay identity (docs/ha.md): both boxes are one flannel host, the holder of a
+    # reservation whose PublicIP floats with the VIPs; "" = each box has its own (flows reset at failover)
+    overlay_subnet: str = ""  # the reservation's subnet, e.g. "10.246.90.0/24"
+    overlay_public_ip: str = ""  # its PublicIP: a second floating address, on overlay_interface
+    overlay_interface: str = ""  # the underlay interface ("" = interface)
+    vtep_mac: str = ""  # the reservation's VtepMAC, the same flannel.<VNI> MAC on both boxes ("" = derived)
+
+    @property
+    def shared_overlay(self) -> bool:
+        return bool(self.overlay_subnet)
+
+    @property
+    def overlay_address(self) -> str:
+        """The pair's flannel address (the subnet's first address, as flannel gives its hosts), the
+        source address of every connection to a pod."""
+        return str(ipaddress.IPv4Network(self.overlay_subnet).network_address) if self.overlay_subnet else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +351,10 @@ def _ha(ha: _Section, lb_addresses: tuple[str, ...]) -> HAConfig:
         advert_interval=ha.number("advert_interval", d.advert_interval),
         addresses=addresses,
         state_dir=ha.get("state_dir", str, d.state_dir, _state_dir),
+        overlay_subnet=ha.get("overlay_subnet", str, d.overlay_subnet, _overlay_subnet),
+        overlay_public_ip=ha.get("overlay_public_ip", str, d.overlay_public_ip, _ipv4_address),
+        overlay_interface=ha.get("overlay_interface", str, d.overlay_interface, _ifname),
+        vtep_mac=ha.get("vtep_mac", str, d.vtep_mac, _unicast_mac),
     )
     where = f"{ha.path}: [ha]"
     if len(set(out.addresses)) != len(out.addresses):
@@ -349,9 +370,40 @@ def _ha(ha: _Section, lb_addresses: tuple[str, ...]) -> HAConfig:
             raise ConfigError(
                 f"{where} {key}: {getattr(out, key)} is a floating address; give the other box's own address"
             )
+    if bool(out.overlay_subnet) != bool(out.overlay_public_ip):
+        raise ConfigError(
+            f"{where} overlay_subnet and overlay_public_ip: give both (the reservation) or neither"
+        )
+    if out.overlay_public_ip in (*out.addresses, out.peer, out.sync_peer):
+        raise ConfigError(
+            f"{where} overlay_public_ip: {out.overlay_public_ip} is already a VIP or the other box's address;"
+            " the reservation's PublicIP is a floating address of its own"
+        )
     return dataclasses.replace(
-        out, sync_interface=out.sync_interface or out.interface, sync_peer=out.sync_peer or out.peer
+        out,
+        sync_interface=out.sync_interface or out.interface,
+        sync_peer=out.sync_peer or out.peer,
+        overlay_interface=(out.overlay_interface or out.interface) if out.overlay_subnet else "",
+        vtep_mac=(out.vtep_mac or derived_vtep_mac(out.overlay_public_ip)) if out.overlay_subnet else "",
     )
+
+
+def derived_vtep_mac(public_ip: str) -> str:
+    """A locally administered unicast MAC from the reservation's PublicIP: the same on both boxes."""
+    return ":".join(f"{b:02x}" for b in (0x0E, 0xF1, *ipaddress.IPv4Address(public_ip).packed))
+
+
+def _overlay_subnet(v: str) -> str:
+    net = _ipv4_network(v)
+    if not 8 <= net.prefixlen <= 30:
+        raise ValueError("a flannel subnet from /8 to /30 (flannel's SubnetLen)")
+    return str(net)
+
+
+def _unicast_mac(v: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", v.lower()) or int(v[:2], 16) & 1:
+        raise ValueError("a unicast MAC address, e.g. 0e:f1:0a:f5:01:96")
+    return v.lower()
 
 
 def _bgp(bgp: _Section, lb_addresses: tuple[str, ...]) -> BGPConfig:

@@ -90,6 +90,8 @@ def render(ha: HAConfig, *, net_namespace: str | None = None) -> str:
         "    virtual_ipaddress {\n"
     )
     out.extend(f"        {address}/32 dev {ha.interface}\n" for address in ha.addresses)
+    if ha.shared_overlay:  # the reservation's PublicIP: the nodes' vxlan/host-gw traffic follows the VIPs
+        out.append(f"        {ha.overlay_public_ip}/32 dev {ha.overlay_interface}\n")
     out.append("    }\n}\n")
     return "".join(out)
 
