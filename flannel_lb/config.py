@@ -374,7 +374,7 @@ def _ha(ha: _Section, lb_addresses: tuple[str, ...]) -> HAConfig:
         raise ConfigError(
             f"{where} overlay_subnet and overlay_public_ip: give both (the reservation) or neither"
         )
-    if out.overlay_public_ip in (*out.addresses, out.peer, out.sync_peer):
+    if out.overlay_public_ip and out.overlay_public_ip in (*out.addresses, out.peer, out.sync_peer):
         raise ConfigError(
             f"{where} overlay_public_ip: {out.overlay_public_ip} is already a VIP or the other box's address;"
             " the reservation's PublicIP is a floating address of its own"

@@ -30,6 +30,7 @@ from flannel_lb.daemon import memory
 from flannel_lb.daemon.backend_checks import BackendChecker, check_targets
 from flannel_lb.daemon.conntrack_monitor import Monitor
 from flannel_lb.daemon.metrics import HealthState, Metrics
+from flannel_lb.daemon.overlay_keeper import OverlayKeeper
 from flannel_lb.daemon.reporting import SyncReporter
 from flannel_lb.daemon.scheduler import SyncScheduler
 from flannel_lb.daemon.sdnotify import Notifier
@@ -117,6 +118,7 @@ class Agent:
         self.checker = checker
         self.conntrack = Monitor(self.metrics)
         self.drops = DropSampler(self.metrics)
+        self.overlay: OverlayKeeper | None = None  # [ha] shared identity: started by run()
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -155,6 +157,8 @@ class Agent:
         """Serve until `stop` is set. The rules stay in the kernel afterwards."""
         self.prepare_host()
         self.tier.start()
+        if self.cfg.ha.enabled and self.cfg.ha.shared_overlay and self.overlay is None:
+            self.overlay = OverlayKeeper(self.cfg.ha, self.metrics)
         source = parts.source(self.cfg)
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
@@ -228,6 +232,8 @@ class Agent:
             return
         now = self.clock()
         if self.scheduler.netcheck_due(now):
+            if self.overlay is not None:
+                self.overlay.turn(self.state)  # first: the netcheck then sees the routes it made
             self._netcheck()
             self.conntrack.sample(self.cfg.conntrack.warn_usage)  # never raises
             self.drops.sample(self.plan, self.dataplane)  # never raises

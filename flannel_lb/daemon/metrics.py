@@ -151,6 +151,12 @@ class Metrics:
         )
         self.conntrack_kernel = KernelConntrackCounters()
         r.register(self.conntrack_kernel)
+        self.ha_overlay_updates = Counter(
+            "flannel_lb_ha_overlay_updates",
+            "[ha] shared overlay identity: updates of this box's overlay from the leases, by result",
+            ["result"],
+            registry=r,
+        )
         self.source_range_drops = SourceRangeDrops()
         r.register(self.source_range_drops)
         self._ha: tuple[Gauge, Counter] | None = None

@@ -38,6 +38,10 @@ class Options:
     # how a new flow picks its backend: "random" (numgen/statistic), or "maglev" (nftables only): a
     # per-frontend Maglev table indexed by a seeded jhash of the 5-tuple, the same on every box
     balance: Literal["random", "maglev"] = "random"
+    # [ha] shared overlay identity: the pair's flannel address. New connections to it are dropped: a
+    # pod's packet of a flow this box has no entry for yet (the moment of a takeover) must not be taken
+    # for a new connection to a local address and answered with a reset (docs/ha.md)
+    shared_address: str | None = None
 
     def __post_init__(self) -> None:
         if not (1 <= len(self.prefix) <= MAX_PREFIX) or not all(
@@ -57,6 +61,8 @@ class Options:
             raise ValueError(f"balance {self.balance!r}: must be 'random' or 'maglev'")
         if self.bucket_size < 0:
             raise ValueError(f"bucket_size {self.bucket_size}: must be 0 (no buckets) or more")
+        if self.shared_address is not None:
+            ipaddress.IPv4Address(self.shared_address)  # ValueError names it
         if self.overlay_udp_port is not None and not 0 < self.overlay_udp_port < 65536:
             raise ValueError(f"overlay_udp_port {self.overlay_udp_port}: must be a UDP port (1-65535)")
 

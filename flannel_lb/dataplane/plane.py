@@ -71,12 +71,15 @@ class DataPlane(Protocol):
 
 def dataplane_options(cfg: config_mod.Config, network: NetworkConfig | None = None) -> Options:
     """The data plane's options from the config, and flannel's overlay port from its network config."""
-    d = cfg.dataplane
+    d, ha = cfg.dataplane, cfg.ha
+    shared = ha.overlay_address if ha.enabled and ha.shared_overlay else None
     return Options(
         prefix=d.chain_prefix,
         masquerade=d.masquerade,
         random_fully=d.random_fully,
-        snat_pool=d.snat_addresses,
+        # a pair sharing one overlay identity: connections leave from the pair's address, which floats
+        snat_pool=(shared,) if shared else d.snat_addresses,
+        shared_address=shared,
         overlay_udp_port=overlay_udp_port(network.backend_type, network.port) if network else None,
         forward_accept="auto" if d.forward_accept == "auto" else "always",
         balance="maglev" if d.balance == "maglev" else "random",

@@ -1,4 +1,4 @@
-"""`flannel-lb ha render keepalived|conntrackd|notify` and `flannel-lb ha write`."""
+"""`flannel-lb ha render keepalived|conntrackd|notify`, `ha write` and `ha reservation`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from flannel_lb.ha import files
+from flannel_lb.ha import files, reservation
 from flannel_lb.verbs import load_config, rendering
 
 
@@ -25,6 +25,13 @@ def cmd_write(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reservation(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    with rendering("ha", cfg.ha.state_dir):
+        sys.stdout.write(reservation.instructions(cfg, args.backend, args.vni))
+    return 0
+
+
 def register_commands(subparsers: Any) -> None:
     """Add `ha render KIND` and `ha write` to the CLI's subcommands."""
     ha = subparsers.add_parser("ha", help="the active/standby pair: keepalived and conntrackd configs")
@@ -37,3 +44,7 @@ def register_commands(subparsers: Any) -> None:
     w = sub.add_parser("write", help="write every rendered file into [ha] state_dir; print their paths")
     w.add_argument("--net-namespace", metavar="NAME", help=netns_help)
     w.set_defaults(func=cmd_write)
+    v = sub.add_parser("reservation", help="print the flannel reservation the shared overlay identity needs")
+    v.add_argument("--backend", choices=("vxlan", "host-gw"), default="vxlan", help="flannel's backend type")
+    v.add_argument("--vni", type=int, default=1, help="flannel's VNI (vxlan)")
+    v.set_defaults(func=cmd_reservation)

@@ -496,9 +496,13 @@ def _assemble(parts: list[_Part], opts: Options, names: Names, *, unique: bool, 
     local, local_buckets = _dispatch(NAT, "LCL", entries[LOCAL_SLOT], opts)
     reject, reject_buckets = _dispatch(FILTER, "REJ", entries[REJECT_SLOT], opts)
     local_reject, local_reject_buckets = _dispatch(FILTER, "LRJ", entries[LOCAL_REJECT_SLOT], opts)
+    shared: tuple[Rule, ...] = ()
+    if opts.shared_address is not None:  # FLB-REJECT sees only new connections
+        comment = "flannel-lb: the pair's flannel address takes no new connection" if opts.comments else ""
+        shared = (Rule(("-d", f"{opts.shared_address}/32"), ("DROP",), comment),)
     fixed = (
         Chain(FILTER, names.forward, (Rule(mark, ("ACCEPT",), "flannel-lb DNATed connections"),)),
-        Chain(FILTER, names.reject, reject),
+        Chain(FILTER, names.reject, (*shared, *reject)),
         Chain(FILTER, names.local_reject, (*local_reject, Rule((), (names.reject,)))),
         Chain(NAT, names.services, (*guard, *services)),
         Chain(NAT, names.local, (*guard, *local, Rule((), (names.services,)))),

@@ -108,6 +108,7 @@ def shaping(opts: Options) -> tuple[object, ...]:
         opts.snat_pool,
         opts.reject_empty,
         opts.balance,
+        opts.shared_address,
     )
 
 
@@ -379,7 +380,7 @@ def hooked_chains(opts: Options) -> tuple[NftChain, ...]:
         NftChain("refuse", ("meta l4proto tcp reject with tcp reset", "reject")),
         NftChain(
             "refuse-input",
-            (f"ct state new {KEY} @{REJECTS} goto refuse",),
+            (*_shared_address_drop(opts), f"ct state new {KEY} @{REJECTS} goto refuse"),
             "type filter hook input priority filter - 1; policy accept;",
         ),
         NftChain(
@@ -395,6 +396,11 @@ def hooked_chains(opts: Options) -> tuple[NftChain, ...]:
         NftChain("firewall-in", _FIREWALL, "type filter hook prerouting priority -110; policy accept;"),
         NftChain("firewall-out", _FIREWALL, "type filter hook output priority -110; policy accept;"),
     )
+
+
+def _shared_address_drop(opts: Options) -> tuple[str, ...]:
+    """[ha] shared identity: new connections to the pair's flannel address are dropped (docs/ha.md)."""
+    return () if opts.shared_address is None else (f"ct state new ip daddr {opts.shared_address} drop",)
 
 
 _FIREWALL = (f"ct state new {KEY} vmap @{FIREWALL}",)
