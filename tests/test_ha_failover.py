@@ -1,0 +1,352 @@
+"""Established flows survive the death of the active box: the pair with its shared overlay identity.
+
+Everything is real: keepalived (VRRPv3) and conntrackd rendered from `[ha]`, `flannel-lb run` in each
+box (its rules, and the pair's side of the vxlan overlay from the leases in etcd), a node with a pod
+behind its own flannel.1, long-lived TCP flows from a client that keep exchanging data. The active box
+then dies (links down, keepalived parent and child, conntrackd and the agent SIGKILLed: reference §1b).
+
+    client 10.77.0.1 ─┐ br0        VIP 10.77.0.100 and the reservation's PublicIP 10.79.0.150 float
+    lb1    10.77.0.11 ┤            together (one VRRP instance); both boxes have flannel.1 with the
+    lb2    10.77.0.12 ┤            reservation's MAC and 10.246.90.0/32
+    etcd   10.77.0.2 ─┘
+    lb1    10.79.0.11 ─┐ br1       the node keeps ordinary flannel state for the reservation: its
+    lb2    10.79.0.12 ─┤ (underlay) pods' replies to 10.246.90.0 go to whoever holds 10.79.0.150
+    node   10.79.0.21 ─┘ ── pod 10.246.1.2:8080 (echo)
+    lb1 sync0 10.78.0.1/30 ─── 10.78.0.2/30 lb2 (conntrackd)
+
+Figures (VIP outage, longest stall of a surviving flow) are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flannel_lb import config
+from flannel_lb.decode.kube import encode_protobuf
+from flannel_lb.ha import conntrackd, files, keepalived, reservation
+from flannel_lb.ha.paths import Paths
+from flannel_lb.lab import objects as k
+from flannel_lb.lab.etcd_server import EtcdServer
+from flannel_lb.lab.etcd_writer import EtcdWriter
+from flannel_lb.lab.netns import Namespaces, unique_prefix
+from flannel_lb.lab.topology import batch, sysctls
+from tests.conftest import FAST_ETCD_ARGS
+from tests.test_ha_vrrp import TimedAgent, _skip_reason
+
+pytestmark = [pytest.mark.netns, pytest.mark.etcd]
+
+if _skip_reason():
+    pytest.skip(_skip_reason(), allow_module_level=True)
+
+VIP, FLOATING, ETCD = "10.77.0.100", "10.79.0.150", "10.77.0.2"
+BOXES = {
+    "lb1": ("10.77.0.11", "10.79.0.11", "10.78.0.1", 150),
+    "lb2": ("10.77.0.12", "10.79.0.12", "10.78.0.2", 100),
+}
+NODE_IP, NODE_MAC, POD = "10.79.0.21", "0e:f1:0a:4f:00:15", "10.246.1.2"
+FLOWS = 20
+
+# ECHO_PORT PUSH_PORT: an echo server, and one that pushes a line every 50 ms to each connection (the
+# client only reads: the flows a box must keep without the client's next packet to rebuild them).
+SERVERS = r"""
+import socket, sys, threading, time
+def echo(c):
+    with c:
+        while data := c.recv(4096):
+            c.sendall(data)
+def push(c):
+    with c:
+        n = 0
+        while True:
+            c.sendall(f"push {n}\n".encode())
+            n += 1
+            time.sleep(0.05)
+def listen(port, serve):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(256)
+    while True:
+        threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+threading.Thread(target=listen, args=(int(sys.argv[2]), push), daemon=True).start()
+threading.Thread(target=listen, args=(int(sys.argv[1]), echo), daemon=True).start()
+time.sleep(0.2)
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+# MODE ADDR PORT N STOPFILE: N long-lived flows. echo: each sends a line every 50 ms and waits for its
+# echo; push: each only reads what the server pushes. A flow is lost on a reset or 15 s without data;
+# on STOPFILE prints JSON per flow: alive, answers, the longest gap between two answers (ms).
+FLOWS_CLIENT = r"""
+import json, os, socket, sys, threading, time
+mode, addr, port, n, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+out = [None] * n
+def flow(i):
+    alive, echoes, gap, last = True, 0, 0.0, time.monotonic()
+    try:
+        s = socket.create_connection((addr, port), timeout=5)
+        s.settimeout(15)
+        while not os.path.exists(stop):
+            if mode == "echo":
+                msg = f"flow {i} {echoes}\n".encode()
+                s.sendall(msg)
+                want = len(msg)
+            else:
+                want = 1
+            got = b""
+            while len(got) < want:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise ConnectionResetError("closed")
+                got += chunk
+            now = time.monotonic()
+            gap, last, echoes = max(gap, now - last), now, echoes + 1
+            if mode == "echo":
+                time.sleep(0.05)
+        s.close()
+    except OSError as e:
+        alive = False
+        out[i] = {"alive": False, "echoes": echoes, "gap_ms": gap * 1000, "error": type(e).__name__}
+        return
+    out[i] = {"alive": alive, "echoes": echoes, "gap_ms": gap * 1000}
+threads = [threading.Thread(target=flow, args=(i,)) for i in range(n)]
+for t in threads:
+    t.start()
+print("ready", flush=True)
+for t in threads:
+    t.join()
+print(json.dumps(out))
+"""
+
+
+def _config(tmp: Path, short: str, etcd_url: str) -> config.Config:
+    front, _, sync, priority = BOXES[short]
+    other = next(o for o in BOXES if o != short)
+    path = tmp / f"{short}.toml"
+    path.write_text(
+        f'[lb]\naddresses = ["{VIP}"]\n'
+        f'[etcd]\nendpoints = ["{etcd_url}"]\n'
+        f'[ha]\nenabled = true\npeer = "{BOXES[other][0]}"\npriority = {priority}\ninterface = "eth0"\n'
+        f'sync_interface = "sync0"\nsync_peer = "{BOXES[other][2]}"\nvirtual_router_id = 79\n'
+        f'advert_interval = 0.1\nstate_dir = "{tmp / short}"\n'
+        f'overlay_subnet = "10.246.90.0/24"\noverlay_public_ip = "{FLOATING}"\noverlay_interface = "eth1"\n'
+        '[metrics]\nlisten = "127.0.0.1:9842"\n[log]\nlevel = "info"\nformat = "json"\n'
+    )
+    del front, sync
+    return config.load(path)
+
+
+@dataclass
+class Tier:
+    ns: Namespaces
+    tmp: Path
+    cfgs: dict[str, config.Config]
+    etcd: EtcdServer
+    writer: EtcdWriter
+    procs: dict[str, dict[str, subprocess.Popen[Any]]] = field(default_factory=dict)
+    agents: dict[str, TimedAgent] = field(default_factory=dict)
+    others: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def popen(self, short: str, argv: list[str], name: str) -> subprocess.Popen[Any]:
+        log = (self.tmp / f"{short}-{name}.log").open("ab")
+        proc = self.ns.popen(short, argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.setdefault(short, {})[name] = proc
+        return proc
+
+    def holds(self, short: str, address: str) -> bool:
+        return f" {address}/32 " in self.ns.run(short, ["ip", "-4", "-o", "addr", "show"]).stdout
+
+    def wait(self, what: str, predicate: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+            time.sleep(0.02)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(self.tmp.glob("*.log"))
+        )
+
+    def kill(self, short: str) -> float:
+        """Unplanned death: links down, then keepalived (parent first: pitfall 7), conntrackd, the agent."""
+        batch(self.ns, short, ["link set eth0 down", "link set eth1 down", "link set sync0 down"])
+        t = time.monotonic()
+        vrrp_child = int(Path(Paths.of(self.cfgs[short].ha).vrrp_pid).read_text())
+        procs = self.procs[short]
+        agent = self.agents[short].proc
+        assert agent is not None
+        for pid in (procs["keepalived"].pid, vrrp_child, procs["conntrackd"].pid, agent.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return t
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.kill()
+        for procs in self.procs.values():
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
+        for proc in self.others:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+        self.writer.close()
+        self.etcd.stop()
+
+
+@pytest.fixture
+def tier(tmp_path: Path) -> Iterator[Tier]:
+    with Namespaces(unique_prefix("hf")) as ns:
+        for short in ("sw", "client", "etcd", "node", "pod", *BOXES):
+            ns.add(short)
+            sysctls(
+                ns, short, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+            )
+        batch(
+            ns,
+            "sw",
+            ["link add br0 type bridge", "link set br0 up", "link add br1 type bridge", "link set br1 up"],
+        )
+        front = {"client": "10.77.0.1", "etcd": ETCD, **{s: b[0] for s, b in BOXES.items()}}
+        under = {"node": NODE_IP, **{s: b[1] for s, b in BOXES.items()}}
+        for bridge, dev, hosts in (("br0", "eth0", front), ("br1", "eth1", under)):
+            for short, address in hosts.items():
+                ns.veth(short, dev, "sw", f"{bridge[-1]}-{short}")
+                batch(ns, "sw", [f"link set {bridge[-1]}-{short} master {bridge}"])
+                batch(ns, short, [f"addr add {address}/24 dev {dev}"])
+        ns.veth("lb1", "sync0", "lb2", "sync0")
+        for short, (_, _, sync, _) in BOXES.items():
+            batch(ns, short, [f"addr add {sync}/30 dev sync0"])
+        etcd = EtcdServer(tmp_path / "etcd", host=ETCD, netns=ns.name("etcd"), extra_args=FAST_ETCD_ARGS)
+        etcd.start()
+        writer = EtcdWriter(ns, "etcd", etcd.client_url, tmp_path / "etcd-writer.log")
+        cfgs = {short: _config(tmp_path, short, etcd.client_url) for short in BOXES}
+        t = Tier(ns, tmp_path, cfgs, etcd, writer)
+        try:
+            writer.start()
+            _cluster(t)
+            _node(t)
+            yield t
+        finally:
+            t.close()
+            for short in BOXES:
+                with contextlib.suppress(OSError):
+                    os.rmdir(f"/run/keepalived/{ns.name(short)}")
+
+
+def _cluster(t: Tier) -> None:
+    """flannel's network config, the node's lease, the pair's reservation, and one Service on the VIP."""
+    w, cfg = t.writer, t.cfgs["lb1"]
+    w.put("/coreos.com/network/config", b'{"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan"}}')
+    w.put("/coreos.com/network/subnets/10.246.1.0-24", k.lease(NODE_IP, NODE_MAC))
+    w.put(reservation.key(cfg), reservation.value(cfg).encode())
+    ports = [k.port(80, 8080, name="echo"), k.port(81, 8081, name="push")]
+    svc = k.service("web", ports=ports, external_ips=[VIP])
+    w.put("/registry/services/specs/default/web", encode_protobuf(svc))
+    endpoints = [k.endpoint(POD, "node-1")]
+    eps = k.endpoint_slice("web-x", "web", endpoints, [("echo", 8080, "TCP"), ("push", 8081, "TCP")])
+    w.put("/registry/endpointslices/default/web-x", encode_protobuf(eps))
+
+
+def _node(t: Tier) -> None:
+    """What flanneld does on the node, for its own lease and for the pair's reservation; the pod."""
+    ns, mac = t.ns, t.cfgs["lb1"].ha.vtep_mac
+    ns.veth("node", "p0", "pod", "eth0")
+    batch(
+        ns,
+        "node",
+        [
+            f"link add flannel.1 address {NODE_MAC} mtu 1450 type vxlan id 1 local {NODE_IP} dev eth1"
+            " dstport 8472 nolearning",
+            "addr add 10.246.1.0/32 dev flannel.1",
+            "link set flannel.1 up",
+            "addr add 10.246.1.1/24 dev p0",
+            "link set p0 up",
+            f"neigh replace 10.246.90.0 lladdr {mac} dev flannel.1 nud permanent",
+            "route replace 10.246.90.0/24 via 10.246.90.0 dev flannel.1 onlink",
+        ],
+    )
+    batch(ns, "node", [f"fdb replace {mac} dev flannel.1 dst {FLOATING} self permanent"], tool="bridge")
+    ns.sysctl("node", "net.ipv4.ip_forward", "1")
+    batch(ns, "pod", [f"addr add {POD}/24 dev eth0", "route add default via 10.246.1.1"])
+    echo = ns.popen("pod", [sys.executable, "-c", SERVERS, "8080", "8081"], stdout=subprocess.PIPE, text=True)
+    t.others.append(echo)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+
+
+def _start(t: Tier) -> None:
+    """Both agents (their rules and the overlay, then health 0), conntrackd, keepalived; lb1 is master."""
+    for short, cfg in t.cfgs.items():
+        files.write_all(cfg, net_namespace=t.ns.name(short))
+        agent = TimedAgent(t.ns.name(short), Path(cfg.path), t.tmp / f"{short}-agent.log")
+        t.agents[short] = agent.start()
+        agent.health_written(0, timeout=60)
+    for short, cfg in t.cfgs.items():
+        t.popen(short, conntrackd.command(cfg.ha), "conntrackd")
+        t.wait(
+            f"conntrackd in {short}",
+            lambda s=short: t.ns.run(s, conntrackd.client(t.cfgs[s].ha, "-s"), check=False).returncode == 0,
+        )
+    for short, cfg in t.cfgs.items():
+        t.popen(short, keepalived.command(cfg.ha), "keepalived")
+    t.wait("lb1 to hold the VIP and the PublicIP", lambda: t.holds("lb1", VIP) and t.holds("lb1", FLOATING))
+    t.wait("lb2 to stay backup", lambda: not t.holds("lb2", VIP))
+
+
+def _flows(t: Tier, mode: str) -> tuple[subprocess.Popen[str], Path]:
+    stop = t.tmp / "flows.stop"
+    port = "80" if mode == "echo" else "81"
+    argv = [sys.executable, "-c", FLOWS_CLIENT, mode, VIP, port, str(FLOWS), str(stop)]
+    proc = t.ns.popen("client", argv, stdout=subprocess.PIPE, text=True)
+    t.others.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc, stop
+
+
+@pytest.mark.parametrize("mode", ["echo", "push"])
+def test_established_flows_survive_the_death_of_the_active_box(tier: Tier, mode: str) -> None:
+    """echo: the client speaks, then the pod; push: only the pod speaks, so no client packet rebuilds
+    the flow's state on the new master (what conntrackd and the drop of new connections to the pair's
+    address are for: reference §1b)."""
+    t = tier
+    _start(t)
+    for short in BOXES:  # both boxes: the same overlay, programmed by their agents, no flanneld
+        link = t.ns.run(short, ["ip", "-o", "link", "show", "dev", "flannel.1"]).stdout
+        assert t.cfgs[short].ha.vtep_mac in link
+    flows, stop = _flows(t, mode)
+    time.sleep(2.0)  # flows exchanging data; conntrackd copies their entries to lb2
+    synced = t.ns.run("lb2", ["conntrack", "-L", "-p", "tcp", "--orig-dst", VIP], check=False).stdout
+    port = 80 if mode == "echo" else 81
+    assert synced.count(f"dport={port} ") >= FLOWS, synced  # the standby's kernel holds the master's flows
+    killed = t.kill("lb1")
+    t.wait("lb2 to take the VIP and the PublicIP", lambda: t.holds("lb2", VIP) and t.holds("lb2", FLOATING))
+    took = time.monotonic() - killed
+    time.sleep(3.0)  # the flows go on through lb2
+    stop.touch()
+    out, _ = flows.communicate(timeout=60)
+    result = json.loads(out)
+    alive = [f for f in result if f and f["alive"]]
+    stalls = sorted(f["gap_ms"] for f in alive)
+    print(
+        f"\n{mode} flows, active box killed: lb2 holds the VIP after {took * 1000:.0f} ms; {len(alive)} of"
+        f" {FLOWS} established flows survived, longest stall {stalls[-1] if stalls else 0:.0f} ms"
+    )
+    assert len(alive) == FLOWS, result
+    assert all(f["echoes"] > 40 for f in alive)  # they kept exchanging data after the takeover
