@@ -157,7 +157,9 @@ class Agent:
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
         if self.cfg.health.enabled:
-            self.checker_thread = BackendChecker(self.cfg.health, lambda down: self.inbox.put(_Health(down)))
+            self.checker_thread = BackendChecker(
+                self.cfg.health, lambda down: self.inbox.put(_Health(down)), self.metrics
+            )
             self.checker_thread.start()
         try:
             while not stop.is_set():
