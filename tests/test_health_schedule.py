@@ -276,3 +276,13 @@ def test_a_rate_bound_schedule_is_reported_once_as_it_starts_and_stops(listener:
     assert events == [("health_checks_rate_bound", 2.5), ("health_checks_rate_unbound", 0.5)]
     assert metrics.registry.get_sample_value("flannel_lb_health_effective_interval_seconds") == 0.5
     assert metrics.registry.get_sample_value("flannel_lb_health_checks_per_second") == 4
+
+
+def test_a_batch_is_counted_from_when_its_starts_finished() -> None:
+    """Opening a batch's sockets takes time: counted from its end, the real starts stay under the bound."""
+    sched: CheckSchedule[Check] = CheckSchedule(1.0, max_rate=5, start=0.0)
+    sched.set_targets(checks(5))
+    assert len(sched.due(1.0)) == 5
+    sched.started(1.03)
+    assert sched.due(2.02) == [] and sched.next_due(2.02) == pytest.approx(2.03)
+    assert len(sched.due(2.04)) == 5

@@ -113,6 +113,11 @@ class Metrics:
             "Distinct backends (ip:port) failing the LB's own checks ([health]), whether excluded or not",
             registry=r,
         )
+        self.node_paths_failing = Gauge(
+            "flannel_lb_node_paths_failing",
+            "flannel leases none of whose backends answers the LB's checks ([health]): their pods are out",
+            registry=r,
+        )
         self.health_targets = Gauge(
             "flannel_lb_health_check_targets",
             "Distinct checks ([health]: ip:port and HTTP path) the LB runs once per effective interval",

@@ -15,6 +15,7 @@ run is the daemon's business (daemon/check_schedule.py spreads them over the int
 
 from __future__ import annotations
 
+import enum
 import errno
 import re
 import selectors
@@ -30,14 +31,25 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
 K = TypeVar("K", bound=Hashable)
 
 
+class Outcome(enum.Enum):
+    """How a check went. FAILED and SILENT both fail it; they differ in what they say of the path to
+    the node: a refused connect, or a connect accepted and then a bad answer, came back through the
+    overlay (the path works, the pod does not); SILENT (no answer in time, no route) may be the path."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SILENT = "silent"
+
+
 class Prober:
     """Checks in flight, without blocking: `start` begins a connect (and for an HTTP check its GET),
     `poll` hands back the ones that finished. One thread drives thousands at once, so the checks can be
     spread over the interval instead of waiting for each other in rounds.
 
     A check passes when its connect is accepted (TCP) or its status line is 2xx/3xx (HTTP), within
-    `timeout` seconds of its start. A refused connect (RST) fails as much as a silent one. Sockets are
-    closed with a RST (no TIME_WAIT left behind by thousands of checks).
+    `timeout` seconds of its start. A refused connect (RST) fails as much as a silent one (`Outcome`
+    tells them apart). A connect check's socket is closed with a RST (no TIME_WAIT left behind by
+    thousands of checks); an HTTP check's politely.
     """
 
     def __init__(self, timeout: float) -> None:
@@ -52,14 +64,14 @@ class Prober:
     def busy(self, target: HttpTarget) -> bool:
         return target in self._flight
 
-    def start(self, target: HttpTarget, now: float) -> bool | None:
-        """Begin one check ((ip, port, "") is a connect); its result if known at once (False: no socket,
-        e.g. no route), None while it runs. A target already in flight is not started twice."""
+    def start(self, target: HttpTarget, now: float) -> Outcome | None:
+        """Begin one check ((ip, port, "") is a connect); its outcome if known at once (SILENT: no
+        socket, e.g. no route), None while it runs. A target already in flight is not started twice."""
         if target in self._flight:
             return None
-        sock = _start_connect((target[0], target[1]))
+        sock = _start_connect((target[0], target[1]), reset=not target[2])
         if sock is None:
-            return False
+            return Outcome.SILENT
         probe = _Probe(sock, target, now + self.timeout)
         self._flight[target] = probe
         self._sel.register(sock, selectors.EVENT_WRITE, probe)
@@ -68,9 +80,9 @@ class Prober:
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self._flight.values()), default=None)
 
-    def poll(self, wait: float) -> list[tuple[HttpTarget, bool]]:
+    def poll(self, wait: float) -> list[tuple[HttpTarget, Outcome]]:
         """Wait up to `wait` seconds for progress; the checks that finished (or timed out) meanwhile."""
-        done: list[tuple[HttpTarget, bool]] = []
+        done: list[tuple[HttpTarget, Outcome]] = []
         if self._flight:
             for key, events in self._sel.select(max(0.0, wait)):
                 probe = key.data
@@ -81,20 +93,24 @@ class Prober:
             now = time.monotonic()
             for probe in [p for p in self._flight.values() if p.deadline <= now]:
                 self._finish(probe)
-                done.append((probe.target, False))
+                # no answer in time; an HTTP check whose connect was accepted had one from the node
+                done.append((probe.target, Outcome.SILENT if probe.state == "connect" else Outcome.FAILED))
         elif wait > 0:
             time.sleep(wait)
         return done
 
-    def _advance(self, probe: _Probe, events: int) -> bool | None:
+    def _advance(self, probe: _Probe, events: int) -> Outcome | None:
         """One step of a check's conversation; its result once it has one."""
         sock = probe.sock
         try:
             if probe.state == "connect":
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
-                    return self._finish(probe, False)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err != 0:  # refused: the node answered (its path works); anything else: silent
+                    return self._finish(
+                        probe, Outcome.FAILED if err == errno.ECONNREFUSED else Outcome.SILENT
+                    )
                 if not probe.target[2]:
-                    return self._finish(probe, True)
+                    return self._finish(probe, Outcome.PASSED)
                 ip, port, path = probe.target
                 probe.out = (
                     f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: flannel-lb\r\n\r\n".encode()
@@ -112,14 +128,15 @@ class Prober:
                 if chunk and b"\r\n" not in probe.head and len(probe.head) < 256:
                     return None
                 m = _STATUS_LINE.match(probe.head)
-                return self._finish(probe, m is not None and 200 <= int(m.group(1)) < 400)
+                ok = m is not None and 200 <= int(m.group(1)) < 400
+                return self._finish(probe, Outcome.PASSED if ok else Outcome.FAILED)
         except BlockingIOError:
             return None
-        except OSError:
-            return self._finish(probe, False)
+        except OSError:  # reset or refused after the connect: the node answered
+            return self._finish(probe, Outcome.SILENT if probe.state == "connect" else Outcome.FAILED)
         return None
 
-    def _finish(self, probe: _Probe, result: bool = False) -> bool:
+    def _finish(self, probe: _Probe, result: Outcome = Outcome.SILENT) -> Outcome:
         del self._flight[probe.target]
         self._sel.unregister(probe.sock)
         probe.sock.close()
@@ -145,9 +162,16 @@ def probe_round(
     targets: Iterable[HttpTarget], timeout: float, concurrency: int = 256
 ) -> dict[HttpTarget, bool]:
     """One check of each distinct target, at most `concurrency` in flight; True when it passed."""
+    return {t: o is Outcome.PASSED for t, o in probe_outcomes(targets, timeout, concurrency).items()}
+
+
+def probe_outcomes(
+    targets: Iterable[HttpTarget], timeout: float, concurrency: int = 256
+) -> dict[HttpTarget, Outcome]:
+    """One check of each distinct target, at most `concurrency` in flight; how each went."""
     pending = list(dict.fromkeys(targets))
     pending.reverse()
-    results: dict[HttpTarget, bool] = {}
+    results: dict[HttpTarget, Outcome] = {}
     prober = Prober(timeout)
     try:
         while pending or prober.in_flight:
@@ -177,11 +201,12 @@ def probe_http(
     return probe_round(targets, timeout, concurrency)
 
 
-def _start_connect(target: Target) -> socket.socket | None:
+def _start_connect(target: Target, reset: bool = True) -> socket.socket | None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
-    # no TIME_WAIT left behind by thousands of checks: the close sends a RST
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    if reset:  # a connect check: no TIME_WAIT left behind by thousands of them, the close sends a RST
+        # (an HTTP check closes politely: the pod's server would log every reset as an error)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     try:
         err = sock.connect_ex(target)
     except OSError:
