@@ -257,6 +257,26 @@ def render(rows: list[tuple[str, int, dict[str, Any]]], interval: float) -> str:
     return table(headers, out)
 
 
+def summary(rows: list[tuple[str, int, dict[str, Any]]], interval: float) -> str:
+    """What the rows mean, in words (the default bound first)."""
+    out = []
+    for shape, rate, r in rows:
+        e = r["effective_interval"]
+        when = (
+            f"checked every {e:.0f} s instead of {interval:g} s (rate-bound: a backend is out after "
+            f"fall x {e:.0f} s, a node whose path fails after one pass, {e:.0f} s)"
+            if e > interval
+            else f"all checked every {interval:g} s"
+        )
+        out.append(
+            f"- {shape}, max_rate {rate:,}: {r['backends']:,} backends are {r['targets']:,} distinct checks, "
+            f"{when}; {r['checks_per_second']:,.0f} checks/s cost the agent {r['cpu_per_minute']:.1f} CPU s "
+            f"per minute ({r['cpu_per_minute'] / 60:.0%} of a core), at most {r['peak_per_second']:,} "
+            "started in any second."
+        )
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--services", type=int, default=10_000)
@@ -316,7 +336,7 @@ def main() -> int:
             "each check (its CPU is not counted). CPU = the checking process's user + sys time (the "
             "kernel's side of the loopback handshakes included), per minute of checking.\n\n"
         )
-        update_section("health_cost", text + body + "\n")
+        update_section("health_cost", text + body + "\n\n" + summary(rows, args.interval) + "\n")
     return 0
 
 

@@ -1,7 +1,7 @@
 """[health] per node: a lease none of whose backends answers for a whole pass is reported as a failing
 path (one pass, not `fall` failures of each backend), and comes back at the first answer; silent
-addresses next to a pod that answers never take its node out. Real connects in a network namespace
-where two leases' addresses are local and nft drops what a broken overlay would."""
+addresses next to a pod that answers never take its node out, nor does one silent pod. Real connects
+in a network namespace where the leases' addresses are local and nft drops what a broken overlay would."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from flannel_lb.state.cluster import ClusterState
 state = ClusterState()
 state.put("/coreos.com/network/subnets/10.99.1.0-24", k.lease("10.245.1.3", "aa:00:00:00:00:01"))
 state.put("/coreos.com/network/subnets/10.99.2.0-24", k.lease("10.245.1.4", "aa:00:00:00:00:02"))
+state.put("/coreos.com/network/subnets/10.99.3.0-24", k.lease("10.245.1.5", "aa:00:00:00:00:03"))
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", 80))
@@ -52,7 +53,9 @@ checker = BackendChecker(settings, note("down"), on_paths=note("paths"))
 checker.leases = LeaseIndex(state.leases(), time.time())
 node1 = [f"10.99.1.{i}" for i in (2, 3, 4)]
 lease2 = ["10.99.2.2"] + [f"10.99.2.{i}" for i in range(50, 60)]
-checker.targets = frozenset((ip, 80, "") for ip in node1 + lease2)
+# lease 3: one pod with a TCP and an HTTP check (the listener closes at once: the GET fails, answered)
+lease3 = [("10.99.3.2", 80, ""), ("10.99.3.2", 80, "/healthz")]
+checker.targets = frozenset([(ip, 80, "") for ip in node1 + lease2] + lease3)
 checker.start()
 
 def wait(pred):
@@ -63,7 +66,7 @@ def wait(pred):
 time.sleep(2.0)  # a few passes: every lease has answered
 broken = time.monotonic() - start
 nft("table ip broken {\n chain out {\n type filter hook output priority 0;\n"
-    " ip daddr 10.99.1.0/24 drop\n }\n}\n")
+    " ip daddr { 10.99.1.0/24, 10.99.3.2 } drop\n }\n}\n")
 wait(lambda: any(k == "down" and set(v) >= {f"('{ip}', 80)" for ip in node1} for _, k, v in events))
 healed = time.monotonic() - start
 subprocess.run(["nft", "delete", "table", "ip", "broken"], check=True)
@@ -90,7 +93,8 @@ def test_a_node_whose_path_breaks_is_reported_in_one_pass_and_back_at_its_first_
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     paths = [(t, v) for t, kind, v in got["events"] if kind == "paths"]
-    # lease 1 only, never lease 2 (its real pod answers, whatever its ten silent neighbours do)
+    # lease 1 only: never lease 2 (its real pod answers, whatever its ten silent neighbours do), nor
+    # lease 3 (one pod silent, through two checks, is that pod's fault as much as the path's)
     assert [v for _, v in paths] == [["10.99.1.0/24"], []], got["events"]
     failing_at, back_at = paths[0][0], paths[1][0]
     assert got["broken"] < failing_at < got["healed"] < back_at

@@ -3,7 +3,7 @@ per interval, spread over it and bounded by `max_rate` (check_schedule.py), and 
 ones are down (kernel/health.py does the connects and the counting).
 
 It also tells which nodes' overlay paths fail, from the same results (no probe of its own): a lease
-none of whose backends has answered for a whole pass, while at least two of them went unanswered
+none of whose backends has answered for a whole pass, while at least two of its pods went unanswered
 (timeouts, not refusals: a refused connect came back through the overlay, so the path works) after
 they had answered before. Then all the node's pods leave at once (`node path failing`), UDP ones and
 the ones whose own checks have not yet failed `fall` times too: one pass instead of `fall`, which
@@ -37,7 +37,7 @@ Check = tuple[str, int, str]  # (ip, port, the URL path to GET; "" for a TCP con
 REPORT_EVERY = 0.5  # seconds: the loop hears of a changed down set at most this often (each re-plans)
 TICK = 0.01  # seconds: checks falling due this close together start together (fewer wake-ups)
 IDLE_WAKE = 0.25  # seconds: the longest sleep, so new targets and `stop` are seen soon
-NODE_SILENT_MIN = 2  # distinct backends of a lease unanswered before its path counts as failing
+NODE_SILENT_MIN = 2  # pods (addresses) of a lease unanswered before its path counts as failing
 Network = ipaddress.IPv4Network
 _BY_CHECKS = (Exclusion.HEALTH, Exclusion.NODE_PATH)  # out by these checks: still checked
 
@@ -53,6 +53,11 @@ def check_targets(plan: Plan) -> frozenset[Check]:
         out.update((b.ip, b.port, f.check_path) for b in f.backends)
         out.update((e.ip, e.port, f.check_path) for e in f.excluded if e.kind in _BY_CHECKS and e.port)
     return frozenset(out)
+
+
+def _pods(checks: set[Check]) -> int:
+    """Distinct pod addresses among `checks` (a pod with a TCP and an HTTP check is one pod)."""
+    return len({ip for ip, _, _ in checks})
 
 
 class BackendChecker:
@@ -165,7 +170,7 @@ class BackendChecker:
         self._down = None
         for net, silent in list(self._silent.items()):
             silent &= targets
-            if len(silent) < NODE_SILENT_MIN and net in self._paths_failing:  # the evidence left the plan
+            if _pods(silent) < NODE_SILENT_MIN and net in self._paths_failing:  # the evidence left the plan
                 self._path_back(net, "its unanswered backends left the plan")
             if not silent:
                 del self._silent[net]
@@ -238,16 +243,16 @@ class BackendChecker:
 
     def _judge_paths(self, now: float) -> None:
         """A lease fails once none of its backends answered for a whole pass (any healthy one would
-        have), while at least two went unanswered."""
+        have), while at least two of its pods went unanswered."""
         quiet = self.schedule.effective_interval + self.settings.timeout
         for net, silent in self._silent.items():
-            if net in self._paths_failing or len(silent) < NODE_SILENT_MIN:
+            if net in self._paths_failing or _pods(silent) < NODE_SILENT_MIN:
                 continue
             since = now - self._answered[net]
             if since >= quiet:
                 self._paths_failing.add(net)
                 log.warning(
-                    "node_path_failing", lease=str(net), unanswered=len(silent), seconds=round(since, 2)
+                    "node_path_failing", lease=str(net), unanswered=_pods(silent), seconds=round(since, 2)
                 )
 
     def _path_back(self, net: Network, why: str) -> None:
