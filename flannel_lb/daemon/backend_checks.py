@@ -152,7 +152,7 @@ class BackendChecker:
         deadline = prober.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
-        if self.down != self._reported or frozenset(self._paths_failing) != self._paths_reported:
+        if self._unreported():
             wake = min(wake, self._reported_at + REPORT_EVERY)
         wait = min(max(wake - self.clock(), TICK), IDLE_WAKE)
         self._record(prober.poll(wait))
@@ -246,24 +246,35 @@ class BackendChecker:
         have), while at least two of its pods went unanswered."""
         quiet = self.schedule.effective_interval + self.settings.timeout
         for net, silent in self._silent.items():
-            if net in self._paths_failing or _pods(silent) < NODE_SILENT_MIN:
-                continue
             since = now - self._answered[net]
-            if since >= quiet:
+            if since < quiet or net in self._paths_failing:  # cheap tests first: this runs every step
+                continue
+            pods = _pods(silent)
+            if pods >= NODE_SILENT_MIN:
                 self._paths_failing.add(net)
-                log.warning(
-                    "node_path_failing", lease=str(net), unanswered=_pods(silent), seconds=round(since, 2)
-                )
+                log.warning("node_path_failing", lease=str(net), unanswered=pods, seconds=round(since, 2))
 
     def _path_back(self, net: Network, why: str) -> None:
         self._paths_failing.discard(net)
         log.info("node_path_passing", lease=str(net), why=why)
 
+    def _unreported(self) -> bool:
+        """Whether the loop has not heard of the current down set or failing paths (every step asks:
+        the down set, 50k on a dead node, is compared only when it is not the object last reported)."""
+        down = self.down
+        if down is not self._reported:
+            if down != self._reported:
+                return True
+            self._reported = down  # the same backends: compared once, not on every step
+        return self._paths_failing != self._paths_reported
+
     def _report(self, now: float, *, force: bool = False) -> None:
         if not force and now < self._reported_at + REPORT_EVERY:
             return
+        if not self._unreported():
+            return
         down, paths = self.down, frozenset(self._paths_failing)
-        if down != self._reported:  # also when a failing backend left the plan
+        if down is not self._reported and down != self._reported:  # also when one left the plan
             self._reported, self._reported_at = down, now
             self.on_change(down)
         if paths != self._paths_reported:
