@@ -142,11 +142,12 @@ class HealthConfig:
     """
 
     enabled: bool = False
-    interval: float = 2.0  # seconds between rounds
-    timeout: float = 1.0  # seconds a connect may take
+    interval: float = 2.0  # seconds between two checks of a target (spread over it, not in one burst)
+    timeout: float = 1.0  # seconds a check may take
     rise: int = 2  # successes in a row that bring a failed backend back
     fall: int = 3  # failures in a row that take a backend out
-    concurrency: int = 256  # connects in flight at once
+    concurrency: int = 256  # checks in flight at once
+    max_rate: int = 1000  # checks started per second at most: more targets stretch the interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +312,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
             rise=health.number("rise", HealthConfig().rise),
             fall=health.number("fall", HealthConfig().fall),
             concurrency=health.number("concurrency", HealthConfig().concurrency),
+            max_rate=health.number("max_rate", HealthConfig().max_rate),
         ),
         bgp=_bgp(bgp, lb_config.addresses),
         metrics=MetricsConfig(listen=metrics.get("listen", str, MetricsConfig().listen, _listen_address)),
@@ -535,6 +537,7 @@ NUMBERS: dict[tuple[str, str], Range] = {
     ("health", "rise"): Range(int, 1, 100),
     ("health", "fall"): Range(int, 1, 100),
     ("health", "concurrency"): Range(int, 1, 65535),
+    ("health", "max_rate"): Range(int, 1, 1_000_000, "checks per second"),
     ("ha", "priority"): Range(int, 1, 254),  # 255 is VRRP's "address owner": neither box owns the VIPs
     ("ha", "virtual_router_id"): Range(int, 1, 255),
     ("ha", "advert_interval"): Range(float, 0.01, 40.95, "seconds"),  # VRRPv3: 12 bits of centiseconds

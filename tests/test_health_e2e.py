@@ -1,9 +1,11 @@
 """[health] in the lab: a node whose overlay path is silently broken (its route and FDB entry intact, so
-netcheck sees nothing) leaves the rotation through the LB's own checks, and comes back when it heals."""
+netcheck sees nothing) leaves the rotation through the LB's own checks, all its pods at once (UDP ones
+too), and comes back when it heals."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +39,18 @@ BLACKHOLE = """table ip flb_test_blackhole {
 """
 
 
+def passed_checks(lab: Lab, at_least: int, timeout: float = 30) -> None:
+    """Wait until the agent's checks have passed `at_least` times (its metrics)."""
+    pattern = re.compile(r'^flannel_lb_health_checks_total\{result="passed"\} (\S+)$', re.M)
+    deadline = time.monotonic() + timeout
+    while True:
+        m = pattern.search(fetch(lab, "/metrics"))
+        if m is not None and float(m.group(1)) >= at_least:
+            return
+        assert time.monotonic() < deadline, "the agent's checks did not pass"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     yield from module_lab("h")
@@ -50,19 +64,23 @@ def test_a_silently_broken_node_leaves_and_rejoins(lab: Lab, tmp_path: Path) -> 
     try:
         agent.wait_synced(timeout=30)
         assert traffic(lab, "http", f"{VIP}:80", count=40)["failed"] == 0
+        passed_checks(lab, at_least=8)  # two passes over the 4 TCP backends: every node has answered
         mark = agent.mark()
         broken = time.monotonic()
         lab.exec_in("node-1", ["nft", "-f", "-"], input=BLACKHOLE, check=True)
-        # TCP backends on node-1 leave (80/TCP: 2 of 4); 53/UDP is not checked and keeps all 4
+        # node-1's path fails: all its pods leave at once (80/TCP: 2 of 4), its 53/UDP ones too,
+        # which have no check of their own
         agent.wait_for(
-            lambda e: e.get("event") == "sync" and e.get("backends") == 2 + 4, after=mark, timeout=30
+            lambda e: e.get("event") == "sync" and e.get("backends") == 2 + 2, after=mark, timeout=30
         )
         print(f"\nnode-1 out of rotation {time.monotonic() - broken:.2f} s after its overlay broke")
-        assert 'flannel_lb_excluded_endpoints{reason="health_failing"} 2.0' in fetch(lab, "/metrics")
+        metrics = fetch(lab, "/metrics")
+        assert 'flannel_lb_excluded_endpoints{reason="node_path_failing"} 4.0' in metrics, metrics
+        assert "flannel_lb_node_paths_failing 1.0" in metrics
         result = traffic(lab, "http", f"{VIP}:80", count=40)
         assert result["failed"] == 0 and not set(result["by_pod"]) & node1, result
-        failing = [e for e in agent.events[mark:] if e.get("event") == "backend_check_failing"]
-        assert len(failing) == 2, failing  # one line per backend that went down
+        lines = [e for e in agent.events[mark:] if e.get("event") == "node_path_failing"]
+        assert len(lines) == 1 and lines[0]["unanswered"] == 2, lines  # one line per node
 
         mark = agent.mark()
         healed = time.monotonic()

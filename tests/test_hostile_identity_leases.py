@@ -223,13 +223,21 @@ def _one(ips: list[str], *, network: bool = True, family: str = "IPv4", **kw: bo
     return state
 
 
+def _second_node(state: ClusterState) -> ClusterState:
+    state.put(SUBNETS + "10.246.2.0-24", k.lease("10.245.1.5", "aa:00:00:00:00:03"))
+    return state
+
+
 def _kinds_of(
     state: ClusterState,
     faults: dict[ipaddress.IPv4Network, str] | None = None,
     unhealthy: tuple[tuple[str, int], ...] = (),
+    failing_paths: tuple[ipaddress.IPv4Network, ...] = (),
 ) -> set[Exclusion]:
     settings = PlanSettings(addresses=frozenset({LB, "10.246.1.200"}))
-    plan = compute_plan(state, settings, now=NOW, path_faults=faults, unhealthy=unhealthy)
+    plan = compute_plan(
+        state, settings, now=NOW, path_faults=faults, unhealthy=unhealthy, failing_paths=failing_paths
+    )
     return {e.kind for f in plan.frontends for e in f.excluded}
 
 
@@ -265,6 +273,10 @@ EXCLUSION_INPUTS = {
     Exclusion.LEASE_OVERLAP: lambda: _kinds_of(_one(["10.246.1.5"])),
     Exclusion.HEALTH: lambda: _kinds_of(
         _one(["10.246.1.130", "10.246.1.131"]), unhealthy=(("10.246.1.131", 8080),)
+    ),
+    Exclusion.NODE_PATH: lambda: _kinds_of(
+        _second_node(_one(["10.246.1.130", "10.246.2.5"])),
+        failing_paths=(ipaddress.IPv4Network("10.246.1.0/24"),),
     ),
     Exclusion.LEASE_ADDRESS: lambda: _kinds_of(_one(["10.246.1.255"])),
     Exclusion.LB_ADDRESS: lambda: _kinds_of(_one(["10.246.1.200"])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from hypothesis import given
@@ -91,3 +92,67 @@ def test_a_bad_check_path_is_reported_under_its_key_and_the_tcp_check_used(path:
     assert f.check_path == "" and [b.ip for b in f.backends] == sorted(PODS)  # still served
     (problem,) = plan.problems
     assert problem.key == "/registry/services/specs/default/web" and "health-check-path" in problem.reason
+
+
+# --- a node whose overlay path fails the checks ([health]): all its pods leave at once ---------------
+
+NODE1 = ipaddress.IPv4Network("10.246.1.0/24")
+
+
+def _with_udp() -> ClusterState:
+    """web with 80/TCP and 53/UDP on the same three pods (two on node-1's lease, one on node-2's)."""
+    state = _state()
+    svc = k.service(
+        "web", ports=[k.port(80, name="http"), k.port(53, name="dns", protocol="UDP")], external_ips=[LB]
+    )
+    state.put("/registry/services/specs/default/web", encode_protobuf(svc))
+    eps = [k.endpoint(ip, "node-1" if ip.startswith("10.246.1.") else "node-2") for ip in PODS]
+    slice_ = k.endpoint_slice("web-x", "web", eps, [("http", 8080, "TCP"), ("dns", 53, "UDP")])
+    state.put("/registry/endpointslices/default/web-x", encode_protobuf(slice_))
+    return state
+
+
+def test_a_failing_node_path_takes_out_all_its_pods_udp_ones_too() -> None:
+    plan = compute_plan(_with_udp(), SETTINGS, now=NOW, failing_paths=[NODE1])
+    by_proto = {f.protocol: f for f in plan.frontends}
+    for proto in ("TCP", "UDP"):
+        f = by_proto[proto]
+        assert [b.ip for b in f.backends] == ["10.246.2.5"], proto
+        assert sorted((e.ip, e.kind) for e in f.excluded) == [
+            ("10.246.1.5", Exclusion.NODE_PATH),
+            ("10.246.1.6", Exclusion.NODE_PATH),
+        ]
+        assert all("node path failing" in e.reason and "10.246.1.0/24" in e.reason for e in f.excluded)
+    # still checked while out, so one answer brings the node back; UDP has no check
+    assert check_targets(plan) == {(ip, 8080, "") for ip in PODS}
+
+
+def test_the_node_reason_wins_over_the_backend_one_and_all_failing_keeps_all() -> None:
+    state = _with_udp()
+    plan = compute_plan(state, SETTINGS, now=NOW, failing_paths=[NODE1], unhealthy=[("10.246.1.5", 8080)])
+    tcp = next(f for f in plan.frontends if f.protocol == "TCP")
+    assert {e.ip: e.kind for e in tcp.excluded} == {
+        "10.246.1.5": Exclusion.NODE_PATH,
+        "10.246.1.6": Exclusion.NODE_PATH,
+    }
+    # node-1's path and node-2's pod's own check: nothing left would serve, so all serve
+    unhealthy = [("10.246.2.5", 8080)]
+    plan = compute_plan(state, SETTINGS, now=NOW, failing_paths=[NODE1], unhealthy=unhealthy)
+    tcp = next(f for f in plan.frontends if f.protocol == "TCP")
+    assert [b.ip for b in tcp.backends] == sorted(PODS) and not tcp.excluded
+    admission = admission_for(state, NOW, None, [LB], unhealthy, [NODE1])
+    story = explain(state, plan, ("default", "web"), SETTINGS, admission)
+    assert story is not None
+    assert [p["health_kept"] for p in story["ports"]] == [True, False]  # UDP: node-2's pod still serves
+    assert "every backend fails its health check: all are served" in explain_text(story)
+
+
+def test_the_planner_follows_failing_paths_and_agrees_with_a_fresh_plan() -> None:
+    state = _with_udp()
+    planner = Planner(state, SETTINGS, clock=lambda: NOW)
+    planner.plan()
+    assert planner.set_failing_paths([NODE1]) is True
+    assert planner.set_failing_paths([NODE1]) is False
+    assert planner.plan() == compute_plan(state, SETTINGS, now=NOW, failing_paths=[NODE1])
+    assert planner.set_failing_paths([]) is True
+    assert all(len(f.backends) == 3 for f in planner.plan().frontends)

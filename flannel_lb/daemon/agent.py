@@ -76,6 +76,13 @@ class _Health:
 
 
 @dataclass(slots=True)
+class _Paths:
+    """Posted by the backend checks: the leases none of whose backends answers them."""
+
+    failing: frozenset[ipaddress.IPv4Network]
+
+
+@dataclass(slots=True)
 class _SourceDone:
     error: BaseException | None
 
@@ -122,7 +129,7 @@ class Agent:
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.inbox: queue.Queue[Update | _Reload | _Health | _SourceDone] = queue.Queue()
+        self.inbox: queue.Queue[Update | _Reload | _Health | _Paths | _SourceDone] = queue.Queue()
         self.plan: Plan | None = None  # what the kernel holds (the last plan applied)
         self.have_snapshot = False
         self._pending: Change | None = None  # changes not yet synced
@@ -163,7 +170,12 @@ class Agent:
         feeder = threading.Thread(target=self._feed, args=(source, stop), name="etcd-source", daemon=True)
         feeder.start()
         if self.cfg.health.enabled:
-            self.checker_thread = BackendChecker(self.cfg.health, lambda down: self.inbox.put(_Health(down)))
+            self.checker_thread = BackendChecker(
+                self.cfg.health,
+                lambda down: self.inbox.put(_Health(down)),
+                self.metrics,
+                on_paths=lambda failing: self.inbox.put(_Paths(failing)),
+            )
             self.checker_thread.start()
         try:
             while not stop.is_set():
@@ -247,7 +259,7 @@ class Agent:
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def handle(self, item: Update | _Reload | _Health | _SourceDone) -> None:
+    def handle(self, item: Update | _Reload | _Health | _Paths | _SourceDone) -> None:
         """Apply one input: an etcd update or status, a reload request, the end of the source."""
         if isinstance(item, Status):
             self.metrics.etcd_connected.set(1 if item.connected else 0)
@@ -267,6 +279,10 @@ class Agent:
         if isinstance(item, _Health):
             self.metrics.backends_failing_checks.set(len(item.down))
             if self.planner.set_unhealthy(item.down):
+                self._mark(None)
+            return
+        if isinstance(item, _Paths):
+            if self.planner.set_failing_paths(item.failing):
                 self._mark(None)
             return
         if isinstance(item, _SourceDone):
@@ -375,6 +391,7 @@ class Agent:
         self._pending = None
         old, self.plan = self.plan, plan
         if self.checker_thread is not None:
+            self.checker_thread.leases = self.planner.admission().leases  # to group the targets by node
             self.checker_thread.targets = check_targets(plan)
         if self.saver is not None and (old is None or not _same_frontends(old, plan)):
             self.saver.header_extra = {"overlay_udp_port": self.options.overlay_udp_port}

@@ -132,6 +132,29 @@ class Metrics:
             "Distinct backends (ip:port) failing the LB's own checks ([health]), whether excluded or not",
             registry=r,
         )
+        self.node_paths_failing = Gauge(
+            "flannel_lb_node_paths_failing",
+            "flannel leases none of whose backends answers the LB's checks ([health]): their pods are out",
+            registry=r,
+        )
+        self.health_targets = Gauge(
+            "flannel_lb_health_check_targets",
+            "Distinct checks ([health]: ip:port and HTTP path) the LB runs once per effective interval",
+            registry=r,
+        )
+        self.health_effective_interval = Gauge(
+            "flannel_lb_health_effective_interval_seconds",
+            "Seconds between two checks of a target: [health] interval, stretched when max_rate binds",
+            registry=r,
+        )
+        self.health_checks_per_second = Gauge(
+            "flannel_lb_health_checks_per_second",
+            "Checks per second the schedule runs at (targets / effective interval, at most max_rate)",
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "flannel_lb_health_checks", "Backend checks finished, by result", ["result"], registry=r
+        )
         self.path_faults = Gauge(
             "flannel_lb_lease_path_faults", "flannel leases with no kernel path", registry=r
         )

@@ -105,6 +105,16 @@ class Admission:
     path_faults: Mapping[ipaddress.IPv4Network, str] = field(default_factory=dict)  # from netcheck
     lb_addresses: frozenset[int] = frozenset()  # the LB's own addresses: never a backend
     unhealthy: frozenset[tuple[str, int]] = frozenset()  # ip:port failing the LB's checks ([health])
+    failing_paths: frozenset[ipaddress.IPv4Network] = frozenset()  # leases none of whose pods answers
+
+    def check_failing(self, ip: str, port: int, lease: Lease | None) -> Exclusion | None:
+        """Whether the LB's checks put this backend out: its node's path first (it covers every pod
+        there, UDP too), then its own check."""
+        if lease is not None and lease.subnet in self.failing_paths:
+            return Exclusion.NODE_PATH
+        if (ip, port) in self.unhealthy:
+            return Exclusion.HEALTH
+        return None
 
     def reason_to_exclude(self, ip: str) -> tuple[tuple[Exclusion, str] | None, Lease | None]:
         """Why the endpoint at `ip` may not serve (its kind and the text for humans), and its lease."""
@@ -253,12 +263,21 @@ def _backends(
     chosen = ready or {
         k: v for k, v in admitted.items() if v[0].endpoint.serving and v[0].endpoint.terminating
     }
-    failing = [k for k in chosen if k in admission.unhealthy] if admission.unhealthy else []
+    failing: dict[tuple[str, int], Exclusion] = {}
+    if admission.unhealthy or admission.failing_paths:
+        for key, (c, lease) in chosen.items():
+            kind = admission.check_failing(c.ip, c.port, lease)
+            if kind is not None:
+                failing[key] = kind
     if failing and len(failing) < len(chosen):  # all failing: serve them all (see `health_kept`)
-        for key in failing:
-            c, _lease = chosen.pop(key)
-            why = "health check failing: the LB's TCP connects to it fail"
-            excluded.append(Excluded(c.ip, why, c.port, c.endpoint.node_name, kind=Exclusion.HEALTH))
+        for key, kind in failing.items():
+            c, lease = chosen.pop(key)
+            why = (
+                f"node path failing: none of the backends on lease {lease.subnet} answers the LB's checks"
+                if kind is Exclusion.NODE_PATH and lease is not None
+                else "health check failing: the LB's TCP connects to it fail"
+            )
+            excluded.append(Excluded(c.ip, why, c.port, c.endpoint.node_name, kind=kind))
     for key, (c, _lease) in admitted.items():
         if key not in chosen and key not in failing:
             ep = c.endpoint
@@ -397,17 +416,26 @@ def admission_for(
     path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
     lb_addresses: Iterable[str] = (),
     unhealthy: Iterable[tuple[str, int]] = (),
+    failing_paths: Iterable[ipaddress.IPv4Network] = (),
 ) -> Admission:
     mine = frozenset(a for a in map(ipv4_int, lb_addresses) if a is not None)
     leases = LeaseIndex(state.leases(), now)
-    return Admission(state.network(), leases, path_faults or {}, mine, frozenset(unhealthy))
+    return Admission(
+        state.network(), leases, path_faults or {}, mine, frozenset(unhealthy), frozenset(failing_paths)
+    )
 
 
 def health_kept(backends: tuple[Backend, ...], admission: Admission) -> bool:
-    """Whether every backend serves although it fails its check: a failing check is less certain than
-    an empty frontend is, so a frontend whose backends all fail keeps them all."""
-    failing = [b for b in backends if (b.ip, b.port) in admission.unhealthy]
-    return bool(failing) and len(failing) == len(backends)
+    """Whether every backend serves although it fails its check (or its node's path does): a failing
+    check is less certain than an empty frontend is, so a frontend whose backends all fail keeps them."""
+    if not backends or not (admission.unhealthy or admission.failing_paths):
+        return False
+    for b in backends:
+        addr = ipv4_int(b.ip)
+        lease = admission.leases.find(addr) if addr is not None else None
+        if admission.check_failing(b.ip, b.port, lease) is None:
+            return False
+    return True
 
 
 def compute_plan(
@@ -417,9 +445,10 @@ def compute_plan(
     now: float,
     path_faults: Mapping[ipaddress.IPv4Network, str] | None = None,
     unhealthy: Iterable[tuple[str, int]] = (),
+    failing_paths: Iterable[ipaddress.IPv4Network] = (),
 ) -> Plan:
     """The whole plan from scratch (the agent's incremental planner gives the same result)."""
-    admission = admission_for(state, now, path_faults, settings.addresses, unhealthy)
+    admission = admission_for(state, now, path_faults, settings.addresses, unhealthy, failing_paths)
     plans = [
         plan_service(svc, state.endpoint_groups(ref)[0], admission, settings)
         for ref, svc in state.services.items()

@@ -37,6 +37,7 @@ class Exclusion(enum.Enum):
     NO_LEASE = "no_lease"  # no live lease covers it (or its lease expired)
     NO_PATH = "no_path"  # netcheck: no kernel path to its lease
     HEALTH = "health_failing"  # the LB's own checks ([health]) fail, while others of its frontend pass
+    NODE_PATH = "node_path_failing"  # no backend on its node's lease answers the LB's checks ([health])
     LEASE_OVERLAP = "lease_overlap"  # two leases cover it: neither is trusted there
     LEASE_ADDRESS = "lease_address"  # the network or broadcast address of its lease
     LB_ADDRESS = "lb_address"  # one of the LB's own addresses

@@ -33,6 +33,7 @@ class Planner:
         self.clock = clock
         self.path_faults: Mapping[ipaddress.IPv4Network, str] = {}
         self.unhealthy: frozenset[tuple[str, int]] = frozenset()  # from the LB's own checks
+        self.failing_paths: frozenset[ipaddress.IPv4Network] = frozenset()  # leases, from the same
         self._plans: dict[ServiceRef, ServicePlan] = {}
         self._admission: Admission | None = None
         self._admitted_at = 0.0  # when the lease index was built: leases expiring later are still live
@@ -45,7 +46,12 @@ class Planner:
         if self._admission is None:
             self._admitted_at = self.clock()
             self._admission = admission_for(
-                self.state, self._admitted_at, self.path_faults, self.settings.addresses, self.unhealthy
+                self.state,
+                self._admitted_at,
+                self.path_faults,
+                self.settings.addresses,
+                self.unhealthy,
+                self.failing_paths,
             )
         return self._admission
 
@@ -63,6 +69,15 @@ class Planner:
         if down == self.unhealthy:
             return False
         self.unhealthy = down
+        self._admission = None
+        return True
+
+    def set_failing_paths(self, leases: Iterable[ipaddress.IPv4Network]) -> bool:
+        """Record the leases whose path fails the LB's checks; True when that changed (re-plans all)."""
+        failing = frozenset(leases)
+        if failing == self.failing_paths:
+            return False
+        self.failing_paths = failing
         self._admission = None
         return True
 
