@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -160,22 +161,25 @@ class Net:
             out.close()
 
 
-def _bgp_config(tmp: Path, short: str) -> config.Config:
+def _bgp_config(tmp: Path, short: str, sections: str = "", bgp_keys: str = "") -> config.Config:
     path = tmp / f"{short}.toml"
     path.write_text(
-        f'[lb]\naddresses = ["{VIP}"]\n[bgp]\nenabled = true\nasn = 65001\n'
+        f'{sections}[lb]\naddresses = ["{VIP}"]\n[bgp]\nenabled = true\nasn = 65001\n'
         f'neighbors = [{{ address = "{ROUTER}", asn = 65000 }}]\n'
-        f'bfd_interval_ms = {BFD_MS}\nbfd_multiplier = {BFD_MULT}\nstate_dir = "{tmp / short}"\n'
+        f'bfd_interval_ms = {BFD_MS}\nbfd_multiplier = {BFD_MULT}\nstate_dir = "{tmp / short}"\n{bgp_keys}'
     )
     return config.load(path)  # router_id: the default, the VIP, on both boxes (as one shared file gives)
 
 
-@pytest.fixture
-def net() -> Iterator[Net]:
-    """The router and two LBs on a bridge, BIRD running in each; no VIP announced yet."""
+@contextmanager
+def bgp_net(tag: str = "bgp", sections: str = "", bgp_keys: dict[str, str] | None = None) -> Iterator[Net]:
+    """The router and two LBs on a bridge, BIRD running in each, sessions up; no VIP announced yet.
+
+    `sections` (TOML tables) are added to both LBs' config files (`tmp / "lb1.toml"`, `tmp / "lb2.toml"`),
+    `bgp_keys[short]` (lines of [bgp]) to that LB's."""
     tmp = Path(tempfile.mkdtemp(prefix="flb-bgp-"))  # short: BIRD's socket path must fit sockaddr_un
     try:
-        with Namespaces(unique_prefix("bgp")) as ns:
+        with Namespaces(unique_prefix(tag)) as ns:
             ns.add("sw")
             sysctls(ns, "sw", NO_IPV6)
             batch(ns, "sw", ["link add br0 type bridge", "link set br0 up"])
@@ -185,7 +189,8 @@ def net() -> Iterator[Net]:
                 ns.veth(short, "eth0", "sw", f"p-{short}")
                 batch(ns, "sw", [f"link set p-{short} master br0"])
                 batch(ns, short, [f"addr add {address}/24 dev eth0"])
-            cfgs = {short: _bgp_config(tmp, short) for short in LBS}
+            keys = bgp_keys or {}
+            cfgs = {short: _bgp_config(tmp, short, sections, keys.get(short, "")) for short in LBS}
             n = Net(ns, tmp, cfgs)
             try:
                 (tmp / "router").mkdir()
@@ -208,6 +213,12 @@ def net() -> Iterator[Net]:
                 n.close()  # then the namespaces go, with anything left running in them
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    with bgp_net() as n:
+        yield n
 
 
 def test_the_router_learns_the_vip_only_once_announced_and_routes_ecmp_over_both_lbs(net: Net) -> None:

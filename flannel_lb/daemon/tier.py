@@ -13,13 +13,17 @@ from pathlib import Path
 import structlog
 
 from flannel_lb import config as config_mod
+from flannel_lb.bgp import drain
 from flannel_lb.bgp.announce import Announcer
+from flannel_lb.bgp.redirect import Redirect
 from flannel_lb.daemon.ha_health import HAHealth
 from flannel_lb.daemon.metrics import Metrics
 from flannel_lb.ha.paths import Paths
 from flannel_lb.kernel.netns import RunError
 
 log = structlog.get_logger("flannel_lb.agent")
+
+REDIRECT_REFRESH = 2.0  # seconds between reads of the routers' MACs (the redirect's neighbour set)
 
 
 class TierSignals:
@@ -31,6 +35,12 @@ class TierSignals:
         self.announcer = announcer
         self.ha_health: HAHealth | None = None
         self._announced = False
+        self.drained = False  # a drain withdrew the VIPs: nothing announces them again until a restart
+        self._pid_at: config_mod.BGPConfig | None = None  # where the pid file was written
+        self.redirect: Redirect | None = None  # [bgp] peers: second chance for flows the router moved
+        self._router_macs: tuple[str, ...] | None = None  # what the redirect table was written with
+        self._redirect_due = 0.0
+        self._redirect_failing = False
 
     def start(self) -> None:
         """Only the running agent speaks for the box (`sync --once` must not hand addresses over)."""
@@ -38,18 +48,47 @@ class TierSignals:
             self.ha_health = HAHealth(Path(Paths.of(self.cfg.ha).health_file), self.metrics)
         if self.announcer is None and self.cfg.bgp.enabled:
             self.announcer = Announcer.of(self.cfg.bgp)
+        if self.cfg.bgp.enabled and self.redirect is None and self.announcer is not None:
+            self.redirect = Redirect.of(self.cfg.bgp, self.announcer.netns)
+            if self.redirect is not None:
+                self._refresh_redirect(0.0)
+        if self.cfg.bgp.enabled and self._pid_at is None:
+            try:  # `flannel-lb drain` finds the agent through it
+                drain.write_pid(self.cfg.bgp)
+                self._pid_at = self.cfg.bgp
+            except OSError as e:
+                log.error("pid_file_unwritable", error=str(e), hint="`flannel-lb drain` cannot find it")
 
-    def turn(self) -> None:
-        """Once per turn of the loop: a health verdict whose write failed is retried (no I/O otherwise)."""
+    def turn(self, now: float) -> None:
+        """Once per turn of the loop: a health verdict whose write failed is retried; every
+        REDIRECT_REFRESH s the routers' MACs are read and the redirect rewritten if they changed."""
         if self.ha_health is not None:
             self.ha_health.flush()
+        if self.redirect is not None and now >= self._redirect_due:
+            self._refresh_redirect(now)
+
+    def _refresh_redirect(self, now: float) -> None:
+        if self.redirect is None:
+            return
+        self._redirect_due = now + REDIRECT_REFRESH
+        try:
+            macs = self.redirect.router_macs()
+            if macs != self._router_macs:
+                self.redirect.apply(macs)
+                log.info("bgp_redirect_written", peers=list(self.redirect.peers), router_macs=list(macs))
+                self._router_macs = macs
+            self._redirect_failing = False
+        except (RunError, OSError, ValueError) as e:
+            if not self._redirect_failing:
+                log.error("bgp_redirect_failed", error=str(e), retry_in=REDIRECT_REFRESH)
+            self._redirect_failing = True
 
     def serving(self, *, live: bool, full: bool = False) -> None:
         """The kernel holds the plan: healthy; announced once the plan is live (from etcd, not the state
         file's), and again at every full resync, which puts back an address someone removed."""
         if self.ha_health is not None:
             self.ha_health.synced()
-        if live and (full or not self._announced):
+        if live and not self.drained and (full or not self._announced):
             self._announce(True, "live sync")
 
     def broken(self, reason: str, *, withdraw: bool = True) -> None:
@@ -59,8 +98,17 @@ class TierSignals:
         if withdraw:
             self._announce(False, reason)
 
+    def drain(self) -> list[str] | None:
+        """Withdraw for good (until restarted): the router sends new flows to the other boxes. The VIPs
+        taken off, or None when `ip` failed (logged; `stopping` tries again)."""
+        self.drained = True
+        return self._announce(False, "draining")
+
     def stopping(self) -> None:
         self._announce(False, "stopping")
+        if self._pid_at is not None:
+            drain.remove_pid(self._pid_at)
+            self._pid_at = None
 
     def reconfigured(self, cfg: config_mod.Config) -> None:
         """A reloaded config: the next sync announces the new addresses (and takes off the ones no longer
@@ -77,15 +125,21 @@ class TierSignals:
         if new is None or new.interface != old.interface:
             self._announce(False, "config reloaded")
         self.announcer, self._announced = new, False
+        redirect = Redirect.of(cfg.bgp, old.netns) if new is not None else None
+        if redirect != self.redirect:
+            if redirect is None and self.redirect is not None:
+                self.redirect.remove()
+            self.redirect, self._router_macs, self._redirect_due = redirect, None, 0.0
 
-    def _announce(self, fit: bool, reason: str) -> None:
+    def _announce(self, fit: bool, reason: str) -> list[str] | None:
         if self.announcer is None:
-            return
+            return []
         try:
             changes = self.announcer.announce() if fit else self.announcer.withdraw()
         except (RunError, OSError, ValueError) as e:
             log.error("bgp_announce_failed" if fit else "bgp_withdraw_failed", error=str(e), reason=reason)
-            return
+            return None
         if changes or fit != self._announced:
             log.info("bgp_announced" if fit else "bgp_withdrawn", changed=changes, reason=reason)
         self._announced = fit
+        return changes
