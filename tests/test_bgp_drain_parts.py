@@ -349,6 +349,8 @@ def test_the_redirect_passes_mid_stream_packets_from_a_router_on_and_drops_the_r
     assert text.startswith("table ip flb_bgp\ndelete table ip flb_bgp\n")  # one transaction replaces it
     unresolved = r.render(())
     assert "dup to" not in unresolved and "syn == 0 counter drop" in unresolved
+    alone = r.render(("02:00:00:00:00:01",), ())  # every peer listed is this box
+    assert "dup to" not in alone and alone.count("drop") == 1
 
 
 @needs_root
@@ -371,10 +373,13 @@ def test_the_redirect_table_loads_reads_the_routers_macs_and_is_replaced_whole(
     ]
     box.run("lb", neigh)
     box.run("lb", ["ip", "neigh", "replace", "10.80.0.99", "lladdr", "02:00:00:00:00:09", "dev", "eth0"])
-    r = Redirect.of(_bgp(tmp_path, 'peers = ["10.80.0.12"]\n').bgp, name)
+    r = Redirect.of(_bgp(tmp_path, 'peers = ["10.80.0.11", "10.80.0.12"]\n').bgp, name)
     assert r is not None
     assert r.router_macs() == ("02:00:00:00:00:01",)  # only the neighbours' (the routers')
-    r.apply(r.router_macs())
+    assert r.others() == ("10.80.0.12",)  # 10.80.0.11 is this box: one list serves the whole group
+    r.apply(r.router_macs(), r.others())
+    listed = box.run("lb", ["nft", "list", "table", "ip", "flb_bgp"]).stdout
+    assert "dup to 10.80.0.12 drop" in listed and "10.80.0.11" not in listed
     r.apply(())  # replaced, not added to
     listed = box.run("lb", ["nft", "list", "table", "ip", "flb_bgp"]).stdout
     assert "dup to" not in listed and listed.count("drop") == 1

@@ -49,6 +49,22 @@ class Redirect:
             return None
         return cls(bgp.addresses, bgp.peers, tuple(n.address for n in bgp.neighbors), netns)
 
+    def local(self) -> frozenset[str]:
+        """This box's own IPv4 addresses: a peer among them is this box (one file for the whole group)."""
+        text = output(["ip", "-j", "-4", "addr", "show"], self.netns, timeout=30)
+        return frozenset(
+            info["local"]
+            for link in load_json(text) or []
+            if isinstance(link, dict)
+            for info in link.get("addr_info", [])
+            if isinstance(info, dict) and isinstance(info.get("local"), str)
+        )
+
+    def others(self) -> tuple[str, ...]:
+        """The peers that are not this box."""
+        mine = self.local()
+        return tuple(p for p in self.peers if p not in mine)
+
     def router_macs(self) -> tuple[str, ...]:
         """The routers' link-layer addresses, as the neighbour table has them (sorted, checked)."""
         text = output(["ip", "-j", "-4", "neigh", "show"], self.netns, timeout=30)
@@ -65,10 +81,12 @@ class Redirect:
                 macs.add(mac)
         return tuple(sorted(macs))
 
-    def render(self, macs: tuple[str, ...]) -> str:
-        """The whole table, replacing any earlier one in the same transaction."""
+    def render(self, macs: tuple[str, ...], peers: tuple[str, ...] | None = None) -> str:
+        """The whole table, replacing any earlier one in the same transaction; `peers`: the ones to pass
+        packets on to (default: all configured)."""
         vips = ", ".join(self.vips)
-        dups = " ".join(f"dup to {p}" for p in self.peers)
+        peers = self.peers if peers is None else peers
+        dups = " ".join(f"dup to {p}" for p in peers)
         out = [
             f"table ip {TABLE}\n",
             f"delete table ip {TABLE}\n",
@@ -84,16 +102,18 @@ class Redirect:
         ]
         # no entry: picked up mid-stream (new) or not even that (invalid: a FIN or RST with no entry)
         midstream = "ip daddr @vips meta l4proto tcp ct state { new, invalid } tcp flags & syn == 0"
-        if macs:
+        if macs and peers:
             out.append(f"        {midstream} ether saddr @routers counter {dups} drop\n")
             out.append(f"        {midstream} ether saddr != @routers counter drop\n")
+        elif macs:  # no peer but this box: nobody else can hold the flow
+            out.append(f"        {midstream} counter drop\n")
         else:  # no router resolved yet: nothing can be told apart; drop rather than reset
             out.append(f"        {midstream} counter drop\n")
         out += ["    }\n", "}\n"]
         return "".join(out)
 
-    def apply(self, macs: tuple[str, ...]) -> None:
-        proc = run(["nft", "-f", "-"], self.netns, input=self.render(macs), timeout=30)
+    def apply(self, macs: tuple[str, ...], peers: tuple[str, ...] | None = None) -> None:
+        proc = run(["nft", "-f", "-"], self.netns, input=self.render(macs, peers), timeout=30)
         if proc.returncode != 0:
             raise RunError(f"nft -f (table ip {TABLE}) exited {proc.returncode}: {proc.stderr.strip()}")
 

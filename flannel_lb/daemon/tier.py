@@ -38,7 +38,7 @@ class TierSignals:
         self.drained = False  # a drain withdrew the VIPs: nothing announces them again until a restart
         self._pid_at: config_mod.BGPConfig | None = None  # where the pid file was written
         self.redirect: Redirect | None = None  # [bgp] peers: second chance for flows the router moved
-        self._router_macs: tuple[str, ...] | None = None  # what the redirect table was written with
+        self._redirect_with: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (MACs, peers) written
         self._redirect_due = 0.0
         self._redirect_failing = False
 
@@ -72,11 +72,11 @@ class TierSignals:
             return
         self._redirect_due = now + REDIRECT_REFRESH
         try:
-            macs = self.redirect.router_macs()
-            if macs != self._router_macs:
-                self.redirect.apply(macs)
-                log.info("bgp_redirect_written", peers=list(self.redirect.peers), router_macs=list(macs))
-                self._router_macs = macs
+            macs, peers = self.redirect.router_macs(), self.redirect.others()
+            if (macs, peers) != self._redirect_with:
+                self.redirect.apply(macs, peers)
+                log.info("bgp_redirect_written", peers=list(peers), router_macs=list(macs))
+                self._redirect_with = (macs, peers)
             self._redirect_failing = False
         except (RunError, OSError, ValueError) as e:
             if not self._redirect_failing:
@@ -129,7 +129,7 @@ class TierSignals:
         if redirect != self.redirect:
             if redirect is None and self.redirect is not None:
                 self.redirect.remove()
-            self.redirect, self._router_macs, self._redirect_due = redirect, None, 0.0
+            self.redirect, self._redirect_with, self._redirect_due = redirect, None, 0.0
 
     def _announce(self, fit: bool, reason: str) -> list[str] | None:
         if self.announcer is None:

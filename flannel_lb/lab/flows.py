@@ -114,20 +114,20 @@ def long_flows(
     timeout: float,
     stop: threading.Event,
     s: Summary,
-    index: int,
+    share: float,
 ) -> None:
-    """One long-lived flow after the other, each exchanging a line every `gap` s for `life` s."""
-    time.sleep(index * gap / 7 % life)  # staggered, so that flows do not all end at once
+    """One long-lived flow after the other, each exchanging a line every `gap` s for `life` s; the
+    first one lives `share` of `life` only, so that the flows' ends are spread over every `life`."""
     n = 0
     while not stop.is_set():
         sock = None
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
             sock.settimeout(timeout)
-            end = time.monotonic() + life
+            end = time.monotonic() + (life * share if n == 0 else life)
             while time.monotonic() < end and not stop.is_set():
                 n += 1
-                _exchange(sock, f"{index:05d} {n:010d} ".ljust(LINE, ".").encode())
+                _exchange(sock, f"{share:.5f} {n:010d} ".ljust(LINE, ".").encode())
                 with s.lock:
                     s.exchanges += 1
                 time.sleep(gap)
@@ -173,7 +173,9 @@ def load(
     s = Summary()
     stop = threading.Event()
     threads = [
-        threading.Thread(target=long_flows, args=(host, port, life, gap, timeout, stop, s, i), daemon=True)
+        threading.Thread(
+            target=long_flows, args=(host, port, life, gap, timeout, stop, s, (i + 1) / flows), daemon=True
+        )
         for i in range(flows)
     ]
     threads.append(
