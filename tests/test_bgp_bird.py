@@ -15,6 +15,7 @@ to drop a dead box's next hop is printed, never asserted (no timing assertions).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -29,9 +30,11 @@ from typing import IO, Any
 
 import pytest
 
-from flannel_lb import config
+from flannel_lb import config, doctor
 from flannel_lb.bgp import bird
 from flannel_lb.bgp.announce import Announcer
+from flannel_lb.daemon.metrics import Metrics
+from flannel_lb.daemon.tier import TierSignals
 from flannel_lb.kernel.netns import RunError
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 from flannel_lb.lab.topology import batch, sysctls
@@ -333,3 +336,63 @@ def test_announce_on_a_missing_interface_says_so(box: tuple[Namespaces, str]) ->
     _, name = box
     with pytest.raises(RunError, match="vip0"):
         Announcer("vip0", ("10.81.0.1",), name).announce()
+
+
+# --- check and metrics: the sessions as BIRD reports them -------------------------------------------
+
+
+def _check(net: Net, short: str) -> dict[str, tuple[str, str]]:
+    """`check`'s BGP lines for one LB (no etcd here: its check gives up at once)."""
+    cfg = net.cfgs[short]
+    cfg = dataclasses.replace(cfg, etcd=dataclasses.replace(cfg.etcd, retry_budget=0.1, timeout=0.1))
+    results = doctor.run_checks(cfg, net.ns.name(short))
+    return {r.name: (r.status, r.detail) for r in results if r.name.startswith("bgp")}
+
+
+def test_check_shows_each_session_its_bfd_state_and_what_is_announced(net: Net) -> None:
+    net.wait_for("lb1's BFD session", lambda: "Up" in net.birdc("lb1", "show", "bfd", "sessions"))
+    found = _check(net, "lb1")
+    status, detail = found["bgp sessions"]
+    assert status == "ok", detail
+    assert detail.startswith("1 of 1 sessions established with BFD up\n")
+    assert f"flannel_lb_peer1 {ROUTER} AS65000: BGP up Established since " in detail
+    assert "BFD Up on eth0" in detail
+    assert found["bgp announced"][0] == "warn" and f"not announced: {VIP}" in found["bgp announced"][1]
+    net.announcer("lb1").announce()
+    assert found["bgp announced"] != _check(net, "lb1")["bgp announced"]
+    assert _check(net, "lb1")["bgp announced"] == ("ok", f"announced on lo: {VIP}")
+    # the router goes away: the session and BFD go down, and `check` says so
+    net.procs["router"].kill()
+    net.wait_for("lb1's session to drop", lambda: not net.established("lb1", bird.protocol_name(1)))
+    status, detail = _check(net, "lb1")["bgp sessions"]
+    assert status == "fail" and detail.startswith("0 of 1 sessions established"), detail
+    net.procs["lb1"].kill()
+    net.procs["lb1"].wait(10)
+    status, detail = _check(net, "lb1")["bgp sessions"]
+    assert status == "fail" and "BIRD does not answer on its control socket" in detail, detail
+
+
+def _metric(metrics: Metrics, line_start: str) -> float:
+    for line in metrics.exposition().decode().splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {line_start} in the metrics")
+
+
+def test_the_session_and_announcement_metrics_follow_bird(net: Net) -> None:
+    net.wait_for("lb1's BFD session", lambda: "Up" in net.birdc("lb1", "show", "bfd", "sessions"))
+    metrics = Metrics()
+    tier = TierSignals(net.cfgs["lb1"], metrics, net.announcer("lb1"))
+    tier.serving(live=True)
+    tier.poll_sessions(0.0)
+    assert _metric(metrics, "flannel_lb_bgp_announced_vips ") == 1
+    assert _metric(metrics, f'flannel_lb_bgp_session_up{{neighbor="{ROUTER}"}}') == 1
+    assert _metric(metrics, f'flannel_lb_bgp_bfd_up{{neighbor="{ROUTER}"}}') == 1
+    tier.drain()
+    assert _metric(metrics, "flannel_lb_bgp_announced_vips ") == 0
+    assert _metric(metrics, "flannel_lb_bgp_draining ") == 1
+    net.procs["lb1"].kill()
+    net.procs["lb1"].wait(10)
+    tier.poll_sessions(10.0)
+    assert _metric(metrics, f'flannel_lb_bgp_session_up{{neighbor="{ROUTER}"}}') == 0
+    assert _metric(metrics, "flannel_lb_bgp_status_failures_total ") == 1

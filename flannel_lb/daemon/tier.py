@@ -8,12 +8,14 @@ are still right and so is what it tells the others (fail static).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import structlog
 
 from flannel_lb import config as config_mod
 from flannel_lb.bgp import drain
+from flannel_lb.bgp import status as bgp_status
 from flannel_lb.bgp.announce import Announcer
 from flannel_lb.bgp.redirect import Redirect
 from flannel_lb.daemon.ha_health import HAHealth
@@ -24,6 +26,8 @@ from flannel_lb.kernel.netns import RunError
 log = structlog.get_logger("flannel_lb.agent")
 
 REDIRECT_REFRESH = 2.0  # seconds between reads of the routers' MACs (the redirect's neighbour set)
+SESSION_POLL = 5.0  # seconds between birdc polls for the session metrics
+BIRDC_TIMEOUT = 2.0  # the loop waits for birdc at most this long
 
 
 class TierSignals:
@@ -41,6 +45,8 @@ class TierSignals:
         self._redirect_with: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (MACs, peers) written
         self._redirect_due = 0.0
         self._redirect_failing = False
+        self._sessions_due = 0.0
+        self._sessions_failing = False
 
     def start(self) -> None:
         """Only the running agent speaks for the box (`sync --once` must not hand addresses over)."""
@@ -66,6 +72,30 @@ class TierSignals:
             self.ha_health.flush()
         if self.redirect is not None and now >= self._redirect_due:
             self._refresh_redirect(now)
+        if self.announcer is not None and self.cfg.bgp.enabled and now >= self._sessions_due:
+            self.poll_sessions(now)
+
+    def poll_sessions(self, now: float) -> None:
+        """Each neighbour's BGP and BFD state from birdc into the metrics; never raises."""
+        self._sessions_due = now + SESSION_POLL
+        bgp, metrics = self.cfg.bgp, self.metrics.bgp()
+        try:
+            found = bgp_status.query(bgp, self.announcer.netns if self.announcer else None, BIRDC_TIMEOUT)
+        except RunError as e:
+            metrics.status_failures.inc()
+            for n in bgp.neighbors:
+                metrics.session_up.labels(n.address).set(0)
+                if bgp.bfd:
+                    metrics.bfd_up.labels(n.address).set(0)
+            if not self._sessions_failing:
+                log.warning("bgp_status_unreadable", error=str(e), retry_in=SESSION_POLL)
+            self._sessions_failing = True
+            return
+        self._sessions_failing = False
+        for s in found:
+            metrics.session_up.labels(s.address).set(1 if s.bgp is not None and s.bgp.established else 0)
+            if bgp.bfd:
+                metrics.bfd_up.labels(s.address).set(1 if s.bfd is not None and s.bfd.state == "Up" else 0)
 
     def _refresh_redirect(self, now: float) -> None:
         if self.redirect is None:
@@ -102,6 +132,7 @@ class TierSignals:
         """Withdraw for good (until restarted): the router sends new flows to the other boxes. The VIPs
         taken off, or None when `ip` failed (logged; `stopping` tries again)."""
         self.drained = True
+        self.metrics.bgp().draining.set(1)
         return self._announce(False, "draining")
 
     def stopping(self) -> None:
@@ -142,4 +173,6 @@ class TierSignals:
         if changes or fit != self._announced:
             log.info("bgp_announced" if fit else "bgp_withdrawn", changed=changes, reason=reason)
         self._announced = fit
+        with contextlib.suppress(RunError, OSError, ValueError):  # the gauge only; serving goes on
+            self.metrics.bgp().announced.set(len(self.announcer.announced()))
         return changes
