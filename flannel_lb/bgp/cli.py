@@ -52,7 +52,12 @@ def cmd_drain(args: argparse.Namespace) -> int:
         pid = drain.running_agent(cfg.bgp)
     except drain.DrainError as e:
         raise CommandError(str(e)) from None
-    os.kill(pid, drain.SIGNAL)
+    try:
+        os.kill(pid, drain.SIGNAL)
+    except ProcessLookupError:
+        raise CommandError(f"agent {pid} exited before it could be asked to drain") from None
+    except PermissionError:
+        raise CommandError(f"not allowed to signal agent {pid}: run as root or as the agent's user") from None
     limit = cfg.bgp.drain_timeout + DRAIN_GRACE
     print(
         f"draining agent {pid}: VIPs withdrawn, waiting up to {cfg.bgp.drain_timeout:g} s "
