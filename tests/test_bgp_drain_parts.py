@@ -22,6 +22,7 @@ from flannel_lb.bgp import drain
 from flannel_lb.bgp.announce import Announcer
 from flannel_lb.bgp.redirect import Redirect
 from flannel_lb.daemon.agent import Agent, install_signal_handlers
+from flannel_lb.daemon.draining import POLL, Drain
 from flannel_lb.dataplane.plane import make_dataplane
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 from flannel_lb.lab.objects import endpoint, endpoint_slice, port, service
@@ -386,3 +387,27 @@ def test_the_redirect_table_loads_reads_the_routers_macs_and_is_replaced_whole(
     assert box.run("lb", ["nft", "list", "tables"]).stdout == "table ip flb_bgp\n"
     r.remove()
     assert box.run("lb", ["nft", "list", "tables"]).stdout == ""
+
+
+# --- the drain's clock (no kernel: the count is given) ---------------------------------------------
+
+
+def test_a_drain_that_cannot_count_waits_for_its_deadline_and_never_guesses() -> None:
+    def broken(_addresses: tuple[str, ...], _netns: str | None) -> int:
+        raise OSError("netlink refused")
+
+    d = Drain((VIP,), None, started=100.0, timeout=5.0, count=broken)
+    assert d.tally(100.0) == -1 and d.finished(100.0) is None
+    assert d.tally(104.9) == -1 and d.finished(104.9) is None
+    assert d.finished(105.0) == "deadline"
+
+
+def test_a_drain_ends_at_zero_or_at_its_deadline() -> None:
+    left = iter([3, 1, 0])
+    d = Drain((VIP,), None, started=0.0, timeout=60.0, count=lambda _a, _n: next(left))
+    assert [d.tally(t) for t in (0.0, 1.0, 2.0)] == [3, 1, 0]
+    assert d.finished(2.0) == "flows finished"
+    stuck = Drain((VIP,), None, started=0.0, timeout=0.0, count=lambda _a, _n: 4)
+    stuck.tally(0.0)
+    assert stuck.finished(0.0) == "deadline"  # drain_timeout = 0: withdraw and go
+    assert stuck.due(0.0) and stuck.next_check >= POLL

@@ -67,7 +67,8 @@ class TierSignals:
 
     def turn(self, now: float) -> None:
         """Once per turn of the loop: a health verdict whose write failed is retried; every
-        REDIRECT_REFRESH s the routers' MACs are read and the redirect rewritten if they changed."""
+        REDIRECT_REFRESH s the routers' MACs are read and the redirect rewritten if they changed; every
+        SESSION_POLL s BIRD is asked for the session metrics."""
         if self.ha_health is not None:
             self.ha_health.flush()
         if self.redirect is not None and now >= self._redirect_due:
