@@ -117,5 +117,6 @@ class Redirect:
         if proc.returncode != 0:
             raise RunError(f"nft -f (table ip {TABLE}) exited {proc.returncode}: {proc.stderr.strip()}")
 
-    def remove(self) -> None:
-        run(["nft", "delete", "table", "ip", TABLE], self.netns, timeout=30)
+    def remove(self) -> bool:
+        """Delete the table; False when there was none."""
+        return run(["nft", "delete", "table", "ip", TABLE], self.netns, timeout=30).returncode == 0
