@@ -3,7 +3,7 @@
 A router's ECMP is stateless: once a box withdraws, the router hashes every packet of that box's open
 flows onto the others. There conntrack knows nothing of them; the kernel picks the mid-stream packet up
 as a new flow, DNATs it to the same pod (maglev) but from another SNAT address, and the pod answers with
-a reset (measured: 12 of 12 flows reset, tests/test_bgp_drain.py). So every box of the group, given its
+a reset (measured: every one of them, tests/test_bgp_drain.py). So every box of the group, given its
 peers (`[bgp] peers`), forwards such packets to them instead, as Cloudflare's Unimog daisy-chains them
 to the previous owner and GitHub's GLB to its secondary:
 
