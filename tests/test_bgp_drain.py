@@ -15,6 +15,7 @@ withdraws lb1, waits for its open flows, and the agent exits. Figures are printe
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -73,9 +74,10 @@ class Lab:
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """Both agents serving and announcing; `request.param`: (drain_timeout, second chance on)."""
     timeout, second_chance = getattr(request, "param", (20, True))
+    on_sigterm = "drain_on_sigterm = true\n"  # only SIGTERM's test sends one; the verb drains either way
     group = ", ".join(f'"{address}"' for address in LBS.values())  # one list for both: each skips itself
     keys = {
-        short: f"drain_timeout = {timeout}\n" + (f"peers = [{group}]\n" if second_chance else "")
+        short: f"drain_timeout = {timeout}\n{on_sigterm}" + (f"peers = [{group}]\n" if second_chance else "")
         for short in LBS
     }
     with bgp_net("bgpd", SECTIONS, keys) as net:
@@ -160,7 +162,7 @@ class Drained:
         )
 
 
-def _drain_under_load(lab: Lab, life: float, second_chance: bool = True) -> Drained:
+def _drain_under_load(lab: Lab, life: float, second_chance: bool = True, sigterm: bool = False) -> Drained:
     """20 long-lived flows of `life` s each (one after the other) and 50 new connections/s through both
     boxes, `flannel-lb drain` on lb1, 2 s more load through lb2 alone, then the client's summary."""
     net = lab.net
@@ -173,11 +175,17 @@ def _drain_under_load(lab: Lab, life: float, second_chance: bool = True) -> Drai
     time.sleep(4)  # flows through both boxes
     before = {short: _open_flows(net, short) for short in LBS}
     t = time.monotonic()
-    verb = net.ns.run(
-        "lb1", _python("flannel_lb", "--config", str(lab.config("lb1")), "drain"), check=False, timeout=90
-    )
-    took = time.monotonic() - t
     agent = lab.agents["lb1"]
+    if sigterm:  # what `systemctl stop` sends; the unit's drain_on_sigterm = true
+        agent.signal(signal.SIGTERM)
+        assert agent.proc is not None
+        agent.proc.wait(60)
+        verb = subprocess.CompletedProcess(["kill", "-TERM"], 0, "(SIGTERM)", "")
+    else:
+        verb = net.ns.run(
+            "lb1", _python("flannel_lb", "--config", str(lab.config("lb1")), "drain"), check=False, timeout=90
+        )
+    took = time.monotonic() - t
     assert agent.proc is not None and agent.proc.wait(10) == 0, verb.stderr
     assert net.next_hops() == [LBS["lb2"]]
     assert VIP not in net.ns.run("lb1", ["ip", "-4", "addr", "show", "dev", "lo"]).stdout
@@ -207,6 +215,13 @@ def test_draining_one_of_two_lbs_under_load_fails_nothing_and_resets_nothing(lab
     assert d.finished["reason"] == "flows finished" and d.finished["open_flows_left"] == 0
     assert d.verb.returncode == 0 and "0 open flows left" in d.verb.stdout
     assert d.redirected > 0  # lb1's flows reached lb2 after the withdraw, and went on to lb1
+
+
+def test_sigterm_drains_when_configured(lab: Lab) -> None:
+    d = _drain_under_load(lab, life=3, sigterm=True)
+    d.show("SIGTERM with drain_on_sigterm, flows of 3 s, second chance on")
+    assert d.load["new_failed"] == 0 and d.load["flows_broken"] == 0, d.load
+    assert d.finished["reason"] == "flows finished"
 
 
 @pytest.mark.parametrize("lab", [(2, True)], indirect=True)
