@@ -208,6 +208,8 @@ def _drain_under_load(lab: Lab, life: float, second_chance: bool = True, sigterm
 def test_draining_one_of_two_lbs_under_load_fails_nothing_and_resets_nothing(lab: Lab) -> None:
     d = _drain_under_load(lab, life=3)
     d.show("drain, flows of 3 s, second chance on")
+    events = [e.get("event") for e in lab.agents["lb2"].events]
+    assert "bgp_redirect_written" in events and "bgp_status_unreadable" not in events  # BIRD polled fine
     assert d.before["lb1"] > 0 and d.before["lb2"] > 0  # the router spread the flows over both
     assert d.load["new_failed"] == 0, d.load
     assert d.load["flows_broken"] == 0, d.load
