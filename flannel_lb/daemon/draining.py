@@ -28,6 +28,8 @@ def count_open_flows(addresses: tuple[str, ...], netns: str | None) -> int:
 
 @dataclass
 class Drain:
+    """The drain's clock and its last count; the agent's loop calls `tally` when `due`."""
+
     addresses: tuple[str, ...]
     netns: str | None
     started: float
