@@ -196,6 +196,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from flannel_lb.bgp.redirect import TABLE, Redirect
     from flannel_lb.dataplane.plane import make_dataplane
 
     cfg = load_config(args)
@@ -204,6 +205,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(plane.cleanup())
     finally:
         plane.close()
+    redirect = Redirect.of(cfg.bgp) if cfg.bgp.enabled else None
+    if redirect is not None:  # [bgp] peers: the second-chance table is flannel-lb's too
+        gone = redirect.remove()
+        print(f"{'removed' if gone else 'no'} nftables table ip {TABLE} (second chance, [bgp] peers)")
     return EXIT_OK
 
 

@@ -171,7 +171,12 @@ class BGPConfig:
     communities: tuple[str, ...] = ()  # "ASN:VALUE" (standard) or "ASN:V1:V2" (large) on every announcement
     interface: str = "lo"  # where the VIPs are put while this box is fit (BIRD's `protocol direct` reads it)
     addresses: tuple[str, ...] = ()  # the announced addresses; empty in the file = [lb] addresses
-    state_dir: str = "/run/flannel-lb/bgp"  # bird.conf, BIRD's pid file and control socket
+    state_dir: str = "/run/flannel-lb/bgp"  # bird.conf, BIRD's pid file and control socket; the agent's
+    peers: tuple[
+        str, ...
+    ] = ()  # the group's other boxes (on the routers' link): second chance (bgp/redirect.py)
+    drain_on_sigterm: bool = False  # SIGTERM drains (withdraw, serve open flows, exit) instead of stopping
+    drain_timeout: float = 60.0  # seconds a drain waits for the open flows to the VIPs to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,15 +430,23 @@ def _bgp(bgp: _Section, lb_addresses: tuple[str, ...]) -> BGPConfig:
         interface=bgp.get("interface", str, d.interface, _label_ifname),
         addresses=addresses,
         state_dir=bgp.get("state_dir", str, d.state_dir, _state_dir),
+        peers=tuple(bgp.get("peers", list, [], _each(_ipv4_address))),
+        drain_on_sigterm=bgp.get("drain_on_sigterm", bool, d.drain_on_sigterm),
+        drain_timeout=bgp.number("drain_timeout", d.drain_timeout),
     )
     where = f"{bgp.path}: [bgp]"
-    for key, values in (("addresses", out.addresses), ("neighbors", [n.address for n in out.neighbors])):
+    routers = [n.address for n in out.neighbors]
+    for key, values in (("addresses", out.addresses), ("neighbors", routers), ("peers", out.peers)):
         if len(set(values)) != len(values):
             dup = next(a for a in values if values.count(a) > 1)
             raise ConfigError(f"{where} {key}: {dup} is listed twice")
     for n in out.neighbors:
         if n.address in out.addresses:
             raise ConfigError(f"{where} neighbors: {n.address} is an announced address, not a router's")
+    for peer in out.peers:
+        if peer in out.addresses or peer in routers:
+            what = "an announced address" if peer in out.addresses else "a neighbour (a router)"
+            raise ConfigError(f"{where} peers: {peer} is {what}; give another box's own address")
     if not out.enabled:
         return out
     if not out.asn:
@@ -545,6 +558,7 @@ NUMBERS: dict[tuple[str, str], Range] = {
     ("bgp", "bfd_interval_ms"): Range(int, 10, 10000, "ms"),  # BIRD takes 1 ms steps; < 10 ms is noise here
     ("bgp", "bfd_multiplier"): Range(int, 2, 255),  # 8 bits on the wire; 1: a lost packet drops it
     ("bgp", "hold_time"): Range(int, 3, 65535, "seconds"),  # RFC 4271: 0 or at least 3 (0 = never: refused)
+    ("bgp", "drain_timeout"): Range(float, 0, 86400, "seconds"),  # 0: withdraw and exit at once
 }
 
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flannel_lb import parts
+from flannel_lb.bgp import bird
+from flannel_lb.bgp import status as bgp_status
+from flannel_lb.bgp.announce import Announcer
 from flannel_lb.config import Config
 from flannel_lb.dataplane.iptables.rules import NAT, Rule
 from flannel_lb.dataplane.iptables.savefile import SavedRule, table_chains
@@ -105,8 +108,9 @@ class _Context:
 def run_checks(cfg: Config, netns: str | None = None) -> list[CheckResult]:
     """Every check, in order; a check that raises becomes a `fail` carrying the exception's message."""
     ctx = _Context(cfg, netns)
+    checks = CHECKS + (BGP_CHECKS if cfg.bgp.enabled else ())
     try:
-        return [_guarded(name, fn, ctx) for name, fn in CHECKS]
+        return [_guarded(name, fn, ctx) for name, fn in checks]
     finally:
         ctx.close()
 
@@ -760,6 +764,52 @@ def _cut(lines: list[str]) -> list[str]:
     if len(lines) <= MAX_LISTED:
         return lines
     return [*lines[:MAX_LISTED], f"... and {len(lines) - MAX_LISTED} more"]
+
+
+def check_bgp_sessions(ctx: _Context) -> tuple[Status, str]:
+    """Each neighbour's BGP session and BFD state, as this box's BIRD reports them."""
+    bgp = ctx.cfg.bgp
+    try:
+        found = bgp_status.query(bgp, ctx.netns)
+    except RunError as e:
+        return "fail", (
+            f"BIRD does not answer on its control socket: {e}\n"
+            f"start it with: {' '.join(bird.command(bgp))} (after `flannel-lb bgp write`)"
+        )
+    lines = [bgp_status.describe(s, bgp.bfd) for s in found]
+    up = sum(1 for s in found if bgp_status.healthy(s, bgp.bfd))
+    what = "established" + (" with BFD up" if bgp.bfd else "")
+    head = f"{up} of {len(found)} sessions {what}"
+    status: Status = "ok" if up == len(found) else "fail" if up == 0 else "warn"
+    if status != "ok":
+        head += " (a router without a session sends this box nothing; see BIRD's log)"
+    return status, "\n".join([head, *_cut(lines)])
+
+
+def check_bgp_announced(ctx: _Context) -> tuple[Status, str]:
+    """Which VIPs this box announces: the ones on `[bgp] interface` (BIRD's protocol direct reads them)."""
+    bgp = ctx.cfg.bgp
+    a = Announcer.of(bgp, ctx.netns)
+    ours, foreign = a.announced(), a.foreign()
+    on = set(ours) | set(foreign)
+    missing = [x for x in bgp.addresses if x not in on]
+    lines = [f"announced on {bgp.interface}: {', '.join(ours) or 'none'}"]
+    if foreign:
+        lines.append(f"also announced, put there by someone else (left alone): {', '.join(foreign)}")
+    if not missing:
+        return "ok", "\n".join(lines)
+    lines.append(f"not announced: {', '.join(missing)}")
+    lines.append(
+        "the agent announces once its first sync from etcd is live; it withdraws when a sync fails, "
+        "when it stops and when it drains (then until it is restarted)"
+    )
+    return "warn", "\n".join(lines)
+
+
+BGP_CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (
+    ("bgp sessions", check_bgp_sessions),
+    ("bgp announced", check_bgp_announced),
+)
 
 
 CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (

@@ -15,6 +15,7 @@ to drop a dead box's next hop is printed, never asserted (no timing assertions).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -22,15 +23,18 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from flannel_lb import config
+from flannel_lb import config, doctor
 from flannel_lb.bgp import bird
 from flannel_lb.bgp.announce import Announcer
+from flannel_lb.daemon.metrics import Metrics
+from flannel_lb.daemon.tier import TierSignals
 from flannel_lb.kernel.netns import RunError
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 from flannel_lb.lab.topology import batch, sysctls
@@ -160,22 +164,25 @@ class Net:
             out.close()
 
 
-def _bgp_config(tmp: Path, short: str) -> config.Config:
+def _bgp_config(tmp: Path, short: str, sections: str = "", bgp_keys: str = "") -> config.Config:
     path = tmp / f"{short}.toml"
     path.write_text(
-        f'[lb]\naddresses = ["{VIP}"]\n[bgp]\nenabled = true\nasn = 65001\n'
+        f'{sections}[lb]\naddresses = ["{VIP}"]\n[bgp]\nenabled = true\nasn = 65001\n'
         f'neighbors = [{{ address = "{ROUTER}", asn = 65000 }}]\n'
-        f'bfd_interval_ms = {BFD_MS}\nbfd_multiplier = {BFD_MULT}\nstate_dir = "{tmp / short}"\n'
+        f'bfd_interval_ms = {BFD_MS}\nbfd_multiplier = {BFD_MULT}\nstate_dir = "{tmp / short}"\n{bgp_keys}'
     )
     return config.load(path)  # router_id: the default, the VIP, on both boxes (as one shared file gives)
 
 
-@pytest.fixture
-def net() -> Iterator[Net]:
-    """The router and two LBs on a bridge, BIRD running in each; no VIP announced yet."""
+@contextmanager
+def bgp_net(tag: str = "bgp", sections: str = "", bgp_keys: dict[str, str] | None = None) -> Iterator[Net]:
+    """The router and two LBs on a bridge, BIRD running in each, sessions up; no VIP announced yet.
+
+    `sections` (TOML tables) are added to both LBs' config files (`tmp / "lb1.toml"`, `tmp / "lb2.toml"`),
+    `bgp_keys[short]` (lines of [bgp]) to that LB's."""
     tmp = Path(tempfile.mkdtemp(prefix="flb-bgp-"))  # short: BIRD's socket path must fit sockaddr_un
     try:
-        with Namespaces(unique_prefix("bgp")) as ns:
+        with Namespaces(unique_prefix(tag)) as ns:
             ns.add("sw")
             sysctls(ns, "sw", NO_IPV6)
             batch(ns, "sw", ["link add br0 type bridge", "link set br0 up"])
@@ -185,7 +192,8 @@ def net() -> Iterator[Net]:
                 ns.veth(short, "eth0", "sw", f"p-{short}")
                 batch(ns, "sw", [f"link set p-{short} master br0"])
                 batch(ns, short, [f"addr add {address}/24 dev eth0"])
-            cfgs = {short: _bgp_config(tmp, short) for short in LBS}
+            keys = bgp_keys or {}
+            cfgs = {short: _bgp_config(tmp, short, sections, keys.get(short, "")) for short in LBS}
             n = Net(ns, tmp, cfgs)
             try:
                 (tmp / "router").mkdir()
@@ -208,6 +216,12 @@ def net() -> Iterator[Net]:
                 n.close()  # then the namespaces go, with anything left running in them
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    with bgp_net() as n:
+        yield n
 
 
 def test_the_router_learns_the_vip_only_once_announced_and_routes_ecmp_over_both_lbs(net: Net) -> None:
@@ -322,3 +336,63 @@ def test_announce_on_a_missing_interface_says_so(box: tuple[Namespaces, str]) ->
     _, name = box
     with pytest.raises(RunError, match="vip0"):
         Announcer("vip0", ("10.81.0.1",), name).announce()
+
+
+# --- check and metrics: the sessions as BIRD reports them -------------------------------------------
+
+
+def _check(net: Net, short: str) -> dict[str, tuple[str, str]]:
+    """`check`'s BGP lines for one LB (no etcd here: its check gives up at once)."""
+    cfg = net.cfgs[short]
+    cfg = dataclasses.replace(cfg, etcd=dataclasses.replace(cfg.etcd, retry_budget=0.1, timeout=0.1))
+    results = doctor.run_checks(cfg, net.ns.name(short))
+    return {r.name: (r.status, r.detail) for r in results if r.name.startswith("bgp")}
+
+
+def test_check_shows_each_session_its_bfd_state_and_what_is_announced(net: Net) -> None:
+    net.wait_for("lb1's BFD session", lambda: "Up" in net.birdc("lb1", "show", "bfd", "sessions"))
+    found = _check(net, "lb1")
+    status, detail = found["bgp sessions"]
+    assert status == "ok", detail
+    assert detail.startswith("1 of 1 sessions established with BFD up\n")
+    assert f"flannel_lb_peer1 {ROUTER} AS65000: BGP up Established since " in detail
+    assert "BFD Up on eth0" in detail
+    assert found["bgp announced"][0] == "warn" and f"not announced: {VIP}" in found["bgp announced"][1]
+    net.announcer("lb1").announce()
+    assert found["bgp announced"] != _check(net, "lb1")["bgp announced"]
+    assert _check(net, "lb1")["bgp announced"] == ("ok", f"announced on lo: {VIP}")
+    # the router goes away: the session and BFD go down, and `check` says so
+    net.procs["router"].kill()
+    net.wait_for("lb1's session to drop", lambda: not net.established("lb1", bird.protocol_name(1)))
+    status, detail = _check(net, "lb1")["bgp sessions"]
+    assert status == "fail" and detail.startswith("0 of 1 sessions established"), detail
+    net.procs["lb1"].kill()
+    net.procs["lb1"].wait(10)
+    status, detail = _check(net, "lb1")["bgp sessions"]
+    assert status == "fail" and "BIRD does not answer on its control socket" in detail, detail
+
+
+def _metric(metrics: Metrics, line_start: str) -> float:
+    for line in metrics.exposition().decode().splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {line_start} in the metrics")
+
+
+def test_the_session_and_announcement_metrics_follow_bird(net: Net) -> None:
+    net.wait_for("lb1's BFD session", lambda: "Up" in net.birdc("lb1", "show", "bfd", "sessions"))
+    metrics = Metrics()
+    tier = TierSignals(net.cfgs["lb1"], metrics, net.announcer("lb1"))
+    tier.serving(live=True)
+    tier.poll_sessions(0.0)
+    assert _metric(metrics, "flannel_lb_bgp_announced_vips ") == 1
+    assert _metric(metrics, f'flannel_lb_bgp_session_up{{neighbor="{ROUTER}"}}') == 1
+    assert _metric(metrics, f'flannel_lb_bgp_bfd_up{{neighbor="{ROUTER}"}}') == 1
+    tier.drain()
+    assert _metric(metrics, "flannel_lb_bgp_announced_vips ") == 0
+    assert _metric(metrics, "flannel_lb_bgp_draining ") == 1
+    net.procs["lb1"].kill()
+    net.procs["lb1"].wait(10)
+    tier.poll_sessions(10.0)
+    assert _metric(metrics, f'flannel_lb_bgp_session_up{{neighbor="{ROUTER}"}}') == 0
+    assert _metric(metrics, "flannel_lb_bgp_status_failures_total ") == 1

@@ -412,6 +412,17 @@ def test_shipped_example_bgp_section_loads_when_uncommented(tmp_path: Path) -> N
         ('state_dir = "run/bgp"', r"\[bgp\] state_dir: an absolute path"),
         ('state_dir = "/run/../etc"', r"\[bgp\] state_dir: must not contain '..'"),
         ("neighbours = 1", r'\[bgp\] neighbours: unknown key; did you mean "neighbors"'),
+        ("drain_timeout = nan", r"\[bgp\] drain_timeout: must be from 0 to 86400 seconds, got nan"),
+        ("drain_timeout = -1", r"\[bgp\] drain_timeout: must be from 0 to 86400 seconds"),
+        ("drain_timeout = 1e9", r"\[bgp\] drain_timeout: must be from 0 to 86400 seconds"),
+        ("drain_timeout = true", r"\[bgp\] drain_timeout: expected a number"),
+        ('drain_timeout = "60"', r"\[bgp\] drain_timeout: expected a number"),
+        ('drain_on_sigterm = "yes"', r"\[bgp\] drain_on_sigterm: expected true or false"),
+        ('peers = ["10.245.1.300"]', r"\[bgp\] peers: item 1 .*not an IPv4 address"),
+        ('peers = "10.245.1.143"', r"\[bgp\] peers: expected a list"),
+        ('peers = ["10.245.1.143", "10.245.1.143"]', r"\[bgp\] peers: 10.245.1.143 is listed twice"),
+        ('peers = ["10.245.1.142"]', r"\[bgp\] peers: 10.245.1.142 is an announced address"),
+        ('peers = ["10.245.1.1"]', r"\[bgp\] peers: 10.245.1.1 is a neighbour"),
     ],
 )
 def test_bgp_errors_name_the_section_and_the_key(tmp_path: Path, extra: str, message: str) -> None:

@@ -6,6 +6,9 @@ coalesces bursts (`min_sync_interval`), writes only the frontend chains that cha
 kernel paths to the leases (netcheck), repairs drift with a periodic full resync, and pings
 systemd's watchdog. Nothing here ever removes working rules because etcd is down, hung or sending
 garbage: the rules only change when a fresh, decoded state says so. SIGTERM leaves them in place.
+With `[bgp]`, SIGUSR1 (`flannel-lb drain`, or SIGTERM with `drain_on_sigterm`) drains the box first:
+the VIPs are withdrawn for good, the loop keeps the rules in step while the open flows to the VIPs
+end (or `drain_timeout` passes), then the agent exits.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import queue
 import threading
 import time
@@ -25,10 +29,12 @@ import structlog
 
 from flannel_lb import config as config_mod
 from flannel_lb import parts
+from flannel_lb.bgp import drain as drain_files
 from flannel_lb.bgp.announce import Announcer
 from flannel_lb.daemon import memory
 from flannel_lb.daemon.backend_checks import BackendChecker, check_targets
 from flannel_lb.daemon.conntrack_monitor import Monitor
+from flannel_lb.daemon.draining import Drain
 from flannel_lb.daemon.metrics import HealthState, Metrics
 from flannel_lb.daemon.overlay_keeper import OverlayKeeper
 from flannel_lb.daemon.reporting import SyncReporter
@@ -83,8 +89,16 @@ class _Paths:
 
 
 @dataclass(slots=True)
+class _Drain:
+    """Posted by SIGUSR1 (`flannel-lb drain`) or a configured SIGTERM: drain, then exit."""
+
+
+@dataclass(slots=True)
 class _SourceDone:
     error: BaseException | None
+
+
+Input = Update | _Reload | _Health | _Paths | _Drain | _SourceDone  # what the loop takes from its inbox
 
 
 def enable_ip_forward(path: Path = Path("/proc/sys/net/ipv4/ip_forward")) -> bool:
@@ -129,7 +143,11 @@ class Agent:
         self.health = HealthState()
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.inbox: queue.Queue[Update | _Reload | _Health | _Paths | _SourceDone] = queue.Queue()
+        # SimpleQueue: its put() is reentrant, so signal handlers may post to it
+        self.inbox: queue.SimpleQueue[Input] = queue.SimpleQueue()
+        self.drain: Drain | None = None  # a drain in progress
+        self.drain_requested = False  # set by the signal handler, before the loop sees _Drain
+        self.drained = False  # the drain is over: `run` returns
         self.plan: Plan | None = None  # what the kernel holds (the last plan applied)
         self.have_snapshot = False
         self._pending: Change | None = None  # changes not yet synced
@@ -178,7 +196,7 @@ class Agent:
             )
             self.checker_thread.start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self.drained:
                 self.step()
         finally:
             stop.set()
@@ -213,6 +231,11 @@ class Agent:
     def request_reload(self) -> None:
         self.inbox.put(_Reload())
 
+    def request_drain(self) -> None:
+        """Safe in a signal handler: the loop starts the drain at its next turn."""
+        self.drain_requested = True
+        self.inbox.put(_Drain())
+
     def _feed(self, source: ClusterSource, stop: threading.Event) -> None:
         try:
             for update in source.stream(stop):
@@ -226,6 +249,8 @@ class Agent:
         deadline), then run the netcheck and the sync that are due."""
         now = self.clock()
         wait = self.scheduler.deadline(now, watching=self.have_snapshot) - now
+        if self.drain is not None:
+            wait = min(wait, self.drain.next_check - now)
         try:
             item = self.inbox.get(timeout=max(0.0, min(wait, 1.0)))
         except queue.Empty:
@@ -237,7 +262,9 @@ class Agent:
             except queue.Empty:
                 item = None
         self.health.beat()
-        self.tier.turn()
+        self.tier.turn(self.clock())
+        if self.drain is not None and self.drain.due(self.clock()):
+            self._drain_check()
         if self.notifier.watchdog_interval is not None:
             self.notifier.watchdog()
         if not self.have_snapshot:
@@ -259,7 +286,7 @@ class Agent:
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def handle(self, item: Update | _Reload | _Health | _Paths | _SourceDone) -> None:
+    def handle(self, item: Input) -> None:
         """Apply one input: an etcd update or status, a reload request, the end of the source."""
         if isinstance(item, Status):
             self.metrics.etcd_connected.set(1 if item.connected else 0)
@@ -275,6 +302,9 @@ class Agent:
             return
         if isinstance(item, _Reload):
             self.reload()
+            return
+        if isinstance(item, _Drain):
+            self._drain_start()
             return
         if isinstance(item, _Health):
             self.metrics.backends_failing_checks.set(len(item.down))
@@ -329,6 +359,52 @@ class Agent:
         if self.planner.set_path_faults(faults):
             log.info("lease_paths_changed", faults={str(k): v for k, v in faults.items()})
             self._mark(None)
+
+    # --- drain ------------------------------------------------------------------------------------
+
+    def _drain_start(self) -> None:
+        """Withdraw the VIPs for good, keep the rules, start counting the open flows to them."""
+        if self.drain is not None or self.drained:
+            log.info("drain_already_started")
+            return
+        announcer = self.tier.announcer
+        if not self.cfg.bgp.enabled or announcer is None:
+            self.drain_requested = False
+            log.warning("drain_ignored", reason="[bgp] is off: nothing is announced, so nothing to drain")
+            return
+        now = self.clock()
+        withdrawn = self.tier.drain()
+        self.drain = Drain(announcer.addresses, announcer.netns, now, self.cfg.bgp.drain_timeout)
+        self.drain.tally(now)
+        log.info(
+            "drain_started",
+            withdrawn=withdrawn if withdrawn is not None else "failed (see bgp_withdraw_failed)",
+            open_flows=self.drain.open,
+            timeout=self.drain.timeout,
+            rules="kept until the agent exits, and after",
+        )
+        self.notifier.status(f"draining: {self.drain.open} open flows, at most {self.drain.timeout:g} s")
+        self._drain_check(counted=True)
+
+    def _drain_check(self, *, counted: bool = False) -> None:
+        drain = self.drain
+        assert drain is not None
+        now = self.clock()
+        if not counted:
+            drain.tally(now)
+        reason = drain.finished(now)
+        if reason is None:
+            return
+        took = round(now - drain.started, 3)
+        if drain.open < 0:
+            reason = "not counted"
+        result = drain_files.DrainResult(os.getpid(), drain.open, took, reason)
+        log.info("drain_finished", open_flows_left=drain.open, seconds=took, reason=reason)
+        try:
+            drain_files.write_result(self.cfg.bgp, result)
+        except OSError as e:
+            log.error("drain_result_unwritable", error=str(e))
+        self.drained = True
 
     def reload(self) -> None:
         """Re-read the config file (SIGHUP, through `request_reload`); a broken one is refused."""
@@ -499,13 +575,25 @@ def _same_frontends(a: Plan, b: Plan) -> bool:
 
 
 def install_signal_handlers(agent: Agent, stop: threading.Event) -> None:
+    """SIGTERM/SIGINT stop (the rules stay); SIGUSR1 drains, and so does SIGTERM with `[bgp]
+    drain_on_sigterm` (a second SIGTERM during the drain stops at once); SIGHUP reloads."""
     import signal
 
     def on_stop(signum: int, _frame: object) -> None:
+        bgp = agent.cfg.bgp
+        if signum == signal.SIGTERM and bgp.enabled and bgp.drain_on_sigterm and not agent.drain_requested:
+            log.info("signal", signal="SIGTERM", action="drain ([bgp] drain_on_sigterm), then stop")
+            agent.request_drain()
+            return
         log.info("signal", signal=signal.Signals(signum).name, action="stop; rules stay in place")
         stop.set()
 
+    def on_drain(_signum: int, _frame: object) -> None:
+        log.info("signal", signal="SIGUSR1", action="drain, then stop")
+        agent.request_drain()
+
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
+    signal.signal(drain_files.SIGNAL, on_drain)
     with contextlib.suppress(AttributeError):
         signal.signal(signal.SIGHUP, lambda _s, _f: agent.request_reload())

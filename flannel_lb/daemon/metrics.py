@@ -183,6 +183,7 @@ class Metrics:
         self.source_range_drops = SourceRangeDrops()
         r.register(self.source_range_drops)
         self._ha: tuple[Gauge, Counter] | None = None
+        self._bgp: BGPMetrics | None = None
 
     def ha(self) -> tuple[Gauge, Counter]:
         """The pair's health metrics, registered on first use: a box without `[ha]` exports none."""
@@ -200,8 +201,39 @@ class Metrics:
             self._ha = (healthy, failures)
         return self._ha
 
+    def bgp(self) -> BGPMetrics:
+        """[bgp]'s metrics, registered on first use: a box without `[bgp]` exports none."""
+        if self._bgp is None:
+            self._bgp = BGPMetrics(self.registry)
+        return self._bgp
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BGPMetrics:
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.announced = Gauge(
+            "flannel_lb_bgp_announced_vips",
+            "[bgp]: VIPs this agent has on [bgp] interface, so BIRD announces them",
+            registry=r,
+        )
+        self.session_up = Gauge(
+            "flannel_lb_bgp_session_up",
+            "[bgp]: 1 while BIRD's BGP session with the neighbour is Established (last poll)",
+            ["neighbor"],
+            registry=r,
+        )
+        self.bfd_up = Gauge(
+            "flannel_lb_bgp_bfd_up",
+            "[bgp]: 1 while BIRD's BFD session with the neighbour is Up (last poll; none with bfd off)",
+            ["neighbor"],
+            registry=r,
+        )
+        self.status_failures = Counter(
+            "flannel_lb_bgp_status_failures", "[bgp]: polls of birdc that got no answer", registry=r
+        )
+        self.draining = Gauge("flannel_lb_bgp_draining", "[bgp]: 1 while this box drains", registry=r)
 
 
 class MetricsServer:

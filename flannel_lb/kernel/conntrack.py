@@ -8,6 +8,8 @@ address:port whose reply source is a removed backend are deleted. TCP entries ar
 
 Also handled: a UDP frontend that is new or had no backends. Packets that reached the LB before it had a
 DNAT rule may have created un-NATed entries, which would keep bypassing the new rule (kubernetes#48370).
+
+And counting the open TCP flows to the VIPs, which a BGP drain waits for (`open_flows`).
 """
 
 from __future__ import annotations
@@ -124,3 +126,31 @@ def _clear_one(ct: Any, s: StaleFlows, mark: int | None) -> ConntrackCounts:
         else:
             unnatted += 1
     return ConntrackCounts(deleted, unnatted, vanished)
+
+
+# TCP states in which a flow may still carry data (SYN_SENT .. LAST_ACK in the kernel's numbering):
+# TIME_WAIT and CLOSE are over, whatever the entry's remaining timeout.
+OPEN_TCP_STATES = frozenset({1, 2, 3, 4, 5, 6})
+
+
+def open_flows(addresses: Iterable[str], *, netns: str | None = None) -> int:
+    """TCP connections to `addresses` (the VIPs) that conntrack holds in an open state: what a drain
+    waits for. UDP has no end to wait for and is not counted."""
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    ct = Conntrack(netns=netns) if netns else Conntrack()
+    try:
+        count = 0
+        for address in dict.fromkeys(addresses):
+            flt = NFCTAttrTuple(proto=socket.IPPROTO_TCP, daddr=address)
+            for e in ct.dump_entries(tuple_orig=flt):
+                orig = e.tuple_orig
+                if orig.daddr != address or orig.proto != socket.IPPROTO_TCP:  # userspace filter before 5.8
+                    continue
+                info = e.protoinfo
+                if info is not None and info.state in OPEN_TCP_STATES:
+                    count += 1
+        return count
+    finally:
+        ct.close()
