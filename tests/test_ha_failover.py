@@ -350,3 +350,38 @@ def test_established_flows_survive_the_death_of_the_active_box(tier: Tier, mode:
     )
     assert len(alive) == FLOWS, result
     assert all(f["echoes"] > 40 for f in alive)  # they kept exchanging data after the takeover
+
+
+@pytest.mark.parametrize("mode", ["echo", "push"])
+def test_a_planned_switchover_and_the_failback_keep_every_flow(tier: Tier, mode: str) -> None:
+    """Maintenance: the master's keepalived is stopped (SIGTERM: it hands over with a priority-0 advert),
+    the flows run on the backup for a while, then it starts again and takes the addresses back
+    (preempt, the higher priority). The old master's entries are the ones conntrackd kept up to date
+    while it was backup (`DisableExternalCache On`), so the failback resets nothing either."""
+    t = tier
+    _start(t)
+    flows, stop = _flows(t, mode)
+    time.sleep(2.0)
+    t.procs["lb1"]["keepalived"].send_signal(signal.SIGTERM)
+    handed = time.monotonic()
+    t.wait("lb2 to take over", lambda: t.holds("lb2", VIP) and t.holds("lb2", FLOATING))
+    over = time.monotonic() - handed
+    t.procs["lb1"]["keepalived"].wait(10)
+    time.sleep(3.0)  # the flows run through lb2; its conntrackd keeps lb1's table up to date
+    t.popen("lb1", keepalived.command(t.cfgs["lb1"].ha), "keepalived")
+    back_at = time.monotonic()
+    t.wait("lb1 to take the addresses back", lambda: t.holds("lb1", VIP) and t.holds("lb1", FLOATING), 60)
+    back = time.monotonic() - back_at
+    t.wait("lb2 to let go", lambda: not t.holds("lb2", VIP))
+    time.sleep(3.0)
+    stop.touch()
+    out, _ = flows.communicate(timeout=60)
+    alive = [f for f in json.loads(out) if f and f["alive"]]
+    stalls = sorted(f["gap_ms"] for f in alive)
+    print(
+        f"\n{mode} flows, planned switchover: lb2 held the addresses {over * 1000:.0f} ms after lb1's"
+        f" keepalived got SIGTERM; failback: lb1 held them {back * 1000:.0f} ms after its keepalived"
+        f" started; {len(alive)} of {FLOWS} flows survived both, longest stall"
+        f" {stalls[-1] if stalls else 0:.0f} ms"
+    )
+    assert len(alive) == FLOWS, out
