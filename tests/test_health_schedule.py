@@ -286,3 +286,40 @@ def test_a_batch_is_counted_from_when_its_starts_finished() -> None:
     sched.started(1.03)
     assert sched.due(2.02) == [] and sched.next_due(2.02) == pytest.approx(2.03)
     assert len(sched.due(2.04)) == 5
+
+
+def test_a_standby_checks_nothing_and_starts_afresh_when_it_takes_over() -> None:
+    """[ha] shared identity: the checks' answers go to whichever box holds the pair's PublicIP. While
+    this box does not (`active` False), no verdict is made and what it had is dropped; on takeover it
+    starts afresh, so a backend needs `fall` fresh failures before it leaves."""
+    changes: list[frozenset[tuple[str, int]]] = []
+    holds = threading.Event()
+    settings = HealthConfig(enabled=True, interval=0.1, timeout=0.3, rise=1, fall=2, max_rate=1000)
+    checker = BackendChecker(settings, changes.append, active=holds.is_set)
+    closed = _closed_port()
+    checker.targets = frozenset({("127.0.0.1", closed, "")})
+    with capture_logs() as logs:
+        checker.start()
+        try:
+            time.sleep(1.0)  # ten passes' worth as a standby: nothing checked
+            assert checker.checks == 0 and changes == []
+            holds.set()  # the takeover
+            deadline = time.monotonic() + 10
+            while not changes and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert changes == [frozenset({("127.0.0.1", closed)})] and checker.checks >= 2
+            holds.clear()  # handed back: its verdicts go, the loop hears of none
+            while len(changes) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert changes[-1] == frozenset()
+        finally:
+            checker.stop()
+    events = [e["event"] for e in logs if e["event"].startswith("health_checks_")]
+    assert events == ["health_checks_paused", "health_checks_resumed", "health_checks_paused"]
+
+
+def test_a_local_address_is_told_from_another_by_a_bind() -> None:
+    from flannel_lb.kernel.health import is_local_address
+
+    assert is_local_address("127.0.0.1")
+    assert not is_local_address("192.0.2.77")  # TEST-NET-1: on no interface here

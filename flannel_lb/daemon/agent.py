@@ -47,6 +47,7 @@ from flannel_lb.dataplane.plane import DataPlane, SyncReport, dataplane_options,
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.conntrack import clear_stale, stale_flows
+from flannel_lb.kernel.health import is_local_address
 from flannel_lb.plan import bootplan, holdover
 from flannel_lb.plan.model import Plan
 from flannel_lb.plan.planner import Planner
@@ -193,6 +194,7 @@ class Agent:
                 lambda down: self.inbox.put(_Health(down)),
                 self.metrics,
                 on_paths=lambda failing: self.inbox.put(_Paths(failing)),
+                active=self._checks_come_back(),
             )
             self.checker_thread.start()
         try:
@@ -243,6 +245,14 @@ class Agent:
             self.inbox.put(_SourceDone(None))
         except BaseException as e:  # the loop decides; a dead feeder must not go unnoticed
             self.inbox.put(_SourceDone(e))
+
+    def _checks_come_back(self) -> Callable[[], bool] | None:
+        """[ha] shared identity: the pods answer the pair's address, which only the holder of its
+        PublicIP receives; a standby checking would see every backend fail."""
+        ha = self.cfg.ha
+        if not (ha.enabled and ha.shared_overlay):
+            return None
+        return lambda: is_local_address(ha.overlay_public_ip)
 
     def step(self) -> None:
         """One turn of the loop: take what arrived (waiting at most until the scheduler's next

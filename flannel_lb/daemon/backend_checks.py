@@ -71,8 +71,14 @@ class BackendChecker:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_paths: Callable[[frozenset[Network]], None] | None = None,
+        active: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether the answers to this box's checks come back to it ([ha] shared identity: only on the
+        # box holding the pair's PublicIP; the other's go to the peer). While not, nothing is checked
+        # and nothing is out by a check: the box starts afresh when it takes over.
+        self.active = active
+        self._paused = False
         self.on_change = on_change
         self.on_paths = on_paths
         self.leases: LeaseIndex | None = None  # replaced by the agent with the targets: groups them by node
@@ -137,6 +143,8 @@ class BackendChecker:
 
     def step(self, prober: Prober) -> None:
         """Start what is due, wait for results until something else is due, record them."""
+        if self.active is not None and not self._still_active(prober):
+            return
         now = self.clock()
         self._apply_targets()
         free = self.settings.concurrency - prober.in_flight
@@ -159,6 +167,28 @@ class BackendChecker:
         now = self.clock()
         self._judge_paths(now)
         self._report(now)
+
+    def _still_active(self, prober: Prober) -> bool:
+        """False (after a pause of IDLE_WAKE) while the answers would go to the peer; on the way in,
+        forget every verdict (a standby's would all be failures), on the way out start from there."""
+        assert self.active is not None
+        if self.active():
+            if self._paused:
+                self._paused = False
+                log.info("health_checks_resumed", why="this box holds the pair's PublicIP")
+            return True
+        if not self._paused:
+            self._paused = True
+            self.tracker = HealthTracker(rise=self.settings.rise, fall=self.settings.fall)
+            self._down = None
+            self._paths_failing.clear()
+            self._silent.clear()
+            self._answered.clear()
+            log.info("health_checks_paused", why="the pair's PublicIP is on the peer: so are the answers")
+        prober.poll(0)  # in-flight checks: their answers are not this box's to judge
+        self._report(self.clock(), force=True)
+        time.sleep(IDLE_WAKE)
+        return False
 
     def _apply_targets(self) -> None:
         targets = self.targets

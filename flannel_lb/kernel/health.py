@@ -261,3 +261,14 @@ class HealthTracker(Generic[K]):
     @property
     def down(self) -> frozenset[K]:
         return frozenset(self._down)
+
+
+def is_local_address(address: str) -> bool:
+    """Whether `address` is one of this namespace's own: a bind to it works (one syscall, no netlink).
+    Wrong where net.ipv4.ip_nonlocal_bind = 1, which lets any bind work."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
