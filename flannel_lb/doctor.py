@@ -16,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from flannel_lb import parts
@@ -28,6 +29,8 @@ from flannel_lb.dataplane.iptables.savefile import SavedRule, table_chains
 from flannel_lb.dataplane.options import DEFAULT_MARK
 from flannel_lb.dataplane.tools import choose_backend, host_iptables, make_tools
 from flannel_lb.decode.model import Lease
+from flannel_lb.ha import conntrackd
+from flannel_lb.ha.paths import Paths
 from flannel_lb.kernel import conntrack_limits
 from flannel_lb.kernel.netcheck import (
     KernelView,
@@ -108,7 +111,7 @@ class _Context:
 def run_checks(cfg: Config, netns: str | None = None) -> list[CheckResult]:
     """Every check, in order; a check that raises becomes a `fail` carrying the exception's message."""
     ctx = _Context(cfg, netns)
-    checks = CHECKS + (BGP_CHECKS if cfg.bgp.enabled else ())
+    checks = CHECKS + (HA_CHECKS if cfg.ha.enabled else ()) + (BGP_CHECKS if cfg.bgp.enabled else ())
     try:
         return [_guarded(name, fn, ctx) for name, fn in checks]
     finally:
@@ -804,6 +807,85 @@ def check_bgp_announced(ctx: _Context) -> tuple[Status, str]:
         "when it stops and when it drains (then until it is restarted)"
     )
     return "warn", "\n".join(lines)
+
+
+def check_ha_daemons(ctx: _Context) -> tuple[Status, str]:
+    """keepalived (its pid file in state_dir, a live keepalived there) and conntrackd (its socket answers)."""
+    ha = ctx.cfg.ha
+    paths = Paths.of(ha)
+    problems, lines = [], []
+    pid = _live_pid(paths.keepalived_pid, "keepalived")
+    if pid is None:
+        problems.append(f"keepalived is not running (no live pid in {paths.keepalived_pid})")
+    else:
+        lines.append(f"keepalived running (pid {pid})")
+    stats = run(conntrackd.client(ha, "-s"), ctx.netns, timeout=TIMEOUT)
+    if stats.returncode != 0:
+        problems.append(
+            f"conntrackd does not answer on {paths.conntrackd_socket}: {stats.stderr.strip()[:200]}"
+        )
+    else:
+        lines.append("conntrackd answers")
+    if problems:
+        hint = "start them with: systemctl start flannel-lb-conntrackd flannel-lb-keepalived"
+        return "fail", "\n".join([*problems, *lines, hint])
+    return "ok", "\n".join(lines)
+
+
+def _live_pid(path: str, name: str) -> int | None:
+    try:
+        pid = int(Path(path).read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return pid if comm == name else None
+
+
+def check_ha_state(ctx: _Context) -> tuple[Status, str]:
+    """Which of the pair's floating addresses this box holds: all (master), none (backup), or some
+    (a broken takeover), and what its agent tells keepalived."""
+    ha = ctx.cfg.ha
+    floating = [*ha.addresses, *([ha.overlay_public_ip] if ha.shared_overlay else [])]
+    local = {a for a in floating if _holds(ctx, a)}
+    try:
+        health = Path(Paths.of(ha).health_file).read_text().strip()
+    except OSError:
+        health = "missing"
+    verdict = {"0": "healthy (the agent holds its plan)", "1": "unhealthy: a healthy peer takes over"}
+    told = f"the agent's health file: {verdict.get(health, repr(health[:20]))}"
+    if len(local) == len(floating):
+        return "ok", f"master: holds {', '.join(floating)}\n{told}"
+    if not local:
+        return "ok", f"backup: holds none of {', '.join(floating)}\n{told}"
+    missing = [a for a in floating if a not in local]
+    return "fail", (
+        f"holds {', '.join(sorted(local))} but not {', '.join(missing)}: the addresses float together"
+        f" (one VRRP instance); see keepalived's log\n{told}"
+    )
+
+
+def _holds(ctx: _Context, address: str) -> bool:
+    out = run(["ip", "-4", "-o", "addr", "show", "to", f"{address}/32"], ctx.netns, timeout=TIMEOUT).stdout
+    return f" {address}/" in out
+
+
+def check_ha_peer(ctx: _Context) -> tuple[Status, str]:
+    """The peer answers on the VRRP path (a ping). A peer that is up but cut off becomes master too."""
+    ha = ctx.cfg.ha
+    proc = run(["ping", "-c", "1", "-W", "1", ha.peer], ctx.netns, timeout=TIMEOUT)
+    if proc.returncode == 0:
+        return "ok", f"the peer {ha.peer} answers on {ha.interface}"
+    return "warn", (
+        f"the peer {ha.peer} does not answer on {ha.interface}: if it is down, this box serves alone; if it"
+        " is up, both may hold the addresses (split brain): check the VRRP path (and the peer's firewall)"
+    )
+
+
+HA_CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (
+    ("ha daemons", check_ha_daemons),
+    ("ha state", check_ha_state),
+    ("ha peer", check_ha_peer),
+)
 
 
 BGP_CHECKS: tuple[tuple[str, Callable[[_Context], tuple[Status, str]]], ...] = (

@@ -98,3 +98,31 @@ def test_conntrackd_starts_through_the_verb_despite_a_stale_lock(tmp_path: Path)
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@pytest.mark.netns
+def test_check_fails_a_box_holding_only_some_of_the_floating_addresses(tmp_path: Path) -> None:
+    """The addresses float together (one VRRP instance): a box with some of them is a broken takeover;
+    no keepalived or conntrackd running is a failure that says how to start them."""
+    import dataclasses
+
+    from flannel_lb.doctor import run_checks
+
+    path = _config(tmp_path)
+    path.write_text(
+        path.read_text() + 'overlay_subnet = "10.246.90.0/24"\noverlay_public_ip = "10.79.0.150"\n'
+        '[etcd]\nretry_budget = 0.1\nendpoints = ["http://127.0.0.1:9"]\n'
+    )
+    cfg = config.load(path)
+    assert dataclasses.asdict(cfg.ha)["overlay_interface"] == "eth0"
+    with Namespaces(unique_prefix("hc")) as ns:
+        ns.add("lb")
+        ns.add("peer")
+        ns.veth("lb", "eth0", "peer", "eth0")
+        ns.run("lb", ["ip", "addr", "add", "10.77.0.100/32", "dev", "eth0"])
+        results = {r.name: r for r in run_checks(cfg, ns.name("lb")) if r.name.startswith("ha ")}
+    assert results["ha state"].status == "fail", results
+    assert "holds 10.77.0.100 but not 10.79.0.150" in results["ha state"].detail
+    assert results["ha daemons"].status == "fail"
+    assert "systemctl start flannel-lb-conntrackd flannel-lb-keepalived" in results["ha daemons"].detail
+    assert results["ha peer"].status == "warn"  # nobody at 10.77.0.12
