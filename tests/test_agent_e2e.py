@@ -189,6 +189,24 @@ def test_source_ranges_admit_only_their_clients_and_a_change_applies(lab: Lab, a
         agent.wait_synced(after=mark, timeout=10)
 
 
+def test_a_rolling_update_under_load_loses_no_request(lab: Lab, agent: AgentProcess) -> None:
+    """`lab rollout`: each pod replaced in turn, the old one terminating (still serving) for its grace
+    period. The LB sends it no new connection from the moment it is terminating (draining) and leaves
+    its established ones alone, so a client sending request after request sees no failure."""
+    before = running_pods(lab)
+    result = lab.rollout_under_load("nginx", f"{VIP}:80", grace=1.0)
+    after = running_pods(lab)
+    load = result["load"]
+    print(
+        f"\nrolling update of {len(before)} pods ({result['seconds']} s, grace 1 s): {load['ok']} requests"
+        f" answered, {load['failed']} failed"
+    )
+    assert load["failed"] == 0, load["errors"]
+    assert sorted(result["old"]) == before and sorted(result["new"]) == after
+    assert not set(before) & set(after)  # every pod replaced
+    assert set(after) <= set(load["by_pod"])  # and the new ones took over the requests
+
+
 def test_agent_restart_under_load_loses_no_request(lab: Lab, agent: AgentProcess, tmp_path: Path) -> None:
     loop = Background(lab, "http", f"{VIP}:80", duration=6, interval=0.005, timeout=2)
     time.sleep(1)

@@ -145,7 +145,7 @@ def test_plan_and_explain_from_a_real_etcd(etcd: EtcdServer, tmp_path: Path, enc
     assert {e["ip"]: e["reason"] for e in web["excluded"]} == {
         "10.246.7.2": "no live flannel lease covers this address (node gone or lease expired)",
         "10.246.92.3": "not ready",
-        "10.246.55.3": "terminating (ready endpoints exist)",
+        "10.246.55.3": "draining: terminating, so no new connections; its established ones go on",
     }
     assert [(x["winner"], x["loser"]) for x in plan["conflicts"]] == [("default/older", "default/newer")]
     assert next(f for f in plan["frontends"] if f["port"] == 443)["service"] == "default/older"

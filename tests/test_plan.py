@@ -144,7 +144,7 @@ def test_not_ready_excluded_and_terminating_fallback(encode: Encoder) -> None:
     assert [b[0] for b in frontends(plan)[f"{LB}:80/TCP"]] == ["10.246.92.4"]
     assert excluded(plan, f"{LB}:80/TCP") == {
         "10.246.92.5": "not ready",
-        "10.246.55.4": "terminating (ready endpoints exist)",
+        "10.246.55.4": "draining: terminating, so no new connections; its established ones go on",
     }
     # the only ready pod goes away: the serving-and-terminating one takes over, as in kube-proxy
     eps[0] = k.endpoint("10.246.92.4", ready=False)

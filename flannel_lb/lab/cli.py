@@ -191,7 +191,7 @@ def _with_lab(fn: Any) -> Any:
 
 def register_lab_commands(subparsers: Any) -> None:
     """Add the `lab` verbs (up, status, down, diagram, exec, shell, demo, scale, kill-pod, set-ready,
-    drain, expose, source-ranges) to a parent.
+    drain, expose, source-ranges, rollout) to a parent.
 
     Each leaf sets `func(args) -> int` (exit code), like the other flannel-lb commands.
     """
@@ -316,6 +316,25 @@ def register_lab_commands(subparsers: Any) -> None:
         default=[],
         metavar="CIDR",
         help="loadBalancerSourceRanges: only these clients get through (repeatable)",
+    )
+
+    p = leaf(
+        "rollout",
+        _with_lab(
+            lambda lab, a: (
+                lab.rollout_under_load(a.deployment, a.load, grace=a.grace)
+                if a.load
+                else lab.rollout(a.deployment, grace=a.grace)
+            )
+        ),
+        "kubectl rollout restart: one pod at a time, the old one terminating for --grace seconds",
+    )
+    p.add_argument("deployment")
+    p.add_argument(
+        "--grace", type=float, default=1.0, metavar="SECONDS", help="terminationGracePeriodSeconds"
+    )
+    p.add_argument(
+        "--load", metavar="HOST:PORT", help="requests from the client meanwhile; report the failed"
     )
 
     p = leaf(

@@ -297,6 +297,12 @@ class Cluster:
         if not node.unschedulable:
             node.unschedulable, node.cordoned_at = True, now_rfc3339()
 
+    def new_revision(self, deployment: str) -> str:
+        """A changed pod template (`kubectl rollout restart`): new pods get a new pod-template-hash."""
+        dep = self.deployment(deployment)
+        dep.template_hash = _suffix(10)
+        return dep.template_hash
+
     # -- the ReplicaSet controller, scheduler and IPAM ----------------------------------------------
 
     def reconcile_replicas(self) -> tuple[list[Pod], list[Pod]]:

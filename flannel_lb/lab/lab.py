@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -577,6 +578,79 @@ class Lab:
             return sorted(
                 p.name for p in cluster.pods_of(cluster.deployment(f"{pod.namespace}/{pod.deployment}"))
             )
+
+    def rollout(self, deployment: str, *, grace: float = 1.0) -> dict[str, Any]:
+        """`kubectl rollout restart` with maxSurge 1, maxUnavailable 0: for each old pod in turn, a pod of
+        the new revision starts and turns ready, then the old one is terminating (not ready, still
+        serving) for `grace` seconds (its terminationGracePeriodSeconds) before it goes."""
+        started_at = time.monotonic()
+        with self._verb() as (state, cluster):
+            dep = cluster.deployment(deployment)
+            old = sorted(p.name for p in cluster.pods_of(dep) if not p.terminating)
+            cluster.new_revision(deployment)
+            new: list[str] = []
+            steps: list[dict[str, Any]] = []
+            for name in old:
+                dep.replicas += 1  # the surge: one pod of the new revision
+                started, _ = cluster.reconcile_replicas()
+                procs = {p.name: self._start_pod(state, cluster, p) for p in started}
+                self._sync(state, cluster)
+                pods.wait_ready(procs)
+                for p in started:
+                    p.ready = True
+                    new.append(p.name)
+                pod = cluster.pod(name)
+                pod.terminating, pod.ready = True, False
+                dep.replicas -= 1
+                self._sync(state, cluster)  # the old endpoint: terminating, still serving its flows
+                draining = time.time()
+                time.sleep(grace)
+                if pod.node:
+                    pods.delete_sandbox(self._ns, pod.name)
+                cluster.remove_pod(pod.name)
+                self._sync(state, cluster)
+                steps.append({"pod": name, "ip": pod.ip, "terminating": draining, "deleted": time.time()})
+            self._children = [c for c in self._children if c.poll() is None]
+        return {
+            "deployment": f"{dep.namespace}/{dep.name}",
+            "old": old,
+            "new": new,
+            "steps": steps,
+            "seconds": round(time.monotonic() - started_at, 2),
+        }
+
+    def rollout_under_load(self, deployment: str, target: str, *, grace: float = 1.0) -> dict[str, Any]:
+        """`rollout` while the client sends one request after another through `target` (host:port):
+        what a rolling update costs the clients of the Service (the requests that failed)."""
+        with self._verb() as (_, cluster):
+            replicas = sum(1 for p in cluster.pods_of(cluster.deployment(deployment)) if not p.terminating)
+        duration = 2.0 + replicas * (grace + 3.0)  # more than the rollout takes: it ends inside the loop
+        argv = [sys.executable, "-m", "flannel_lb.lab.traffic", "http", target, "--duration", f"{duration:g}"]
+        # 3 s, not the tool's 1 s: a request whose first SYN is lost is answered after the retransmission
+        # (1 s later) and counts as answered; with 1 s, 1 of ~17,000 failed in 1 of 4 runs that way
+        argv += ["--timeout", "3"]
+        load = subprocess.Popen(
+            in_netns(argv, self.namespace("client")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.0)  # the loop runs before the first pod changes
+            rolled = self.rollout(deployment, grace=grace)
+            out, err = load.communicate(timeout=duration + 60)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        if load.returncode != 0:
+            raise LabError(f"the load ({' '.join(argv)}) failed: {err.strip()[-500:]}")
+        traffic = json.loads(out)
+        return {
+            **rolled,
+            "grace": grace,
+            "load": {k: traffic.get(k) for k in ("ok", "failed", "by_pod", "errors", "first_failure")},
+        }
 
     def set_ready(self, pod: str, ready: bool) -> None:
         """Flip a pod's readiness (its readiness probe starts or stops passing); the server keeps running."""

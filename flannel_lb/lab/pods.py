@@ -34,13 +34,20 @@ def host_veth(pod_name: str) -> str:
 
 
 def setup_node_bridge(ns: Namespaces, node: str, subnet: str, mtu: int) -> None:
-    """`cni0` with the subnet's first host address, as the bridge plugin creates it for flannel."""
+    """`cni0` with the subnet's first host address, as the bridge plugin creates it for flannel.
+
+    Its MAC is set once (0a:58 and the gateway's address, the bridge plugin's scheme for addresses it
+    assigns): a bridge left to pick its own takes the lowest MAC among its ports, so deleting a pod
+    could change it under every other pod's ARP entry for the gateway, and their replies went
+    nowhere for seconds (seen as the odd lost request during a rolling update)."""
     net = ipaddress.IPv4Network(subnet)
+    gateway = (net.network_address + 1).packed
+    mac = ":".join(f"{b:02x}" for b in (0x0A, 0x58, *gateway))
     batch(
         ns,
         node,
         [
-            f"link add {CNI_BRIDGE} mtu {mtu} type bridge",
+            f"link add {CNI_BRIDGE} address {mac} mtu {mtu} type bridge",
             f"addr add {net.network_address + 1}/{net.prefixlen} dev {CNI_BRIDGE}",
             f"link set {CNI_BRIDGE} up",
         ],

@@ -283,7 +283,11 @@ def _backends(
             ep = c.endpoint
             kind = Exclusion.TERMINATING if ep.terminating else Exclusion.NOT_READY
             if ep.terminating:
-                why = "terminating (ready endpoints exist)" if ep.serving else "terminating and not serving"
+                why = (
+                    "draining: terminating, so no new connections; its established ones go on"
+                    if ep.serving
+                    else "terminating and not serving"
+                )
             else:
                 why = "not ready"
             excluded.append(Excluded(c.ip, why, c.port, ep.node_name, kind=kind))
