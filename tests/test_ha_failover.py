@@ -424,3 +424,32 @@ def test_check_shows_the_pair_from_either_box(tier: Tier) -> None:
     after = ha_lines("lb2")
     assert after["ha state"][1].startswith("master: holds") and after["ha peer"][0] == "warn", after
     assert "split brain" in after["ha peer"][1]
+
+
+def _held(t: Tier, short: str) -> float:
+    """`flannel_lb_ha_addresses_held` from the box's agent (its metrics on the box's loopback)."""
+    fetch = (
+        "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9842/metrics').read().decode())"
+    )
+    text = t.ns.run(short, [sys.executable, "-c", fetch]).stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("flannel_lb_ha_addresses_held "))
+    return float(line.split()[1])
+
+
+def test_the_metric_shows_who_holds_the_addresses_and_a_split_brain(tier: Tier) -> None:
+    """Both boxes export how many floating addresses they hold: 2 + 0 normally; the VRRP path cut
+    (both become master) makes it 2 + 2, what a Prometheus alert on the sum catches."""
+    t = tier
+    _start(t)
+    t.wait("the agents to sample", lambda: (_held(t, "lb1"), _held(t, "lb2")) == (2.0, 0.0))
+    # split brain: each box's VRRP adverts no longer reach the other (eth0 carries VRRP, unicast)
+    for short in BOXES:
+        other = BOXES[next(o for o in BOXES if o != short)][0]
+        rules = f"type filter hook input priority -300;\nip saddr {other} ip protocol vrrp drop\n"
+        t.ns.run(short, ["nft", "-f", "-"], input=f"table ip cut {{\nchain in {{\n{rules}}}\n}}\n")
+    t.wait("both boxes to hold the addresses", lambda: t.holds("lb1", VIP) and t.holds("lb2", VIP))
+    t.wait("both agents to say so", lambda: (_held(t, "lb1"), _held(t, "lb2")) == (2.0, 2.0))
+    for short in BOXES:
+        t.ns.run(short, ["nft", "delete", "table", "ip", "cut"])
+    t.wait("one master again", lambda: t.holds("lb1", VIP) and not t.holds("lb2", VIP))
+    t.wait("the metric back to one holder", lambda: (_held(t, "lb1"), _held(t, "lb2")) == (2.0, 0.0))

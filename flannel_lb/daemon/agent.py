@@ -246,6 +246,13 @@ class Agent:
         except BaseException as e:  # the loop decides; a dead feeder must not go unnoticed
             self.inbox.put(_SourceDone(e))
 
+    def _sample_ha_addresses(self) -> None:
+        """How many of the pair's floating addresses are here (`flannel_lb_ha_addresses_held`): one
+        bind each; summed over both boxes by the monitoring, it shows a split brain."""
+        ha = self.cfg.ha
+        floating = [*ha.addresses, *([ha.overlay_public_ip] if ha.shared_overlay else [])]
+        self.metrics.ha_holder().set(sum(1 for a in floating if is_local_address(a)))
+
     def _checks_come_back(self) -> Callable[[], bool] | None:
         """[ha] shared identity: the pods answer the pair's address, which only the holder of its
         PublicIP receives; a standby checking would see every backend fail."""
@@ -283,6 +290,8 @@ class Agent:
         if self.scheduler.netcheck_due(now):
             if self.overlay is not None:
                 self.overlay.turn(self.state)  # first: the netcheck then sees the routes it made
+            if self.cfg.ha.enabled:
+                self._sample_ha_addresses()
             self._netcheck()
             self.conntrack.sample(self.cfg.conntrack.warn_usage)  # never raises
             self.drops.sample(self.plan, self.dataplane)  # never raises

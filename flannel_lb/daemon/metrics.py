@@ -184,6 +184,7 @@ class Metrics:
         r.register(self.source_range_drops)
         self._ha: tuple[Gauge, Counter] | None = None
         self._bgp: BGPMetrics | None = None
+        self._ha_holder: Gauge | None = None
 
     def ha(self) -> tuple[Gauge, Counter]:
         """The pair's health metrics, registered on first use: a box without `[ha]` exports none."""
@@ -200,6 +201,18 @@ class Metrics:
             )
             self._ha = (healthy, failures)
         return self._ha
+
+    def ha_holder(self) -> Gauge:
+        """[ha]: the floating addresses this box holds, registered on first use."""
+        if self._ha_holder is None:
+            self._ha_holder = Gauge(
+                "flannel_lb_ha_addresses_held",
+                "[ha]: how many of the pair's floating addresses (VIPs and the reservation's PublicIP)"
+                " are on this box: all on the master, none on the backup; more than one box holding"
+                " them (sum over the pair > the count of addresses) is split brain",
+                registry=self.registry,
+            )
+        return self._ha_holder
 
     def bgp(self) -> BGPMetrics:
         """[bgp]'s metrics, registered on first use: a box without `[bgp]` exports none."""
