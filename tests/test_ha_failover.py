@@ -45,6 +45,7 @@ from flannel_lb.lab.netns import Namespaces, unique_prefix
 from flannel_lb.lab.topology import batch, sysctls
 from tests.conftest import FAST_ETCD_ARGS
 from tests.test_ha_vrrp import TimedAgent, _skip_reason
+from tests.test_overlay_netns import NODE_IP, NODE_MAC, node_flannel
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
@@ -56,7 +57,7 @@ BOXES = {
     "lb1": ("10.77.0.11", "10.79.0.11", "10.78.0.1", 150),
     "lb2": ("10.77.0.12", "10.79.0.12", "10.78.0.2", 100),
 }
-NODE_IP, NODE_MAC, POD = "10.79.0.21", "0e:f1:0a:4f:00:15", "10.246.1.2"
+POD = "10.246.1.2"
 FLOWS = 20
 
 # ECHO_PORT PUSH_PORT: an echo server, and one that pushes a line every 50 ms to each connection (the
@@ -271,21 +272,8 @@ def _node(t: Tier) -> None:
     """What flanneld does on the node, for its own lease and for the pair's reservation; the pod."""
     ns, mac = t.ns, t.cfgs["lb1"].ha.vtep_mac
     ns.veth("node", "p0", "pod", "eth0")
-    batch(
-        ns,
-        "node",
-        [
-            f"link add flannel.1 address {NODE_MAC} mtu 1450 type vxlan id 1 local {NODE_IP} dev eth1"
-            " dstport 8472 nolearning",
-            "addr add 10.246.1.0/32 dev flannel.1",
-            "link set flannel.1 up",
-            "addr add 10.246.1.1/24 dev p0",
-            "link set p0 up",
-            f"neigh replace 10.246.90.0 lladdr {mac} dev flannel.1 nud permanent",
-            "route replace 10.246.90.0/24 via 10.246.90.0 dev flannel.1 onlink",
-        ],
-    )
-    batch(ns, "node", [f"fdb replace {mac} dev flannel.1 dst {FLOATING} self permanent"], tool="bridge")
+    batch(ns, "node", ["addr add 10.246.1.1/24 dev p0", "link set p0 up"])
+    node_flannel(ns, "vxlan", FLOATING, mac)
     ns.sysctl("node", "net.ipv4.ip_forward", "1")
     batch(ns, "pod", [f"addr add {POD}/24 dev eth0", "route add default via 10.246.1.1"])
     echo = ns.popen("pod", [sys.executable, "-c", SERVERS, "8080", "8081"], stdout=subprocess.PIPE, text=True)

@@ -20,7 +20,9 @@ import pytest
 from flannel_lb.config import derived_vtep_mac
 from flannel_lb.decode.model import Lease, NetworkConfig
 from flannel_lb.kernel.overlay import PROTO, Identity, Overlay, desired
+from flannel_lb.lab import overlay
 from flannel_lb.lab.netns import Namespaces, unique_prefix
+from flannel_lb.lab.overlay import Backend, SubnetLease
 from flannel_lb.lab.topology import batch
 
 pytestmark = pytest.mark.netns
@@ -53,36 +55,28 @@ def _own_lease(backend: str) -> Lease:
 
 @pytest.fixture(params=["vxlan", "host-gw"])
 def lab(request: pytest.FixtureRequest) -> Iterator[tuple[Namespaces, str]]:
-    backend: str = request.param
+    backend: Backend = request.param
     with Namespaces(unique_prefix("ov")) as ns:
         for short in ("lb", "node", "pod"):
             ns.add(short)
         ns.veth("lb", "eth1", "node", "eth1")
         ns.veth("node", "p0", "pod", "eth0")
         batch(ns, "lb", [f"addr add {LB_IP}/24 dev eth1", f"addr add {FLOATING}/32 dev eth1"])
-        node = [f"addr add {NODE_IP}/24 dev eth1", "addr add 10.246.1.1/24 dev p0", "link set p0 up"]
-        if backend == "vxlan":  # what flanneld does on the node for its own lease and the pair's
-            node += [
-                f"link add flannel.1 address {NODE_MAC} type vxlan id 1 local {NODE_IP} dev eth1"
-                " dstport 8472 nolearning",
-                "addr add 10.246.1.0/32 dev flannel.1",
-                "link set flannel.1 up",
-                f"neigh replace 10.246.90.0 lladdr {ME.vtep_mac} dev flannel.1 nud permanent",
-                "route replace 10.246.90.0/24 via 10.246.90.0 dev flannel.1 onlink",
-            ]
-        else:
-            node += [f"route replace 10.246.90.0/24 via {FLOATING} dev eth1"]
-        batch(ns, "node", node)
-        if backend == "vxlan":
-            batch(
-                ns,
-                "node",
-                [f"fdb replace {ME.vtep_mac} dev flannel.1 dst {FLOATING} self permanent"],
-                tool="bridge",
-            )
+        batch(
+            ns, "node", [f"addr add {NODE_IP}/24 dev eth1", "addr add 10.246.1.1/24 dev p0", "link set p0 up"]
+        )
+        node_flannel(ns, backend, FLOATING, ME.vtep_mac)
         ns.sysctl("node", "net.ipv4.ip_forward", "1")
         batch(ns, "pod", [f"addr add {POD}/24 dev eth0", "route add default via 10.246.1.1"])
         yield ns, backend
+
+
+def node_flannel(ns: Namespaces, backend: Backend, pair_public_ip: str, pair_mac: str) -> None:
+    """What flanneld does on the node (its own lease: 10.246.1.0/24 over eth1) and for the pair's
+    reservation, through the lab's own flanneld stand-in."""
+    own = SubnetLease("node", str(NODE_SUBNET), NODE_IP, "eth1", backend, vtep_mac=NODE_MAC)
+    pair = SubnetLease("pair", str(RESERVATION), pair_public_ip, "eth1", backend, vtep_mac=pair_mac)
+    overlay.setup(ns, own, [pair])
 
 
 def _pod_answers(ns: Namespaces) -> bool:
