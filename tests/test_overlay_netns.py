@@ -134,3 +134,27 @@ def test_a_device_with_another_mac_is_replaced(lab: tuple[Namespaces, str]) -> N
     overlay.apply(desired(_network(backend), [_node_lease(backend)], ME))  # type: ignore[arg-type]
     assert ME.vtep_mac in ns.run("lb", ["ip", "-o", "link", "show", "dev", "flannel.1"]).stdout
     assert _pod_answers(ns)
+
+
+def test_the_agents_keeper_reports_a_kernel_it_cannot_read_and_goes_on() -> None:
+    """`ip` failing inside the read-back (here: a namespace that does not exist) is logged and counted,
+    never raised into the agent's loop."""
+    from flannel_lb.config import HAConfig
+    from flannel_lb.daemon.metrics import Metrics
+    from flannel_lb.daemon.overlay_keeper import OverlayKeeper
+    from flannel_lb.state.cluster import ClusterState
+
+    ha = HAConfig(enabled=True, overlay_subnet=str(RESERVATION), overlay_public_ip=FLOATING)
+    ha = HAConfig(
+        **{
+            **{f: getattr(ha, f) for f in ha.__dataclass_fields__},
+            "vtep_mac": ME.vtep_mac,
+            "overlay_interface": "eth1",
+        }
+    )
+    metrics = Metrics()
+    keeper = OverlayKeeper(ha, metrics, netns="flb-no-such-namespace")
+    state = ClusterState()
+    state.put("/coreos.com/network/config", b'{"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan"}}')
+    keeper.turn(state)
+    assert metrics.registry.get_sample_value("flannel_lb_ha_overlay_updates_total", {"result": "error"}) == 1

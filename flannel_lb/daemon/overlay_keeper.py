@@ -10,6 +10,7 @@ import structlog
 
 from flannel_lb.config import HAConfig
 from flannel_lb.daemon.metrics import Metrics
+from flannel_lb.kernel.netns import RunError
 from flannel_lb.kernel.overlay import Desired, Identity, Overlay, OverlayError, desired
 from flannel_lb.state.cluster import ClusterState
 
@@ -38,7 +39,7 @@ class OverlayKeeper:
             if want is None or (want == self._applied and now - self._at < REPAIR_INTERVAL):
                 return
             changes = self.overlay.apply(want)
-        except OverlayError as e:
+        except (OverlayError, RunError, ValueError) as e:  # a read-back that fails or is not JSON too
             self.metrics.ha_overlay_updates.labels("error").inc()
             if str(e) != self._failing:
                 log.error("ha_overlay_failed", error=str(e), kept="what the kernel holds")
