@@ -170,7 +170,7 @@ def fill(endpoint: str, items: list[tuple[str, bytes]]) -> int:
     """Write `items` to etcd in transactions (bench.etcdbulk); return the revision after."""
     from urllib.parse import urlsplit
 
-    from bench.etcdbulk import _write
+    from bench.etcdbulk import write_batch
     from flannel_lb.source.etcdrpc import etcd3
 
     url = urlsplit(endpoint)
@@ -178,7 +178,7 @@ def fill(endpoint: str, items: list[tuple[str, bytes]]) -> int:
     try:
         revision = 0
         for i in range(0, len(items), 4096):
-            revision = _write(client, items[i : i + 4096], [])
+            revision = write_batch(client, items[i : i + 4096], [])
         return revision
     finally:
         client.close()

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 MAX_TXN_OPS = 128
 
 
-def _write(client: Any, puts: list[tuple[str, bytes]], deletes: list[str]) -> int:
+def write_batch(client: Any, puts: list[tuple[str, bytes]], deletes: list[str]) -> int:
     """Write one batch; return the etcd revision after it."""
     if len(puts) + len(deletes) == 1:
         resp = client.put(*puts[0]) if puts else client.delete(deletes[0], return_response=True)
@@ -35,28 +35,12 @@ def _write(client: Any, puts: list[tuple[str, bytes]], deletes: list[str]) -> in
     return int(client.get_response("/").header.revision)
 
 
-def _dump(client: Any, prefixes: list[str], page: int = 500) -> dict[str, Any]:
-    """Every key under `prefixes` at one revision, paged (gRPC's 4 MiB message limit)."""
-    from flannel_lb.source.etcdrpc import etcd3
+def _dump(client: Any, prefixes: list[str]) -> dict[str, Any]:
+    """Every key under `prefixes` at one revision, paged as the agent reads them."""
+    from flannel_lb.source.etcd_v3 import list_prefixes
 
-    utils = etcd3.utils
-
-    revision = int(client.get_response("/").header.revision)
-    kvs = []
-    for prefix in prefixes:
-        start, end = prefix.encode(), utils.increment_last_byte(prefix.encode())
-        while True:
-            # etcd3 0.12 silently ignores `limit` and `revision`: set them on the request itself
-            req = client._build_get_range_request(key=start, range_end=end, sort_order="ascend")
-            req.limit, req.revision = page, revision
-            resp = client.kvstub.Range(
-                req, client.timeout, credentials=client.call_credentials, metadata=client.metadata
-            )
-            kvs += [[kv.key.decode(), base64.b64encode(kv.value).decode()] for kv in resp.kvs]
-            if not resp.more:
-                break
-            start = resp.kvs[-1].key + b"\0"
-    return {"revision": revision, "kvs": kvs}
+    revision, items = list_prefixes(client, prefixes)
+    return {"revision": revision, "kvs": [[kv.key, base64.b64encode(kv.value).decode()] for kv in items]}
 
 
 def serve(endpoint: str, stdin: IO[str], stdout: IO[str]) -> None:
@@ -74,7 +58,10 @@ def serve(endpoint: str, stdin: IO[str], stdout: IO[str]) -> None:
                 stdout.flush()
                 continue
             puts = [(k, base64.b64decode(v)) for k, v in cmd.get("puts", [])]
-            answer: dict[str, Any] = {"ok": True, "revision": _write(client, puts, cmd.get("deletes", []))}
+            answer: dict[str, Any] = {
+                "ok": True,
+                "revision": write_batch(client, puts, cmd.get("deletes", [])),
+            }
         except Exception as e:  # the caller decides
             answer = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         stdout.write(json.dumps(answer) + "\n")

@@ -32,7 +32,7 @@ def _json(obj: Any, indent: int | None = None) -> str:
     return json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False, ensure_ascii=True)
 
 
-def _emit(obj: Any) -> None:
+def emit_json(obj: Any) -> None:
     sys.stdout.write(_json(obj, indent=2) + "\n")
 
 
@@ -47,7 +47,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CommandError(f"cannot read {args.file}: {e.strerror or e}", EXIT_CONFIG) from None
     try:
-        _emit(decode_any(raw, key=args.key))
+        emit_json(decode_any(raw, key=args.key))
     except ValueError as e:
         where = "standard input" if args.file in (None, "-") else args.file
         raise CommandError(f"cannot decode {where}: {e}") from None
@@ -89,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not args.watch:
         plan = _live_planner(cfg, args, netcheck=not args.no_netcheck).plan()
         if args.json:
-            _emit(plan.to_json())
+            emit_json(plan.to_json())
         else:
             print(report.plan_table(plan))
         return EXIT_OK
@@ -153,7 +153,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if story is None:
         raise CommandError(f"no Service {ns}/{name} in etcd at revision {planner.state.revision}")
     if args.json:
-        _emit(story)
+        emit_json(story)
     else:
         print(report.explain_text(story))
     return EXIT_OK

@@ -343,7 +343,7 @@ def parse(doc: Mapping[str, Any], path: str = "<config>") -> Config:
     return cfg
 
 
-def _ha(ha: _Section, lb_addresses: tuple[str, ...]) -> HAConfig:
+def _ha(ha: Section, lb_addresses: tuple[str, ...]) -> HAConfig:
     """[ha]: every key is checked, enabled or not; what a pair cannot do without, only when enabled."""
     d = HAConfig()
     addresses = tuple(ha.get("addresses", list, [], _each(_ipv4_address), nonempty=True)) or lb_addresses
@@ -413,7 +413,7 @@ def _unicast_mac(v: str) -> str:
     return v.lower()
 
 
-def _bgp(bgp: _Section, lb_addresses: tuple[str, ...]) -> BGPConfig:
+def _bgp(bgp: Section, lb_addresses: tuple[str, ...]) -> BGPConfig:
     """[bgp]: every key is checked, enabled or not; the AS number and a neighbour only when enabled."""
     d = BGPConfig()
     addresses = tuple(bgp.get("addresses", list, [], _each(_ipv4_address), nonempty=True)) or lb_addresses
@@ -721,7 +721,9 @@ _TYPE_NAMES = {
 }
 
 
-class _Section:
+class Section:
+    """One table of the file, read key by key with a type and a check (numbers only through number())."""
+
     def __init__(self, path: str, name: str, table: Mapping[str, Any]) -> None:
         self.path, self.name, self.table = path, name, table
 
@@ -778,14 +780,14 @@ class _Reader:
     def __init__(self, path: str, doc: Mapping[str, Any]) -> None:
         self.path, self.doc = path, doc
 
-    def section(self, name: str) -> _Section:
+    def section(self, name: str) -> Section:
         table = self.doc.get(name, {})
         if not isinstance(table, Mapping):
             raise ConfigError(f"{self.path}: [{name}]: expected a table, got {table!r}")
-        return _Section(self.path, name, table)
+        return Section(self.path, name, table)
 
 
-def _known_keys() -> dict[str, tuple[str, ...]]:
+def known_keys() -> dict[str, tuple[str, ...]]:
     """Each section's keys, as the fields of its dataclass (one place, so the two cannot drift)."""
     defaults = Config()
     return {
@@ -804,7 +806,7 @@ def _did_you_mean(word: str, choices: tuple[str, ...], render: Callable[[str], s
 
 def _check_names(doc: Mapping[str, Any], path: str) -> None:
     """Unknown sections and keys first: a misspelt key must not be reported as a missing one."""
-    known = _known_keys()
+    known = known_keys()
     for name, table in doc.items():
         if name not in known and not isinstance(table, Mapping):
             owners = tuple(f"[{s}] {k}" for s, keys in known.items() for k in keys if k == name)

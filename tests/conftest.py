@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _require_etcd() -> None:
+def require_etcd() -> None:
     if shutil.which("etcd") is None:
         pytest.skip("the `etcd` binary is not installed (Debian: apt-get install etcd-server)")
 
@@ -50,7 +50,7 @@ def _collector_unfrozen() -> Iterator[None]:
 @pytest.fixture
 def etcd_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
     """Start extra etcd servers (each in its own directory); all are stopped at teardown."""
-    _require_etcd()
+    require_etcd()
     servers: list[EtcdServer] = []
 
     def make(enable_v2: bool = False, **kwargs: Any) -> EtcdServer:

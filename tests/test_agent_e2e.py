@@ -81,7 +81,7 @@ def running_pods(lab: Lab, deployment: str = "nginx") -> list[str]:
     )
 
 
-def _comm(pid: int) -> str:
+def process_name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
@@ -261,7 +261,7 @@ def test_restart_with_an_undecodable_spec_keeps_serving_it(lab: Lab, tmp_path: P
 def test_etcd_down_loses_no_request_and_the_agent_catches_up(lab: Lab, agent: AgentProcess) -> None:
     loop = Background(lab, "http", f"{VIP}:80", duration=12, interval=0.01, timeout=2)
     time.sleep(1)
-    (etcd_pid,) = [pid for pid in namespace_pids(lab.namespace("master")) if _comm(pid) == "etcd"]
+    (etcd_pid,) = [pid for pid in namespace_pids(lab.namespace("master")) if process_name(pid) == "etcd"]
     mark = agent.mark()
     lab.exec_in("master", ["kill", "-STOP", str(etcd_pid)], check=True)  # hung etcd (worst case)
     try:

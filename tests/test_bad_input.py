@@ -46,7 +46,7 @@ from flannel_lb.plan.planner import Planner
 from flannel_lb.source import EventBatch, Snapshot
 from flannel_lb.state.cluster import MAX_REASON, ClusterState
 from tests import fuzz_decoders as fuzz
-from tests.conftest import FAST_ETCD_ARGS, StreamConsumer, _require_etcd, memory_agent
+from tests.conftest import FAST_ETCD_ARGS, StreamConsumer, memory_agent, require_etcd
 
 pytestmark = pytest.mark.etcd
 
@@ -368,7 +368,7 @@ CATALOG: list[Case] = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    _require_etcd()
+    require_etcd()
     etcd = EtcdServer(tmp_path_factory.mktemp("bad-input-etcd"), extra_args=FAST_ETCD_ARGS)
     etcd.start()
     try:

@@ -193,7 +193,7 @@ def test_state_dir_reaches_the_command_line() -> None:  # BIRD 2.0.12 has no con
 def test_the_changes_cover_every_bgp_key() -> None:
     covered = {key for key, _, _ in CHANGES} | {"enabled", "state_dir"}  # both: tests above
     covered |= {"peers", "drain_on_sigterm", "drain_timeout"}  # the agent's, not BIRD's: test_bgp_drain*.py
-    assert covered == set(config._known_keys()["bgp"])
+    assert covered == set(config.known_keys()["bgp"])
 
 
 # --- BIRD's own parser -------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ NASTY = st.text(alphabet=st.sampled_from([*"ab1.:/_- \n\r\t{}[]();\"'#!\\$`", "\
 STRING_KEYS = ("router_id", "interface", "state_dir")
 
 
-def _shape(text: str) -> list[tuple[int, str]]:
+def _line_shape(text: str) -> list[tuple[int, str]]:
     """Each line's indent and first word: what a value must change to inject a line or a block."""
     return [(len(line) - len(line.lstrip()), "".join(line.split()[:1])) for line in text.splitlines()]
 
@@ -243,7 +243,7 @@ def test_no_config_value_can_add_a_line_or_a_block(key: str, value: str) -> None
         return
     baseline = config.parse(tomllib.loads(SAMPLE))
     rendered = bird.render(cfg.bgp)
-    assert _shape(rendered) == _shape(bird.render(baseline.bgp)), (key, value)
+    assert _line_shape(rendered) == _line_shape(bird.render(baseline.bgp)), (key, value)
     assert all(" " not in arg and "\n" not in arg for arg in bird.command(cfg.bgp))
 
 

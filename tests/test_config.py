@@ -230,13 +230,13 @@ def _uncommented_section(tmp_path: Path, section: str) -> tuple[config.Config, s
 def test_shipped_example_ha_section_loads_when_uncommented(tmp_path: Path) -> None:
     """Every key the example documents exists, and its example value is valid."""
     cfg, keys = _uncommented_section(tmp_path, "ha")
-    assert keys == set(config._known_keys()["ha"])
+    assert keys == set(config.known_keys()["ha"])
     assert cfg.ha.enabled and cfg.ha.sync_interface == "eth2"
 
 
 def test_shipped_example_health_section_loads_when_uncommented(tmp_path: Path) -> None:
     cfg, keys = _uncommented_section(tmp_path, "health")
-    assert keys == set(config._known_keys()["health"])
+    assert keys == set(config.known_keys()["health"])
     assert cfg.health.enabled and (cfg.health.rise, cfg.health.fall) == (2, 3)
     assert not config.parse({"lb": {"addresses": ["192.168.121.201"]}}).health.enabled  # off by default
 
@@ -360,7 +360,7 @@ def test_shipped_example_bgp_section_loads_when_uncommented(tmp_path: Path) -> N
     )
     cfg = config.load(write(tmp_path, text.replace(block, uncommented)))
     keys = {line.split(" = ")[0] for line in uncommented.splitlines() if re.match(r"\w+ = ", line)}
-    assert keys == set(config._known_keys()["bgp"])
+    assert keys == set(config.known_keys()["bgp"])
     assert cfg.bgp.enabled and cfg.bgp.neighbors == (config.BGPNeighbor("10.245.1.1", 65000),)
 
 

@@ -25,7 +25,7 @@ import pytest
 from flannel_lb.dataplane import maglev
 from flannel_lb.dataplane.nftables.writer import NftWriter
 from flannel_lb.dataplane.options import Options
-from tests.test_dataplane_netns import LB, PODS, UDP_PORT, Lab, _build_lab, make_plan
+from tests.test_dataplane_netns import LB, PODS, UDP_PORT, Lab, build_lab, make_plan
 from tests.test_dataplane_nft import FOREIGN_NFT
 
 pytestmark = pytest.mark.netns
@@ -87,7 +87,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    for lab in _build_lab("nft", forward_policy="ACCEPT"):
+    for lab in build_lab("nft", forward_policy="ACCEPT"):
         lab.ns.run("lb", ["nft", "-f", "-"], input=FOREIGN_NFT)
         yield Pair(lab)
 

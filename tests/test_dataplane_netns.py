@@ -188,7 +188,7 @@ def normalized_save(text: str) -> list[str]:
     return [re.sub(r" \[\d+:\d+\]$", "", ln) for ln in text.splitlines() if ln and not ln.startswith("#")]
 
 
-def _build_lab(backend: str, forward_policy: str = "DROP") -> Iterator[Lab]:
+def build_lab(backend: str, forward_policy: str = "DROP") -> Iterator[Lab]:
     with Namespaces(unique_prefix("dp")) as ns:
         for short in ("cl", "lb", "rt", *PODS):
             ns.add(short)
@@ -249,12 +249,12 @@ def _add_foreign_rules(lab: Lab, forward_policy: str = "DROP") -> None:
 
 @pytest.fixture(scope="module")
 def lab_nft() -> Iterator[Lab]:
-    yield from _build_lab("nft")
+    yield from build_lab("nft")
 
 
 @pytest.fixture(scope="module")
 def lab_legacy() -> Iterator[Lab]:
-    yield from _build_lab("legacy")
+    yield from build_lab("legacy")
 
 
 def _make_writer(kind: str, lab: Lab) -> SyncState:

@@ -35,8 +35,8 @@ from tests.test_dataplane_netns import (
     PODS,
     UDP_PORT,
     Lab,
-    _build_lab,
     backends,
+    build_lab,
     make_plan,
     normalized_save,
 )
@@ -62,7 +62,7 @@ def ruleset(lab: Lab) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for the_lab in _build_lab("nft", forward_policy="ACCEPT"):
+    for the_lab in build_lab("nft", forward_policy="ACCEPT"):
         the_lab.ns.run("lb", ["nft", "-f", "-"], input=FOREIGN_NFT)
         the_lab.baseline = the_lab.save()
         yield the_lab

@@ -21,7 +21,7 @@ from flannel_lb.decode import objects
 from flannel_lb.decode.kube import decode_used, decode_value, encode_protobuf
 from flannel_lb.decode.model import Endpoint
 from flannel_lb.lab import objects as k
-from tests.test_decode_kube import _NO_FIXTURES, FIXTURES, _fixture_params
+from tests.test_decode_kube import FIXTURES, NO_FIXTURES_REASON, fixture_params
 
 CONVERTERS = {
     "Service": objects.service,
@@ -39,7 +39,7 @@ def _convert(obj: dict[str, Any]) -> tuple[Any, list[str]] | str:
     return converted.obj, converted.warnings
 
 
-@pytest.mark.parametrize("path", _fixture_params())
+@pytest.mark.parametrize("path", fixture_params())
 def test_fixtures_convert_alike_from_every_decoding(path: Path | None) -> None:
     assert path is not None
     data = path.read_bytes()
@@ -51,7 +51,7 @@ def test_fixtures_convert_alike_from_every_decoding(path: Path | None) -> None:
 
 def test_fixtures_are_there() -> None:
     if not FIXTURES:
-        pytest.skip(_NO_FIXTURES)
+        pytest.skip(NO_FIXTURES_REASON)
     assert len(FIXTURES) >= 10
 
 
@@ -79,18 +79,20 @@ def _ipaddress_says(v: str) -> str | None:
 @given(_addresses)
 def test_the_ipv4_shortcut_accepts_exactly_the_canonical_addresses(v: str) -> None:
     canonical = _ipaddress_says(v)
-    assert bool(objects._is_ipv4(v)) == (canonical is not None)
+    assert bool(objects.is_canonical_ipv4(v)) == (canonical is not None)
     if canonical is not None:
         assert canonical == v  # so keeping the input string is keeping the normal form
 
 
 @settings(max_examples=500)
 @given(st.lists(st.one_of(_addresses, st.integers(), st.none()), max_size=4))
-def test_ipv4_list_is_what_ipaddress_says(values: list[Any]) -> None:
-    warnings: list[str] = []
-    got = objects._ipv4_list(values, "here", warnings)
+def test_external_ips_are_what_ipaddress_says(values: list[Any]) -> None:
+    svc = k.service("web")
+    svc["spec"]["externalIPs"] = values
+    converted = objects.service(svc)
+    got = converted.obj.external_ips  # type: ignore[union-attr]
     assert got == tuple(c for v in values if isinstance(v, str) and (c := _ipaddress_says(v)) is not None)
-    assert len(warnings) == len(values) - len(got)
+    assert len(converted.warnings) == len(values) - len(got)
 
 
 # --- endpoints -----------------------------------------------------------------------------------
@@ -128,22 +130,29 @@ def _slice_endpoints(draw: st.DrawFn) -> Any:
     return e
 
 
-def _careful(fn: Any, *args: Any) -> tuple[Any, list[str]]:
-    warnings: list[str] = []
-    try:
-        return fn(*args, warnings), warnings
-    except objects.ObjectError as e:
-        return f"ObjectError: {e}", warnings
+def _both_paths(convert: Any, obj: dict[str, Any]) -> tuple[Any, Any]:
+    """The converter's answer with its shortcuts and without (the careful reference)."""
+
+    def answer(shortcuts: bool) -> Any:
+        try:
+            converted = convert(obj, shortcuts=shortcuts)
+        except objects.ObjectError as e:
+            return f"ObjectError: {e}"
+        return converted.obj, converted.warnings
+
+    return answer(True), answer(False)
 
 
 @settings(max_examples=1500)
 @given(_slice_endpoints(), st.sampled_from(["IPv4", "IPv6", "FQDN"]))
 def test_plain_slice_endpoints_convert_as_the_careful_path_does(e: Any, address_type: str) -> None:
-    fast = objects._plain_slice_endpoint(e, address_type == "IPv4")
-    careful, warnings = _careful(objects._slice_endpoint, e, "endpoints[0]", address_type)
-    if fast is not None:
-        assert isinstance(fast, Endpoint)
-        assert fast == careful and warnings == []
+    sl = k.endpoint_slice("s-1", "s", [], [("web", 8080, "TCP")])
+    sl["addressType"] = address_type
+    sl["endpoints"] = [e]
+    fast, careful = _both_paths(objects.endpoint_slice, sl)
+    assert fast == careful
+    if not isinstance(fast, str):
+        assert all(isinstance(ep, Endpoint) for group in fast[0] for ep in group.endpoints)
 
 
 @settings(max_examples=1500)
@@ -163,10 +172,12 @@ def test_plain_slice_endpoints_convert_as_the_careful_path_does(e: Any, address_
     st.booleans(),
 )
 def test_plain_endpoints_addresses_convert_as_the_careful_path_does(a: Any, ready: bool) -> None:
-    fast = objects._plain_address(a, ready)
-    careful, warnings = _careful(lambda w: objects._address(a, ready, "subsets[0]", 0, "addresses", w))
-    if fast is not None:
-        assert fast == careful and warnings == []
+    eps = k.endpoints("s", [])
+    eps["subsets"] = [
+        {"addresses" if ready else "notReadyAddresses": [a], "ports": k.endpoints_ports([("", 8080, "TCP")])}
+    ]
+    fast, careful = _both_paths(objects.endpoints, eps)
+    assert fast == careful
 
 
 def test_whole_objects_with_odd_endpoints_keep_their_warnings_and_order() -> None:

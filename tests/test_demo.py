@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from flannel_lb.lab.netns import list_namespaces
-from tests.test_lab import _missing_tools
+from tests.test_lab import missing_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
-    if _missing_tools():
-        pytest.skip(_missing_tools() or "")
+    if missing_tools():
+        pytest.skip(missing_tools() or "")
     name = "d" + secrets.token_hex(3)
     proc = subprocess.run(
         [sys.executable, "-m", "flannel_lb", "lab", "demo", "--name", name, *args],

@@ -368,7 +368,7 @@ def test_least_privilege_role_with_a_password(
         )
         admin.close()
         assert _wait(lambda: agent.plan is not None and len(agent.plan.frontends) == 2)
-        assert agent.metrics.etcd_connected._value.get() == 1
+        assert "flannel_lb_etcd_watch_connected 1.0" in agent.metrics.exposition().decode()
     finally:
         stop.set()
         runner.join(15)

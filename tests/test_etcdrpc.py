@@ -106,7 +106,7 @@ def test_a_real_etcd_answers_in_regenerated_messages(etcd: EtcdServer) -> None:
     client = etcd3.client("127.0.0.1", etcd.client_port)
     try:
         client.put("/registry/services/specs/default/a", b"\x00\xffvalue")
-        resp = etcd_v3._range(client, b"/registry/", etcd_v3.prefix_end(b"/registry/"), 10, 0)
+        resp = etcd_v3.range_page(client, b"/registry/", etcd_v3.prefix_end(b"/registry/"), 10, 0)
         assert type(resp) is rpc_pb2.RangeResponse
         assert type(resp.kvs[0]) is kv_pb2.KeyValue
         revision, items = etcd_v3.list_prefixes(client, ["/registry/"])

@@ -38,8 +38,8 @@ from flannel_lb.lab.netns import namespace_pids
 from flannel_lb.lab.topology import ETCD_CLIENT_PORT, ETCD_PEER_PORT, LB_KUBE_IP, MASTER_IP
 from flannel_lb.source import ClusterSource, KeyValue, Snapshot, etcd_v3
 from flannel_lb.source.settings import EtcdSettings, parse_endpoint
-from tests.test_agent_e2e import Background, _comm, iptables_save, running_pods, traffic
-from tests.test_lab import _missing_tools
+from tests.test_agent_e2e import Background, iptables_save, process_name, running_pods, traffic
+from tests.test_lab import missing_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
@@ -59,8 +59,8 @@ FOREIGN = [
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if _missing_tools():
-        pytest.skip(_missing_tools() or "")
+    if missing_tools():
+        pytest.skip(missing_tools() or "")
     the_lab = Lab("f" + secrets.token_hex(3), nodes=2, pods_per_node=2)
     try:
         the_lab.up()
@@ -131,7 +131,7 @@ def failure_window(result: dict[str, Any]) -> float:
 
 
 def etcd_pid(lab: Lab) -> int:
-    (pid,) = [p for p in namespace_pids(lab.namespace("master")) if _comm(p) == "etcd"]
+    (pid,) = [p for p in namespace_pids(lab.namespace("master")) if process_name(p) == "etcd"]
     return pid
 
 

@@ -44,13 +44,13 @@ from flannel_lb.lab.etcd_writer import EtcdWriter
 from flannel_lb.lab.netns import Namespaces, unique_prefix
 from flannel_lb.lab.topology import batch, sysctls
 from tests.conftest import FAST_ETCD_ARGS
-from tests.test_ha_vrrp import TimedAgent, _skip_reason
+from tests.test_ha_vrrp import TimedAgent, ha_skip_reason
 from tests.test_overlay_netns import NODE_IP, NODE_MAC, node_flannel
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd]
 
-if _skip_reason():
-    pytest.skip(_skip_reason(), allow_module_level=True)
+if ha_skip_reason():
+    pytest.skip(ha_skip_reason(), allow_module_level=True)
 
 VIP, FLOATING, ETCD = "10.77.0.100", "10.79.0.150", "10.77.0.2"
 BOXES = {

@@ -20,7 +20,7 @@ from flannel_lb.dataplane.plane import dataplane_options
 from flannel_lb.decode.flannel import parse_lease
 from flannel_lb.ha import files, reservation
 from flannel_lb.plan.model import Backend, Frontend, Plan
-from tests.test_ha_render import NASTY, SAMPLE, _shape
+from tests.test_ha_render import NASTY, SAMPLE, line_shape
 
 OVERLAY = 'overlay_subnet = "10.246.90.0/24"\noverlay_public_ip = "10.245.1.150"\n'
 
@@ -89,7 +89,7 @@ def test_no_overlay_value_can_add_a_line_or_a_block(key: str, value: str) -> Non
         return
     baseline = _cfg()
     for kind in files.KINDS:
-        assert _shape(files.render(cfg, kind)) == _shape(files.render(baseline, kind)), (key, value)
+        assert line_shape(files.render(cfg, kind)) == line_shape(files.render(baseline, kind)), (key, value)
 
 
 def _plan() -> Plan:

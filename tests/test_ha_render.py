@@ -273,7 +273,7 @@ def test_the_changes_cover_every_ha_key() -> None:
     covered = {key for key, _, _ in CHANGES} | {"enabled"}  # enabled: below
     # the shared overlay identity's keys go together: tests/test_ha_overlay.py follows each of them
     overlay = {"overlay_subnet", "overlay_public_ip", "overlay_interface", "vtep_mac"}
-    assert covered | overlay == set(config._known_keys()["ha"])
+    assert covered | overlay == set(config.known_keys()["ha"])
 
 
 def test_a_disabled_pair_renders_nothing(tmp_path: Path) -> None:
@@ -289,7 +289,7 @@ STRING_KEYS = ("peer", "interface", "sync_interface", "sync_peer", "state_dir")
 NASTY = st.text(alphabet=st.sampled_from([*"ab1./_- \n\r\t{}\"'#!\\;$`", "\x00", "\u2028"]), max_size=20)
 
 
-def _shape(text: str) -> list[tuple[int, str]]:
+def line_shape(text: str) -> list[tuple[int, str]]:
     """Each line's indent and first word (up to a shell `=`): what a value must change to inject a line."""
     return [
         (len(line) - len(line.lstrip()), "".join(line.split("=")[0].split()[:1]))
@@ -309,7 +309,7 @@ def test_no_config_value_can_add_a_line_or_a_block(key: str, value: str) -> None
         return
     baseline = config.parse(tomllib.loads(SAMPLE))
     for kind in files.KINDS:
-        assert _shape(files.render(cfg, kind)) == _shape(files.render(baseline, kind)), (key, value)
+        assert line_shape(files.render(cfg, kind)) == line_shape(files.render(baseline, kind)), (key, value)
 
 
 def test_a_namespace_name_cannot_add_a_line(tmp_path: Path) -> None:

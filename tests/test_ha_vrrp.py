@@ -53,7 +53,7 @@ BOXES = {"lb1": ("10.77.0.11", "10.78.0.1", 150), "lb2": ("10.77.0.12", "10.78.0
 ADVERT = 0.1  # seconds: the reference's measured 389 ms outage is at this interval
 
 
-def _skip_reason() -> str:
+def ha_skip_reason() -> str:
     if os.geteuid() != 0:
         return "needs root: builds network namespaces"
     for tool in ("ip", "nft", "keepalived", "conntrackd", "conntrack"):
@@ -62,8 +62,8 @@ def _skip_reason() -> str:
     return ""
 
 
-if _skip_reason():
-    pytest.skip(_skip_reason(), allow_module_level=True)
+if ha_skip_reason():
+    pytest.skip(ha_skip_reason(), allow_module_level=True)
 
 
 # NAME ADDR PORT: accept forever; to each client send NAME, then hold the connection until the client

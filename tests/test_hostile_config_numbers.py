@@ -107,7 +107,7 @@ def test_every_numeric_field_of_the_config_has_a_range() -> None:
 
 
 def test_reading_a_number_outside_the_schema_is_a_programming_error() -> None:
-    section = config._Section("<config>", "etcd", {"timeout": 1.0})
+    section = config.Section("<config>", "etcd", {"timeout": 1.0})
     with pytest.raises(TypeError, match="number"):
         section.get("timeout", float, 5.0)
 

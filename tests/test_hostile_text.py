@@ -95,7 +95,7 @@ def test_hostile_names_print_one_line_per_entry(svc: str, port_name: str, node: 
     for obj in (plan_json, story):
         out = io.StringIO()
         with redirect_stdout(out):
-            cli._emit(obj)
+            cli.emit_json(obj)
         emitted = out.getvalue()
         emitted.encode("ascii")
         assert _strict(emitted) == json.loads(json.dumps(obj))
@@ -111,7 +111,7 @@ def test_printable_escapes_exactly_the_unsafe_characters(s: str) -> None:
 
 def test_emit_refuses_nan() -> None:
     try:
-        cli._emit({"timeout": float("nan")})
+        cli.emit_json({"timeout": float("nan")})
     except ValueError:
         return
     raise AssertionError("NaN emitted as JSON")

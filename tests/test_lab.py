@@ -60,7 +60,7 @@ def decode(value: bytes) -> dict[str, Any]:
     return doc
 
 
-def _missing_tools() -> str | None:
+def missing_tools() -> str | None:
     if os.geteuid() != 0:
         return "the lab needs root: it creates network namespaces"
     for tool in ("ip", "bridge", "etcd", "iptables"):
@@ -71,7 +71,7 @@ def _missing_tools() -> str | None:
 
 def module_lab(tag: str) -> Iterator[Lab]:
     """A 2-node lab shared by one test module's tests, removed again even when they fail."""
-    missing = _missing_tools()
+    missing = missing_tools()
     if missing:
         pytest.skip(missing)
     the_lab = Lab(tag + secrets.token_hex(3), nodes=2, pods_per_node=2)
@@ -87,7 +87,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def needs_lab(test: _F) -> _F:
     """Marked `netns` and `etcd` (see pyproject), and skipped with the reason when the lab cannot run."""
-    skip = pytest.mark.skipif(_missing_tools() is not None, reason=_missing_tools() or "")
+    skip = pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or "")
     marked: _F = pytest.mark.netns(pytest.mark.etcd(skip(test)))
     return marked
 
@@ -259,8 +259,8 @@ def test_bad_lab_names_are_refused() -> None:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if _missing_tools():
-        pytest.skip(_missing_tools() or "")
+    if missing_tools():
+        pytest.skip(missing_tools() or "")
     the_lab = Lab(_name(), nodes=2, pods_per_node=2)
     t0 = time.monotonic()
     try:

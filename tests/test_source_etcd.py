@@ -404,7 +404,7 @@ def test_tls_with_client_certificates(
         cert_key=str(certs["client.key"]),
     )
     c.put("/a/1", b"tls")
-    ctx = server._ssl_context()
+    ctx = server.client_ssl_context()
     req = urllib.request.Request(f"{server.client_url}/v2/keys/flannel/k", data=b"value=v2", method="PUT")
     urllib.request.urlopen(req, context=ctx).read()
     src = ClusterSource(settings, ["/a/"], ["/flannel"], retry_initial_wait=0.2, retry_max_wait=1.0)

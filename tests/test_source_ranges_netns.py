@@ -20,7 +20,7 @@ from flannel_lb.dataplane.nftables.writer import NftWriter
 from flannel_lb.dataplane.options import Options
 from flannel_lb.dataplane.plane import DataPlane, IptablesPlane
 from flannel_lb.plan.model import Frontend, Plan
-from tests.test_dataplane_netns import LB, PODS, UDP_PORT, Lab, _build_lab, backends, normalized_save
+from tests.test_dataplane_netns import LB, PODS, UDP_PORT, Lab, backends, build_lab, normalized_save
 
 pytestmark = pytest.mark.netns
 
@@ -79,7 +79,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for the_lab in _build_lab("nft", forward_policy="ACCEPT"):
+    for the_lab in build_lab("nft", forward_policy="ACCEPT"):
         the_lab.ns.run("cl", ["ip", "addr", "add", f"{OUTSIDE}/24", "dev", "eth0"])
         yield the_lab
 

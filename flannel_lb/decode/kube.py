@@ -24,7 +24,6 @@ from flannel_lb.decode.kube_schema import KINDS, MAP_TYPES, MESSAGES, USED_FIELD
 from flannel_lb.decode.wire import (
     LEN,
     MASK64,
-    MAX_DEPTH,
     VARINT,
     WireError,
     read_length,
@@ -139,7 +138,7 @@ def detect(value: bytes) -> Encoding:
 
 # Base kinds, as named in kube_schema (messages are _K_MESSAGE).
 _K_INT32, _K_INT64, _K_BOOL = 0, 1, 2
-_K_STRING, _K_MESSAGE, _K_BYTES, _K_TIME, _K_MICROTIME = 3, 4, 5, 6, 7
+_K_STRING, _K_MESSAGE, _K_BYTES, _K_TIME = 3, 4, 5, 6
 _K_INTORSTRING, _K_QUANTITY, _K_FIELDSV1, _K_MAP_STRING, _K_MAP_QUANTITY = 8, 9, 10, 11, 12
 
 _KIND_CODES: Final = {
@@ -149,7 +148,6 @@ _KIND_CODES: Final = {
     "string": _K_STRING,
     "bytes": _K_BYTES,
     "time": _K_TIME,
-    "microtime": _K_MICROTIME,
     "intorstring": _K_INTORSTRING,
     "quantity": _K_QUANTITY,
     "fieldsv1": _K_FIELDSV1,
@@ -200,6 +198,7 @@ def _compile(
     memo: dict[str, _Table],
     omit: frozenset[tuple[str, int]],
     used: Mapping[str, frozenset[str]] | None = None,
+    shortcuts: bool = True,
 ) -> _Table:
     """Compile `name` and the messages it leads to. `used` (message -> json names): only those fields
     are decoded; the message's other fields stay known (a wrong wire type is still an error) but
@@ -207,7 +206,7 @@ def _compile(
     table = memo.get(name)
     if table is not None:
         return table
-    table = memo[name] = _Table(name)  # registered before recursing, so cycles terminate
+    table = memo[name] = _Table(name)  # registered first: a message shared by several compiles once
     keep = None if used is None else used[name]
     for field in MESSAGES[name].values():
         if (name, field.number) in omit:
@@ -219,18 +218,18 @@ def _compile(
             skip = _OP_SKIP_VARINT if wire_type == VARINT else _OP_SKIP_LEN
             table.specs[field.number << 3 | wire_type] = (field.name, skip, None, None)
             continue
-        sub = _compile(field.type, memo, omit, used) if field.is_message else None
+        sub = _compile(field.type, memo, omit, used, shortcuts) if field.is_message else None
         # Wrapped values that are JSON null (a zero Time) are dropped by the decoder returning None.
         emit_zero = kind not in _SCALAR_KINDS or field.pointer or field.keep_zero
         op = _op(kind, field.repeated, emit_zero)
-        extra = emit_zero if op in (_OP_INT32, _OP_INT64) else (kind, field.repeated, emit_zero)
+        extra = emit_zero if op in (_OP_INT32, _OP_INT64) else (kind, field.repeated, emit_zero, shortcuts)
         table.specs[field.number << 3 | wire_type] = (field.name, op, sub, extra)
     return table
 
 
-def _compile_kinds(omit: frozenset[tuple[str, int]]) -> dict[tuple[str, str], _Table]:
+def _compile_kinds(omit: frozenset[tuple[str, int]], shortcuts: bool = True) -> dict[tuple[str, str], _Table]:
     memo: dict[str, _Table] = {}
-    return {api_kind: _compile(top, memo, omit) for api_kind, top in KINDS.items()}
+    return {api_kind: _compile(top, memo, omit, None, shortcuts) for api_kind, top in KINDS.items()}
 
 
 def _compile_used() -> dict[tuple[str, str], _Table]:
@@ -238,8 +237,17 @@ def _compile_used() -> dict[tuple[str, str], _Table]:
     return {api_kind: _compile(top, {}, frozenset(), USED_FIELDS[top]) for api_kind, top in KINDS.items()}
 
 
+_NO_MANAGED: Final = frozenset({("meta.v1.ObjectMeta", 17)})
 _TABLES: Final = _compile_kinds(frozenset())
-_TABLES_NO_MANAGED: Final = _compile_kinds(frozenset({("meta.v1.ObjectMeta", 17)}))
+_TABLES_NO_MANAGED: Final = _compile_kinds(_NO_MANAGED)
+
+
+@cache
+def _careful_tables(managed_fields: bool) -> dict[tuple[str, str], _Table]:
+    """The tables without in-place shortcuts (`decode_value(shortcuts=False)`), built on first use."""
+    return _compile_kinds(frozenset() if managed_fields else _NO_MANAGED, shortcuts=False)
+
+
 _TABLES_USED: Final = _compile_used()
 _TYPE_META: Final = _compile("runtime.TypeMeta", {}, frozenset())
 
@@ -247,10 +255,11 @@ _TYPE_META: Final = _compile("runtime.TypeMeta", {}, frozenset())
 # --- protobuf decoding --------------------------------------------------------------------------
 
 
-def _decode(buf: bytes, pos: int, end: int, table: _Table, depth: int) -> dict[str, Any]:
-    """Decode one message occupying buf[pos:end] into its JSON-form dict."""
-    if depth > MAX_DEPTH:
-        raise WireError(f"message nesting deeper than {MAX_DEPTH} at offset {pos}")
+def _decode(buf: bytes, pos: int, end: int, table: _Table) -> dict[str, Any]:
+    """Decode one message occupying buf[pos:end] into its JSON-form dict.
+
+    The recursion is bounded by the schema, which has no cycles (tests/test_decode_kube.py checks
+    it stays so), not by the bytes: hostile nesting cannot go deeper than the tables do."""
     out: dict[str, Any] = {}
     specs = table.specs
     while pos < end:
@@ -291,11 +300,11 @@ def _decode(buf: bytes, pos: int, end: int, table: _Table, depth: int) -> dict[s
                 if value:
                     out[name] = buf[pos:stop].decode("utf-8", "replace")
             elif op == _OP_MSG:
-                out[name] = _decode(buf, pos, stop, sub, depth + 1)  # type: ignore[arg-type]
+                out[name] = _decode(buf, pos, stop, sub)  # type: ignore[arg-type]
             elif op in (_OP_MSG_REP, _OP_STR_REP):  # _append, inlined: the hottest ops
                 item: Any
                 if op == _OP_MSG_REP:
-                    item = _decode(buf, pos, stop, sub, depth + 1)  # type: ignore[arg-type]
+                    item = _decode(buf, pos, stop, sub)  # type: ignore[arg-type]
                 else:
                     item = buf[pos:stop].decode("utf-8", "replace")
                 items = out.get(name)
@@ -336,12 +345,12 @@ def _append(out: dict[str, Any], name: str, item: Any) -> None:
 
 
 def _decode_len_other(
-    out: dict[str, Any], name: str, buf: bytes, pos: int, stop: int, extra: tuple[int, bool, bool]
+    out: dict[str, Any], name: str, buf: bytes, pos: int, stop: int, extra: tuple[int, bool, bool, bool]
 ) -> None:
     """Maps, wrapped types (Time, IntOrString, ...) and bytes: rarer, so off the hot path."""
-    kind, repeated, emit_zero = extra
+    kind, repeated, emit_zero, shortcuts = extra
     if kind >= _K_MAP_STRING:
-        key, item = _map_entry(buf, pos, stop, kind == _K_MAP_QUANTITY)
+        key, item = _map_entry(buf, pos, stop, kind == _K_MAP_QUANTITY, shortcuts)
         mapping = out.get(name)
         if mapping is None:
             out[name] = {key: item}
@@ -383,10 +392,10 @@ def _string_field(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
         raise WireError(f"{what}: {exc}") from None
 
 
-def _map_entry(buf: bytes, pos: int, end: int, quantity: bool) -> tuple[str, Any]:
+def _map_entry(buf: bytes, pos: int, end: int, quantity: bool, shortcut: bool) -> tuple[str, Any]:
     # The usual entry, key then string value with 1-byte lengths, read in place; the loop below
     # gives the same for it and handles everything else.
-    if not quantity and end - pos >= 4 and buf[pos] == 0x0A and buf[pos + 1] < 0x80:
+    if shortcut and not quantity and end - pos >= 4 and buf[pos] == 0x0A and buf[pos + 1] < 0x80:
         key_end = pos + 2 + buf[pos + 1]
         if (
             key_end + 2 <= end
@@ -448,13 +457,11 @@ def _timestamp(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 
 def _decode_wrapped(buf: bytes, pos: int, end: int, kind: int) -> Any:
     """Decode a message that is a scalar in JSON (Time, IntOrString, Quantity, FieldsV1, bytes)."""
-    if kind in (_K_TIME, _K_MICROTIME):
+    if kind == _K_TIME:
         if pos == end:
             return None  # zero time: Go marshals it as null
-        seconds, nanos = _timestamp(buf, pos, end)
-        if kind == _K_TIME:
-            return format_time(seconds)  # metav1.Time JSON has whole seconds only
-        return f"{format_time(seconds)[:-1]}.{nanos // 1000:06d}Z"
+        seconds, _nanos = _timestamp(buf, pos, end)
+        return format_time(seconds)  # metav1.Time JSON has whole seconds only
     if kind == _K_INTORSTRING:
         return _intorstring(buf, pos, end)
     if kind == _K_QUANTITY:
@@ -552,7 +559,7 @@ def _read_envelope_fields(data: bytes) -> _Envelope:
             continue
         start, pos = _string_field(data, pos, end, f"envelope field {number}")
         if number == 1:
-            type_meta = _decode(data, start, pos, _TYPE_META, 1)
+            type_meta = _decode(data, start, pos, _TYPE_META)
         elif number == 2:
             raw = (start, pos)
         else:
@@ -567,16 +574,18 @@ def _read_envelope_fields(data: bytes) -> _Envelope:
     return _Envelope(api_version, kind, raw[0], raw[1])
 
 
-def _decode_protobuf(data: bytes, tables: Mapping[tuple[str, str], _Table]) -> dict[str, Any]:
+def _decode_protobuf(
+    data: bytes, tables: Mapping[tuple[str, str], _Table], shortcuts: bool
+) -> dict[str, Any]:
     try:
-        env = _read_envelope(data)
+        env = _read_envelope(data) if shortcuts else _read_envelope_fields(data)
     except WireError as exc:
         raise DecodeError(f"malformed protobuf envelope: {exc}") from None
     table = tables.get((env.api_version, env.kind))
     if table is None:
         raise UnsupportedKindError(env.api_version, env.kind)
     try:
-        body = _decode(data, env.raw_start, env.raw_stop, table, 1)
+        body = _decode(data, env.raw_start, env.raw_stop, table)
     except WireError as exc:
         raise DecodeError(f"malformed protobuf {env.api_version} {env.kind}: {exc}") from None
     obj: dict[str, Any] = {"kind": env.kind, "apiVersion": env.api_version}
@@ -615,7 +624,7 @@ def _encrypted_error(data: bytes) -> EncryptedValueError:
 # --- public API ---------------------------------------------------------------------------------
 
 
-def decode_value(value: bytes, *, managed_fields: bool = True) -> dict[str, Any]:
+def decode_value(value: bytes, *, managed_fields: bool = True, shortcuts: bool = True) -> dict[str, Any]:
     """Decode one etcd value into the object's ``kubectl get -o json`` form.
 
     Only the envelope is validated: protobuf must hold a supported kind and be well formed, JSON
@@ -625,8 +634,12 @@ def decode_value(value: bytes, *, managed_fields: bool = True) -> dict[str, Any]
     ``omitempty`` (pointer fields set to ``false``/``0`` are kept), non-pointer structs always show
     (``"status": {"loadBalancer": {}}``), and a zero ``Time`` is omitted rather than ``null``.
     ``managed_fields=False`` leaves out ``metadata.managedFields``, the costliest part to decode and
-    useless to flannel-lb. Raises :class:`DecodeError` (or a subclass), never anything else.
+    useless to flannel-lb. ``shortcuts=False`` reads the envelope and map entries field by field
+    instead of in place: slower, the reference the shortcuts must agree with. Raises
+    :class:`DecodeError` (or a subclass), never anything else.
     """
+    if not shortcuts:
+        return _decode_value(value, _careful_tables(managed_fields), managed_fields, shortcuts=False)
     return _decode_value(value, _TABLES if managed_fields else _TABLES_NO_MANAGED, managed_fields)
 
 
@@ -645,11 +658,11 @@ def decode_used(value: bytes) -> dict[str, Any]:
 
 
 def _decode_value(
-    value: bytes, tables: Mapping[tuple[str, str], _Table], managed_fields: bool
+    value: bytes, tables: Mapping[tuple[str, str], _Table], managed_fields: bool, shortcuts: bool = True
 ) -> dict[str, Any]:
     encoding, data = _classify(value if isinstance(value, bytes) else bytes(value))
     if encoding == "protobuf":
-        return _decode_protobuf(data, tables)
+        return _decode_protobuf(data, tables, shortcuts)
     if encoding == "json":
         obj = _decode_json(data)
         if not managed_fields:
@@ -773,8 +786,8 @@ def _encode_one(out: bytearray, field: Field, value: Any, where: str) -> None:
         if not isinstance(value, bool):
             raise EncodeError(f"{where}: expected a boolean, got {type(value).__name__}")
         write_varint_field(out, field.number, int(value))
-    elif ftype in ("time", "microtime"):
-        write_bytes_field(out, field.number, _time_bytes(value, ftype == "microtime", where))
+    elif ftype == "time":
+        write_bytes_field(out, field.number, _time_bytes(value, where))
     elif ftype == "intorstring":
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise EncodeError(f"{where}: expected an integer or a string, got {type(value).__name__}")
@@ -885,22 +898,18 @@ def parse_time(text: str) -> tuple[int, int]:
     return seconds, nanos
 
 
-def _time_bytes(value: Any, micro: bool, where: str) -> bytes:
+def _time_bytes(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise EncodeError(f"{where}: expected an RFC3339 string, got {type(value).__name__}")
     try:
-        seconds, nanos = parse_time(value)
+        seconds, _nanos = parse_time(value)
     except ValueError as exc:
         raise EncodeError(f"{where}: {exc}") from None
-    if not micro:
-        nanos = 0  # metav1.Time deliberately stores whole seconds (time_proto.go)
-    else:
-        nanos -= nanos % 1000
-    if seconds == _ZERO_TIME_SECONDS and nanos == 0:
+    if seconds == _ZERO_TIME_SECONDS:
         return b""  # Go's IsZero time marshals to nothing
     if not -(1 << 63) <= seconds < 1 << 63:
         raise EncodeError(f"{where}: {value!r} is out of range")
     payload = bytearray()
     write_varint_field(payload, 1, seconds & MASK64)
-    write_varint_field(payload, 2, nanos)
+    write_varint_field(payload, 2, 0)  # metav1.Time deliberately stores whole seconds (time_proto.go)
     return bytes(payload)

@@ -6,8 +6,8 @@ records at import time and rejects typos there rather than at decode time.
 
 Line format: ``<number> <jsonName> <type> [rep] [ptr] [keep]``
 
-* type: ``string int32 int64 bool bytes`` scalars; ``time`` (meta/v1 Time, JSON RFC3339 seconds),
-  ``microtime`` (RFC3339 with 6 fraction digits), ``intorstring``, ``quantity``, ``fieldsv1`` (raw
+* type: ``string int32 int64 bool bytes`` scalars; ``time`` (meta/v1 Time, JSON RFC3339 seconds;
+  MicroTime is left out: no field read here has it), ``intorstring``, ``quantity``, ``fieldsv1`` (raw
   JSON bytes), ``map<string,string>``, ``map<string,quantity>``, or another message's name.
 * ``rep``: repeated (never packed: Kubernetes protos are proto2).
 * ``ptr``: a Go pointer (``*string``, ``*Time``, ``*Struct``): gogo writes it only when set, and JSON
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCALAR_TYPES = frozenset({"string", "int32", "int64", "bool", "bytes"})
-WRAPPED_TYPES = frozenset({"time", "microtime", "intorstring", "quantity", "fieldsv1"})
+WRAPPED_TYPES = frozenset({"time", "intorstring", "quantity", "fieldsv1"})
 MAP_TYPES = frozenset({"map<string,string>", "map<string,quantity>"})
 
 SCHEMA = """

@@ -51,7 +51,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 # canonical ones, so a match is its own normal form. ASCII digits only, as ipaddress requires.
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
-_is_ipv4 = _IPV4.fullmatch
+is_canonical_ipv4 = _IPV4.fullmatch
 
 
 class ObjectError(ValueError):
@@ -135,7 +135,7 @@ def _interned(values: tuple[str, ...]) -> tuple[str, ...]:
 def _ipv4_list(values: list[Any], where: str, warnings: list[str]) -> tuple[str, ...]:
     out = []
     for v in values:
-        if type(v) is str and _is_ipv4(v):
+        if type(v) is str and is_canonical_ipv4(v):
             out.append(v)  # already canonical: no need to build an IPv4Address and a new string
             continue
         if not isinstance(v, str):
@@ -364,7 +364,7 @@ def _plain_slice_endpoint(e: Any, ipv4: bool) -> Endpoint | None:
         return None  # (an explicit null nodeName or hostname, too)
     if ipv4:
         for a in addresses:
-            if type(a) is not str or not _is_ipv4(a):
+            if type(a) is not str or not is_canonical_ipv4(a):
                 return None
         addrs = tuple(addresses)
     else:
@@ -372,7 +372,9 @@ def _plain_slice_endpoint(e: Any, ipv4: bool) -> Endpoint | None:
     return Endpoint(addrs, ready, serving, terminating, _intern(node), hostname)
 
 
-def endpoint_slice(obj: Mapping[str, Any]) -> Converted:
+def endpoint_slice(obj: Mapping[str, Any], *, shortcuts: bool = True) -> Converted:
+    """An EndpointSlice as one group. `shortcuts=False` takes the careful path for every endpoint:
+    the reference the fast path must agree with."""
     meta, ns, name = _metadata(obj)
     labels = _strmap(meta, "labels", "metadata")
     warnings: list[str] = []
@@ -380,7 +382,7 @@ def endpoint_slice(obj: Mapping[str, Any]) -> Converted:
     ipv4 = address_type == "IPv4"
     endpoints = []
     for i, e in enumerate(_list(obj, "endpoints", "")):
-        ep = _plain_slice_endpoint(e, ipv4)
+        ep = _plain_slice_endpoint(e, ipv4) if shortcuts else None
         endpoints.append(ep or _slice_endpoint(e, f"endpoints[{i}]", address_type, warnings))
     group = EndpointGroup(
         namespace=ns,
@@ -415,13 +417,14 @@ def _plain_address(a: Any, ready: bool) -> Endpoint | None:
     ip = a.get("ip")
     node = a.get("nodeName", "")
     hostname = a.get("hostname", "")
-    if type(ip) is not str or type(node) is not str or type(hostname) is not str or not _is_ipv4(ip):
+    if type(ip) is not str or type(node) is not str or type(hostname) is not str or not is_canonical_ipv4(ip):
         return None
     return Endpoint((ip,), ready, ready, False, _intern(node), hostname)
 
 
-def endpoints(obj: Mapping[str, Any]) -> Converted:
-    """Legacy Endpoints: one group per subset; notReadyAddresses become not-ready endpoints."""
+def endpoints(obj: Mapping[str, Any], *, shortcuts: bool = True) -> Converted:
+    """Legacy Endpoints: one group per subset; notReadyAddresses become not-ready endpoints.
+    `shortcuts=False` as in `endpoint_slice`."""
     _meta, ns, name = _metadata(obj)
     warnings: list[str] = []
     groups = []
@@ -432,7 +435,9 @@ def endpoints(obj: Mapping[str, Any]) -> Converted:
         eps = []
         for key, ready in (("addresses", True), ("notReadyAddresses", False)):
             for j, a in enumerate(_list(subset, key, where)):
-                ep = _plain_address(a, ready) or _address(a, ready, where, j, key, warnings)
+                ep = (_plain_address(a, ready) if shortcuts else None) or _address(
+                    a, ready, where, j, key, warnings
+                )
                 if ep is not None:
                     eps.append(ep)
         groups.append(

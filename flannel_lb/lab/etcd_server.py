@@ -181,7 +181,7 @@ class EtcdServer:
         if self.netns:
             return self._healthy_in_netns(url)
         try:
-            with urllib.request.urlopen(url, timeout=1.0, context=self._ssl_context()) as resp:
+            with urllib.request.urlopen(url, timeout=1.0, context=self.client_ssl_context()) as resp:
                 return bool(json.loads(resp.read()).get("health") == "true")
         except (OSError, ValueError):
             return False
@@ -212,7 +212,7 @@ class EtcdServer:
             return False
         return done.returncode == 0
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
+    def client_ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
         ctx = ssl.create_default_context(cafile=str(self.tls.ca_file))

@@ -177,6 +177,7 @@ class Saver:
         self.path = path
         self.interval = interval
         self.writes = 0
+        self.lines_built = 0  # service lines serialised: unchanged services reuse theirs
         self.header_extra: dict[str, object] = {}  # more header fields (bootplan: the overlay port)
         self._latest: Plan | None = None
         self._cache: dict[str, tuple[tuple[Frontend, ...], str]] = {}
@@ -230,6 +231,7 @@ class Saver:
             if cached is None or not _same(cached[0], frontends):
                 line = json.dumps({"service": service, "frontends": [frontend_json(f) for f in frontends]})
                 cached = (frontends, line)
+                self.lines_built += 1
             cache[service] = cached
             lines.append(cached[1])
         self._cache = cache

@@ -108,7 +108,7 @@ def list_prefixes(
         start = prefix.encode()
         end = prefix_end(start)
         while True:
-            resp = _range(client, start, end, page_size, revision)
+            resp = range_page(client, start, end, page_size, revision)
             if revision == 0:
                 revision = int(resp.header.revision)
             items.extend(
@@ -134,7 +134,8 @@ def current_revision(client: Any, prefix: str) -> int:
     return int(resp.header.revision)
 
 
-def _range(client: Any, start: bytes, end: bytes, limit: int, revision: int) -> Any:
+def range_page(client: Any, start: bytes, end: bytes, limit: int, revision: int) -> Any:
+    """One page of [start, end) at `revision` (0 = now), as etcd answers it; compaction is RangeCompacted."""
     req = rpc_pb2.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
     try:
         return client.kvstub.Range(

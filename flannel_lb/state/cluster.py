@@ -455,6 +455,10 @@ class ClusterState:
         # a Service without slices never has raw Endpoints left (`_settle`): they are decoded
         return self._endpoints.get(self._endpoints_key(ref), ()), "Endpoints"
 
+    def endpoints_keys(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The Endpoints keys held decoded, and those held undecoded because their Service has slices."""
+        return frozenset(self._endpoints), frozenset(self._endpoints_raw)
+
     def all_problems(self) -> list[Problem]:
         out = list(self.problems.values())
         for warnings in self._key_problems.values():
